@@ -1,0 +1,634 @@
+"""The three places a conversation can live, each a LangGraph saver plus the few queries sync needs.
+
+A backend owns one saver and answers, cheaply and without decoding checkpoints: which checkpoint and write keys it
+holds, the task paths of a checkpoint's writes, and its rows of the conversation index. The local backends (SQLite,
+memory) also keep the outbox of what Postgres still lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import shutil
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiosqlite
+import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from storage import schema
+from storage.errors import describe, is_corruption
+from storage.threaded import ThreadedSaver
+
+log = logging.getLogger("cairn.storage")
+
+Key = tuple[str, str, str]
+"""(thread_id, checkpoint_ns, checkpoint_id): how every saver keys a checkpoint."""
+WriteKey = tuple[str, str, str, str, int]
+"""(thread_id, checkpoint_ns, checkpoint_id, task_id, idx): how every saver keys a pending write."""
+
+SQLITE_FILE_NAME = "cairn.sqlite"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One row of the conversation index."""
+
+    thread_id: str
+    title: str = ""
+    model: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+    meta_changed: float = 0.0
+    pinned: bool = False
+    deleted: bool = False
+
+
+def _conversation(row: Sequence[Any]) -> Conversation:
+    thread_id, title, model, created, updated, meta_changed, pinned, deleted = row
+    return Conversation(
+        thread_id, title, model, float(created), float(updated), float(meta_changed), bool(pinned), bool(deleted)
+    )
+
+
+def merge_conversations(mine: Conversation | None, theirs: Conversation) -> Conversation:
+    """The merge both databases apply: newest metadata wins, a deletion is forever, times widen."""
+    if mine is None:
+        return theirs
+    newer = theirs if theirs.meta_changed > mine.meta_changed else mine
+    return replace(
+        newer,
+        created=min(mine.created, theirs.created) if mine.created and theirs.created else mine.created,
+        updated=max(mine.updated, theirs.updated),
+        meta_changed=max(mine.meta_changed, theirs.meta_changed),
+        deleted=mine.deleted or theirs.deleted,
+    )
+
+
+class Backend(ABC):
+    """A saver and the queries about what it holds."""
+
+    tier: ClassVar[str]
+    saver: BaseCheckpointSaver[str]
+
+    @abstractmethod
+    async def checkpoint_keys(self, thread_id: str | None = None) -> set[Key]: ...
+
+    @abstractmethod
+    async def write_keys(self, thread_id: str | None = None) -> set[WriteKey]: ...
+
+    @abstractmethod
+    async def task_paths(self, key: Key) -> dict[str, str]:
+        """task_id -> task_path of the writes stored at one checkpoint (CheckpointTuple drops the path)."""
+
+    @abstractmethod
+    async def conversations(self) -> list[Conversation]:
+        """Every index row, tombstones included."""
+
+    @abstractmethod
+    async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
+        """Insert or merge rows by ``merge_conversations``; ``dirty`` marks them for upload (local backends)."""
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self.saver.adelete_thread(thread_id)
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class LocalBackend(Backend):
+    """A backend the user's words land in first; remembers what Postgres has not confirmed yet."""
+
+    @abstractmethod
+    async def pending(self, limit: int) -> tuple[list[Key], int]:
+        """Up to ``limit`` distinct keys still to upload, oldest first per thread, and the outbox mark they cover."""
+
+    @abstractmethod
+    async def acknowledge(self, keys: Iterable[Key], mark: int) -> None:
+        """These keys are in Postgres as of ``mark``: forget their outbox entries up to it."""
+
+    @abstractmethod
+    async def pending_count(self) -> int: ...
+
+    @abstractmethod
+    async def outbox_mark(self) -> int:
+        """The newest outbox position; entries after it were written later."""
+
+    @abstractmethod
+    async def forget_after(self, keys: Iterable[Key], mark: int) -> None:
+        """Drop outbox entries newer than ``mark`` for keys that came from Postgres (no need to send them back)."""
+
+    @abstractmethod
+    async def enqueue(self, keys: Iterable[Key]) -> None:
+        """Add keys to the outbox (found missing in Postgres by a full comparison)."""
+
+    @abstractmethod
+    async def dirty_conversations(self) -> list[Conversation]: ...
+
+    @abstractmethod
+    async def mark_clean(self, conversation: Conversation) -> None:
+        """The row was uploaded; clear its flag unless it changed again since."""
+
+    @abstractmethod
+    async def update_conversation(self, thread_id: str, **changes: Any) -> Conversation:
+        """A local edit of title, model, pinned or deleted; stamps ``meta_changed`` and marks the row dirty."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SQLite
+
+
+class SqliteBackend(LocalBackend):
+    tier = "sqlite"
+
+    def __init__(self, saver: AsyncSqliteSaver, path: Path, note: str | None) -> None:
+        self.saver = saver
+        self.path = path
+        self.note = note
+        """Set when the file was found corrupt and moved aside at open; shown with the tier."""
+
+    @classmethod
+    async def open(cls, data_dir: Path) -> SqliteBackend:
+        """Open (or create) the local database; a corrupt file is moved aside and replaced by a fresh one."""
+        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+        path = data_dir / SQLITE_FILE_NAME
+        try:
+            return cls(await _open_sqlite_saver(path), path, None)
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            aside = await asyncio.to_thread(_move_aside, path)
+            note = f"{describe(exc)}; the damaged file was moved to {aside.name} and a new one started"
+            log.error("SQLite file %s is corrupt: %s", path, note)
+            return cls(await _open_sqlite_saver(path), path, note)
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self.saver.lock, self.saver.conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _execute(self, sql: str, params: Sequence[Any] = (), *, many: bool = False) -> None:
+        conn = self.saver.conn
+        async with self.saver.lock:
+            if many:
+                await conn.executemany(sql, params)
+            else:
+                await conn.execute(sql, params)
+            await conn.commit()
+
+    async def checkpoint_keys(self, thread_id: str | None = None) -> set[Key]:
+        where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None else ("", ())
+        rows = await self._fetch(f"SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints {where}", params)
+        return {tuple(r) for r in rows}  # type: ignore[misc]
+
+    async def write_keys(self, thread_id: str | None = None) -> set[WriteKey]:
+        where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None else ("", ())
+        rows = await self._fetch(
+            f"SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx FROM writes {where}", params
+        )
+        return {tuple(r) for r in rows}  # type: ignore[misc]
+
+    async def task_paths(self, key: Key) -> dict[str, str]:
+        rows = await self._fetch(
+            "SELECT DISTINCT task_id, task_path FROM writes WHERE thread_id = ? AND checkpoint_ns = ? "
+            "AND checkpoint_id = ?",
+            key,
+        )
+        return {task_id: path for task_id, path in rows}
+
+    async def conversations(self) -> list[Conversation]:
+        rows = await self._fetch(f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations")
+        return [_conversation(r) for r in rows]
+
+    async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
+        if not rows:
+            return
+        await self._execute(
+            f"""INSERT INTO cairn_conversations ({schema.INDEX_COLUMNS}, dirty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (thread_id) DO UPDATE SET
+              title = CASE WHEN excluded.meta_changed > meta_changed THEN excluded.title ELSE title END,
+              model = CASE WHEN excluded.meta_changed > meta_changed THEN excluded.model ELSE model END,
+              pinned = CASE WHEN excluded.meta_changed > meta_changed THEN excluded.pinned ELSE pinned END,
+              created = CASE WHEN excluded.created > 0 AND excluded.created < created
+                             THEN excluded.created ELSE created END,
+              updated = max(updated, excluded.updated),
+              meta_changed = max(meta_changed, excluded.meta_changed),
+              deleted = max(deleted, excluded.deleted),
+              dirty = max(dirty, excluded.dirty)""",
+            [
+                (c.thread_id, c.title, c.model, c.created, c.updated, c.meta_changed, c.pinned, c.deleted, int(dirty))
+                for c in rows
+            ],
+            many=True,
+        )
+
+    async def pending(self, limit: int) -> tuple[list[Key], int]:
+        rows = await self._fetch(
+            "SELECT thread_id, checkpoint_ns, checkpoint_id, max(seq) FROM cairn_outbox "
+            "GROUP BY thread_id, checkpoint_ns, checkpoint_id ORDER BY thread_id, checkpoint_ns, checkpoint_id "
+            "LIMIT ?",
+            (limit,),
+        )
+        mark = max((r[3] for r in rows), default=0)
+        return [(r[0], r[1], r[2]) for r in rows], mark
+
+    async def acknowledge(self, keys: Iterable[Key], mark: int) -> None:
+        await self._execute(
+            "DELETE FROM cairn_outbox WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ? AND seq <= ?",
+            [(*k, mark) for k in keys],
+            many=True,
+        )
+
+    async def pending_count(self) -> int:
+        rows = await self._fetch(
+            "SELECT count(*) FROM (SELECT DISTINCT thread_id, checkpoint_ns, checkpoint_id FROM cairn_outbox)"
+        )
+        return int(rows[0][0])
+
+    async def outbox_mark(self) -> int:
+        rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM cairn_outbox")
+        return int(rows[0][0])
+
+    async def forget_after(self, keys: Iterable[Key], mark: int) -> None:
+        await self._execute(
+            "DELETE FROM cairn_outbox WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ? AND seq > ?",
+            [(*k, mark) for k in keys],
+            many=True,
+        )
+
+    async def enqueue(self, keys: Iterable[Key]) -> None:
+        await self._execute(
+            "INSERT INTO cairn_outbox (thread_id, checkpoint_ns, checkpoint_id) VALUES (?, ?, ?)",
+            list(keys),
+            many=True,
+        )
+
+    async def dirty_conversations(self) -> list[Conversation]:
+        rows = await self._fetch(f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations WHERE dirty = 1")
+        return [_conversation(r) for r in rows]
+
+    async def mark_clean(self, conversation: Conversation) -> None:
+        await self._execute(
+            "UPDATE cairn_conversations SET dirty = 0 WHERE thread_id = ? AND meta_changed = ?",
+            (conversation.thread_id, conversation.meta_changed),
+        )
+
+    async def update_conversation(self, thread_id: str, **changes: Any) -> Conversation:
+        rows = await self._fetch(
+            f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations WHERE thread_id = ?", (thread_id,)
+        )
+        now = time.time()
+        current = _conversation(rows[0]) if rows else Conversation(thread_id, created=now, updated=now)
+        changed = replace(current, **changes, meta_changed=max(now, current.meta_changed + 1e-6))
+        c = changed
+        await self._execute(
+            f"""INSERT INTO cairn_conversations ({schema.INDEX_COLUMNS}, dirty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)
+            ON CONFLICT (thread_id) DO UPDATE SET title = excluded.title, model = excluded.model,
+              pinned = excluded.pinned, deleted = max(deleted, excluded.deleted),
+              meta_changed = excluded.meta_changed, dirty = 1""",
+            (c.thread_id, c.title, c.model, c.created, c.updated, c.meta_changed, c.pinned, c.deleted),
+        )
+        return changed
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self.saver.adelete_thread(thread_id)
+        await self._execute("DELETE FROM cairn_outbox WHERE thread_id = ?", (thread_id,))
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.saver.conn.close()
+
+
+async def _open_sqlite_saver(path: Path) -> AsyncSqliteSaver:
+    conn = await aiosqlite.connect(path, timeout=10)
+    try:
+        saver = AsyncSqliteSaver(conn)
+        await saver.setup()
+        async with saver.lock:
+            await _migrate_sqlite(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    return saver
+
+
+async def _migrate_sqlite(conn: aiosqlite.Connection) -> None:
+    await conn.execute(schema.SQLITE_MIGRATIONS_TABLE)
+    async with conn.execute("SELECT coalesce(max(v), -1) FROM cairn_migrations") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else -1
+    for v in range(version + 1, len(schema.SQLITE_MIGRATIONS)):
+        await conn.executescript(schema.SQLITE_MIGRATIONS[v])
+        await conn.execute("INSERT INTO cairn_migrations (v) VALUES (?)", (v,))
+    await conn.commit()
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    shutil.move(path, aside)
+    for suffix in ("-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            shutil.move(companion, aside.with_name(aside.name + suffix))
+    return aside
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Memory
+
+
+class MemoryBackend(LocalBackend):
+    """The last resort: nothing here survives the app, which the badge says in red."""
+
+    tier = "memory"
+
+    def __init__(self) -> None:
+        self.saver: InMemorySaver = InMemorySaver()
+        self._outbox: dict[Key, int] = {}
+        self._seq = 0
+        self._index: dict[str, Conversation] = {}
+        self._dirty: set[str] = set()
+
+    def _touch(self, thread_id: str, checkpoint_ns: str) -> None:
+        if checkpoint_ns:
+            return
+        now = time.time()
+        current = self._index.get(thread_id) or Conversation(thread_id, created=now)
+        self._index[thread_id] = replace(current, updated=now)
+
+    def record_put(self, key: Key) -> None:
+        """What the SQLite triggers do, done by the caller after each write into memory."""
+        self._seq += 1
+        self._outbox[key] = self._seq
+        self._touch(key[0], key[1])
+
+    async def checkpoint_keys(self, thread_id: str | None = None) -> set[Key]:
+        keys: set[Key] = set()
+        for tid, namespaces in list(self.saver.storage.items()):
+            if thread_id is not None and tid != thread_id:
+                continue
+            for ns, checkpoints in namespaces.items():
+                keys.update((tid, ns, cid) for cid in checkpoints)
+        return keys
+
+    async def write_keys(self, thread_id: str | None = None) -> set[WriteKey]:
+        keys: set[WriteKey] = set()
+        for (tid, ns, cid), writes in list(self.saver.writes.items()):
+            if thread_id is None or tid == thread_id:
+                keys.update((tid, ns, cid, task_id, idx) for task_id, idx in writes)
+        return keys
+
+    async def task_paths(self, key: Key) -> dict[str, str]:
+        return {task_id: w[3] for (task_id, _idx), w in self.saver.writes.get(key, {}).items()}
+
+    async def conversations(self) -> list[Conversation]:
+        return list(self._index.values())
+
+    async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
+        for row in rows:
+            self._index[row.thread_id] = merge_conversations(self._index.get(row.thread_id), row)
+            if dirty:
+                self._dirty.add(row.thread_id)
+
+    async def pending(self, limit: int) -> tuple[list[Key], int]:
+        keys = sorted(self._outbox)[:limit]
+        return keys, max((self._outbox[k] for k in keys), default=0)
+
+    async def acknowledge(self, keys: Iterable[Key], mark: int) -> None:
+        for key in keys:
+            if self._outbox.get(key, math.inf) <= mark:
+                del self._outbox[key]
+
+    async def pending_count(self) -> int:
+        return len(self._outbox)
+
+    async def outbox_mark(self) -> int:
+        return self._seq
+
+    async def forget_after(self, keys: Iterable[Key], mark: int) -> None:
+        for key in keys:
+            if self._outbox.get(key, -1) > mark:
+                del self._outbox[key]
+
+    async def enqueue(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            self._seq += 1
+            self._outbox[key] = self._seq
+
+    async def dirty_conversations(self) -> list[Conversation]:
+        return [self._index[t] for t in self._dirty if t in self._index]
+
+    async def mark_clean(self, conversation: Conversation) -> None:
+        current = self._index.get(conversation.thread_id)
+        if current is not None and current.meta_changed == conversation.meta_changed:
+            self._dirty.discard(conversation.thread_id)
+
+    async def update_conversation(self, thread_id: str, **changes: Any) -> Conversation:
+        now = time.time()
+        current = self._index.get(thread_id) or Conversation(thread_id, created=now, updated=now)
+        changed = replace(current, **changes, meta_changed=max(now, current.meta_changed + 1e-6))
+        changed = replace(changed, deleted=current.deleted or changed.deleted)
+        self._index[thread_id] = changed
+        self._dirty.add(thread_id)
+        return changed
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self.saver.adelete_thread(thread_id)
+        for key in [k for k in self._outbox if k[0] == thread_id]:
+            del self._outbox[key]
+
+    async def close(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Postgres
+
+
+@dataclass(frozen=True)
+class PostgresTarget:
+    """Where and how to connect; the password comes from the keyring, never from the stored URL."""
+
+    url: str
+    password: str | None = None
+    pool_size: int = 5
+    connect_timeout: float = 5.0
+    prefer_async: bool = True
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "prepare_threshold": None,
+            "row_factory": dict_row,
+            # libpq counts whole seconds and treats anything below 2 as 2; our own bound is the exact one.
+            "connect_timeout": max(2, math.ceil(self.connect_timeout)),
+        }
+        if self.password:
+            kwargs["password"] = self.password
+        return kwargs
+
+
+def async_allowed(loop: asyncio.AbstractEventLoop) -> bool:
+    """psycopg's async mode needs a selector loop (it refuses Windows' proactor loop)."""
+    return isinstance(loop, asyncio.SelectorEventLoop)
+
+
+class PostgresBackend(Backend):
+    tier = "postgres"
+
+    def __init__(
+        self, saver: BaseCheckpointSaver[str], pool: AsyncConnectionPool | ConnectionPool, *, is_async: bool
+    ) -> None:
+        self.saver = saver
+        self.pool = pool
+        self.is_async = is_async
+
+    @property
+    def mode(self) -> str:
+        return "async" if self.is_async else "sync"
+
+    @classmethod
+    async def open(cls, target: PostgresTarget) -> PostgresBackend:
+        """Connect once (fails fast on a refused port, within the timeout on a silent host), set up, open a pool."""
+        kwargs = target.connect_kwargs()
+        async with asyncio.timeout(target.connect_timeout + 0.5):
+            probe = await psycopg.AsyncConnection.connect(target.url, **kwargs)
+        try:
+            async with asyncio.timeout(max(30.0, target.connect_timeout * 3)):
+                await AsyncPostgresSaver(probe).setup()
+                await _migrate_postgres(probe)
+        finally:
+            await probe.close()
+        use_async = target.prefer_async and async_allowed(asyncio.get_running_loop())
+        if use_async:
+            apool = AsyncConnectionPool(
+                target.url,
+                min_size=1,
+                max_size=target.pool_size,
+                kwargs=kwargs,
+                open=False,
+                timeout=target.connect_timeout,
+                check=AsyncConnectionPool.check_connection,
+                name="cairn",
+            )
+            await apool.open(wait=True, timeout=target.connect_timeout + 0.5)
+            return cls(AsyncPostgresSaver(apool), apool, is_async=True)
+        spool = ConnectionPool(
+            target.url,
+            min_size=1,
+            max_size=target.pool_size,
+            kwargs=kwargs,
+            open=False,
+            timeout=target.connect_timeout,
+            check=ConnectionPool.check_connection,
+            name="cairn-sync",
+        )
+        await asyncio.to_thread(spool.open, wait=True, timeout=target.connect_timeout + 0.5)
+        return cls(ThreadedSaver(PostgresSaver(spool)), spool, is_async=False)
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        if isinstance(self.pool, AsyncConnectionPool):
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(sql, params)
+                return await cursor.fetchall()
+
+        def run() -> list[dict[str, Any]]:
+            assert isinstance(self.pool, ConnectionPool)
+            with self.pool.connection() as conn:
+                return conn.execute(sql, params).fetchall()
+
+        return await asyncio.to_thread(run)
+
+    async def _execute_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        if isinstance(self.pool, AsyncConnectionPool):
+            async with self.pool.connection() as conn, conn.cursor() as cursor:
+                await cursor.executemany(sql, params)
+            return
+
+        def run() -> None:
+            assert isinstance(self.pool, ConnectionPool)
+            with self.pool.connection() as conn, conn.cursor() as cursor:
+                cursor.executemany(sql, params)
+
+        await asyncio.to_thread(run)
+
+    async def probe(self) -> None:
+        await self._fetch("SELECT 1")
+
+    async def checkpoint_keys(self, thread_id: str | None = None) -> set[Key]:
+        where, params = ("WHERE thread_id = %s", (thread_id,)) if thread_id is not None else ("", ())
+        rows = await self._fetch(f"SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints {where}", params)
+        return {(r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]) for r in rows}
+
+    async def write_keys(self, thread_id: str | None = None) -> set[WriteKey]:
+        where, params = ("WHERE thread_id = %s", (thread_id,)) if thread_id is not None else ("", ())
+        rows = await self._fetch(
+            f"SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx FROM checkpoint_writes {where}", params
+        )
+        return {(r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"], r["task_id"], r["idx"]) for r in rows}
+
+    async def task_paths(self, key: Key) -> dict[str, str]:
+        rows = await self._fetch(
+            "SELECT DISTINCT task_id, task_path FROM checkpoint_writes WHERE thread_id = %s AND checkpoint_ns = %s "
+            "AND checkpoint_id = %s",
+            key,
+        )
+        return {r["task_id"]: r["task_path"] for r in rows}
+
+    async def conversations(self) -> list[Conversation]:
+        rows = await self._fetch(f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations")
+        return [_conversation(tuple(r.values())) for r in rows]
+
+    async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
+        if not rows:
+            return
+        await self._execute_many(
+            f"""INSERT INTO cairn_conversations AS cur ({schema.INDEX_COLUMNS})
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (thread_id) DO UPDATE SET
+              title = CASE WHEN excluded.meta_changed > cur.meta_changed THEN excluded.title ELSE cur.title END,
+              model = CASE WHEN excluded.meta_changed > cur.meta_changed THEN excluded.model ELSE cur.model END,
+              pinned = CASE WHEN excluded.meta_changed > cur.meta_changed THEN excluded.pinned ELSE cur.pinned END,
+              created = CASE WHEN excluded.created > 0 AND excluded.created < cur.created
+                             THEN excluded.created ELSE cur.created END,
+              updated = greatest(cur.updated, excluded.updated),
+              meta_changed = greatest(cur.meta_changed, excluded.meta_changed),
+              deleted = cur.deleted OR excluded.deleted""",
+            [(c.thread_id, c.title, c.model, c.created, c.updated, c.meta_changed, c.pinned, c.deleted) for c in rows],
+        )
+
+    async def close(self) -> None:
+        try:
+            if isinstance(self.pool, AsyncConnectionPool):
+                await self.pool.close(timeout=1.0)
+            else:
+                await asyncio.to_thread(self.pool.close, 1.0)
+        except Exception as exc:  # closing a pool to a dead server must not stop a tier change
+            log.debug("closing the Postgres pool: %s", describe(exc))
+
+
+async def _migrate_postgres(conn: psycopg.AsyncConnection[Any]) -> None:
+    async with conn.transaction():
+        await conn.execute(schema.POSTGRES_MIGRATION_LOCK)
+        await conn.execute(schema.POSTGRES_MIGRATIONS_TABLE)
+        cursor = await conn.execute("SELECT coalesce(max(v), -1) AS v FROM cairn_migrations")
+        row = await cursor.fetchone()
+        version = int(row["v"]) if row else -1  # type: ignore[call-overload,index]
+        for v in range(version + 1, len(schema.POSTGRES_MIGRATIONS)):
+            await conn.execute(schema.POSTGRES_MIGRATIONS[v])  # type: ignore[arg-type]
+            await conn.execute("INSERT INTO cairn_migrations (v) VALUES (%s)", (v,))

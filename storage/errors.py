@@ -1,0 +1,65 @@
+"""Split storage failures by cause: the environment (move the tier) or a bug (raise).
+
+Modelled on qutebrowser's KnownError/BugError split: a lost connection, a timeout, a full or read-only disk, a
+locked or corrupt file are facts about the machine and the network, and the tiered saver answers them by writing
+to the next tier. Anything else is a programming error and must reach the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import psycopg
+import psycopg_pool
+
+# Messages sqlite3 uses for conditions of the machine rather than of our SQL.
+_SQLITE_ENVIRONMENT_MESSAGES = (
+    "database is locked",
+    "disk i/o error",
+    "unable to open database file",
+    "readonly database",
+    "database or disk is full",
+    "disk image is malformed",
+    "file is not a database",
+    "no active connection",
+    "cannot operate on a closed database",
+    "out of memory",
+)
+
+# Signs of a corrupt file: these are answered by moving the file aside, not only by changing tier.
+_SQLITE_CORRUPTION_MESSAGES = ("disk image is malformed", "file is not a database")
+
+
+class StorageUnavailable(Exception):
+    """No tier could take a write. Raised only when even memory failed, which is a bug."""
+
+
+def is_environment_error(exc: BaseException) -> bool:
+    """True when ``exc`` comes from the machine or the network, not from our code."""
+    if isinstance(exc, psycopg.errors.UntranslatableCharacter | psycopg.errors.CharacterNotInRepertoire):
+        return False  # bad input, not a bad network: the caller must hear about it
+    if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
+        return True
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction | psycopg.errors.InsufficientResources):
+        return True
+    if isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc).lower():
+        return True
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc).lower()
+        return any(message in text for message in _SQLITE_ENVIRONMENT_MESSAGES)
+    if isinstance(exc, ValueError) and "no active connection" in str(exc).lower():
+        return True  # aiosqlite after its worker thread stopped
+    return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError | ConnectionError)
+
+
+def is_corruption(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and any(m in text for m in _SQLITE_CORRUPTION_MESSAGES)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for the badge, the doctor and the log: the error class and its first line."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name

@@ -1,0 +1,65 @@
+"""Build the storage stack from the settings in effect: the one place settings become tiers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+
+from storage.backends import PostgresTarget
+from storage.errors import describe
+from storage.manager import StorageManager
+from storage.secrets import SecretStore, resolve_password, split_password, store_url_password
+from storage.settings import Settings
+from storage.tiered import TieredSaver
+
+log = logging.getLogger("cairn.storage")
+
+
+@dataclass
+class Storage:
+    manager: StorageManager
+    saver: TieredSaver
+
+    async def close(self) -> None:
+        await self.manager.close()
+
+
+def postgres_target(settings: Settings, secrets: SecretStore) -> tuple[PostgresTarget | None, str]:
+    """The Postgres to use, or None and why not. A password typed into the URL moves to the keyring here."""
+    url = settings.postgres_url.strip()
+    if not url:
+        return None, "no Postgres URL is configured"
+    if not settings.use_postgres:
+        return None, "Postgres is switched off (USE_POSTGRES_CHECKPOINTER=false)"
+    clean, inline_password = split_password(url)
+    try:
+        psycopg.conninfo.conninfo_to_dict(clean)
+    except psycopg.ProgrammingError as exc:
+        return None, f"POSTGRES_DATABASE_URL is not a valid Postgres URL: {describe(exc)}"
+    if inline_password is not None:
+        store_url_password(url, secrets)
+    password = inline_password if inline_password is not None else resolve_password(clean, secrets)
+    target = PostgresTarget(
+        url=clean,
+        password=password,
+        pool_size=settings.pool_size,
+        connect_timeout=settings.connect_timeout,
+        prefer_async=settings.prefer_async_postgres,
+    )
+    return target, ""
+
+
+async def open_storage(settings: Settings, secrets: SecretStore, *, wait_for_postgres: bool = False) -> Storage:
+    """Open the tiers and start the background tasks; needs a running selector loop."""
+    target, reason = postgres_target(settings, secrets)
+    manager = StorageManager(
+        data_dir=settings.data_dir,
+        postgres=target,
+        postgres_reason=reason,
+        retry_max_seconds=settings.retry_max_seconds,
+        keyring_name=secrets.backend_name,
+    )
+    await manager.start(wait_for_postgres=wait_for_postgres)
+    return Storage(manager, TieredSaver(manager))

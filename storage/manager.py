@@ -1,0 +1,414 @@
+"""The storage runtime: which tier takes a write, the Postgres health monitor, the sync task, tier events.
+
+Writes land in the local tier first (SQLite), so a turn never waits on the network; a background task copies what
+Postgres lacks as soon as it answers and brings down what only Postgres has. When SQLite cannot be used, Postgres
+is written directly; when neither can, memory. An environment error moves the tier and the write is retried on the
+next one; any other error is a bug and reaches the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+
+from storage import sync
+from storage.backends import (
+    Backend,
+    Conversation,
+    LocalBackend,
+    MemoryBackend,
+    PostgresBackend,
+    PostgresTarget,
+    SqliteBackend,
+)
+from storage.errors import describe, is_environment_error
+from storage.secrets import mask_secrets, mask_url
+from storage.status import StorageStatus, TierEvent, TierName, TierStatus
+
+log = logging.getLogger("cairn.storage")
+
+T = TypeVar("T")
+Listener = Callable[[StorageStatus, TierEvent | None], None]
+
+FIRST_RETRY_SECONDS = 0.25
+PROBE_INTERVAL_SECONDS = 5.0
+RECONCILE_INTERVAL_SECONDS = 60.0
+
+
+class StorageManager:
+    """Owns the backends and decides, for every call, where it goes."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path | None,
+        postgres: PostgresTarget | None = None,
+        postgres_reason: str = "",
+        retry_max_seconds: float = 5.0,
+        reconcile_interval: float = RECONCILE_INTERVAL_SECONDS,
+        keyring_name: str = "",
+    ) -> None:
+        self.data_dir = data_dir
+        self.target = postgres
+        self.retry_max_seconds = retry_max_seconds
+        self.reconcile_interval = reconcile_interval
+        self.keyring_name = keyring_name
+        self.sqlite: SqliteBackend | None = None
+        self.sqlite_failed = ""  # why SQLite takes no writes; empty while it works
+        self.memory = MemoryBackend()
+        self.remote: PostgresBackend | None = None
+        self._postgres = TierStatus("off", postgres_reason or "no Postgres URL is configured")
+        self._pending = 0
+        self._last_sync_error = ""
+        self._homes: dict[str, set[str]] = {}
+        self._listeners: list[Listener] = []
+        self._active: TierName = "memory"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._retry = asyncio.Event()
+        self._remote_lost = asyncio.Event()
+        self._sync_wake = asyncio.Event()
+        self._reconcile_due = True
+        self._first_attempt = asyncio.Event()
+        self._closed = False
+
+    # --- life -----------------------------------------------------------------------------------------------
+    async def start(self, *, wait_for_postgres: bool = False) -> None:
+        """Open SQLite, start the Postgres monitor and the sync task; return without waiting on the network
+        unless ``wait_for_postgres`` (the doctor), which waits for the first attempt (bounded by its timeout)."""
+        if self.data_dir is None:
+            self.sqlite_failed = "no data directory is configured"
+        else:
+            try:
+                self.sqlite = await SqliteBackend.open(self.data_dir)
+            except Exception as exc:
+                if not is_environment_error(exc):
+                    raise
+                self.sqlite_failed = f"cannot use {self.data_dir}: {describe(exc)}"
+                log.error("SQLite unavailable: %s", self.sqlite_failed)
+        self._active = self._compute_active()
+        loop = asyncio.get_running_loop()
+        if self.target is not None:
+            self._postgres = TierStatus("connecting", f"connecting to {mask_url(self.target.url)}")
+            self._tasks.append(loop.create_task(self._health_loop(), name="cairn-postgres-health"))
+        else:
+            self._first_attempt.set()
+        self._tasks.append(loop.create_task(self._sync_loop(), name="cairn-sync"))
+        self._sync_wake.set()
+        if wait_for_postgres:
+            await self._first_attempt.wait()
+        log.info("storage started: active tier %s", self._active)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.remote is not None:
+            await self.remote.close()
+            self.remote = None
+        if self.sqlite is not None:
+            await self.sqlite.close()
+
+    # --- routing --------------------------------------------------------------------------------------------
+    def write_target(self) -> Backend:
+        if self.sqlite is not None and not self.sqlite_failed:
+            return self.sqlite
+        if self.remote is not None:
+            return self.remote
+        return self.memory
+
+    def read_targets(self, thread_id: str | None) -> list[Backend]:
+        """Where to look for a thread: the current tier, then any other tier this session wrote it to."""
+        primary = self.write_target()
+        homes = self._homes.get(thread_id or "", set())
+        others = [
+            b
+            for b in (self.memory, self.sqlite, self.remote)
+            if b is not None and b is not primary and b.tier in homes
+        ]
+        return [primary, *others]
+
+    async def write(self, thread_id: str, op: Callable[[Backend], Awaitable[T]]) -> T:
+        """Run a write on the current tier; on an environment error move down a tier and write there."""
+        while True:
+            backend = self.write_target()
+            try:
+                result = await op(backend)
+            except Exception as exc:
+                if backend is self.memory or not is_environment_error(exc):
+                    raise
+                self._fail(backend, exc)
+                continue
+            self._homes.setdefault(thread_id, set()).add(backend.tier)
+            if backend is not self.remote:
+                self._sync_wake.set()
+            return result
+
+    async def read(self, backend: Backend, op: Callable[[Backend], Awaitable[T]]) -> T | None:
+        """Run a read; an environment error fails that tier (the caller tries the next) and gives None."""
+        try:
+            return await op(backend)
+        except Exception as exc:
+            if backend is self.memory or not is_environment_error(exc):
+                raise
+            self._fail(backend, exc)
+            return None
+
+    def _fail(self, backend: Backend, exc: BaseException) -> None:
+        reason = mask_secrets(describe(exc))
+        if backend is self.remote:
+            self._lose_remote(reason)
+        elif backend is self.sqlite and not self.sqlite_failed:
+            self.sqlite_failed = reason
+            log.error("SQLite failed, writing to the next tier: %s", reason)
+            self._changed(reason)
+
+    # --- conversation index ---------------------------------------------------------------------------------
+    async def conversations(self) -> list[Conversation]:
+        """The conversation list (tombstones left out), newest activity first, pinned first."""
+        rows: dict[str, Conversation] = {}
+        for backend in reversed(self.read_targets(None)):
+            for row in await backend.conversations():
+                current = rows.get(row.thread_id)
+                rows[row.thread_id] = row if current is None else sync_merge(current, row)
+        if self.memory is not self.write_target():
+            for row in await self.memory.conversations():
+                rows[row.thread_id] = sync_merge(rows[row.thread_id], row) if row.thread_id in rows else row
+        alive = [r for r in rows.values() if not r.deleted]
+        return sorted(alive, key=lambda r: (not r.pinned, -r.updated))
+
+    async def update_conversation(self, thread_id: str, **changes: Any) -> Conversation:
+        target = self.write_target()
+        if isinstance(target, LocalBackend):
+            row = await self.write(thread_id, lambda b: _update_local(b, thread_id, changes))
+        else:
+            current = next((c for c in await target.conversations() if c.thread_id == thread_id), None)
+            now = time.time()
+            base = current or Conversation(thread_id, created=now, updated=now)
+            row = replace(base, **changes, meta_changed=max(now, base.meta_changed + 1e-6))
+            await self.write(thread_id, lambda b: b.merge_conversations([row]))
+        self._changed(None)
+        return row
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete everywhere reachable now and leave a tombstone, so the deletion syncs and nothing comes back."""
+        for backend in (self.sqlite, self.memory):
+            if backend is not None and (backend is not self.sqlite or not self.sqlite_failed):
+                with contextlib.suppress(Exception):
+                    await backend.delete_thread(thread_id)
+        await self.update_conversation(thread_id, deleted=True)
+        if self.write_target() is self.remote and self.remote is not None:
+            await self.write(thread_id, lambda b: b.delete_thread(thread_id))
+        self._homes.pop(thread_id, None)
+        self._sync_wake.set()
+
+    # --- status ---------------------------------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def status(self) -> StorageStatus:
+        sqlite_detail: dict[str, Any] = {"path": str(self.sqlite.path) if self.sqlite else ""}
+        if self.sqlite is not None and self.sqlite.note:
+            sqlite_detail["note"] = self.sqlite.note
+        if self.sqlite is None or self.sqlite_failed:
+            sqlite = TierStatus("failed", self.sqlite_failed, sqlite_detail)
+        else:
+            state = "active" if self.write_target() is self.sqlite else "standby"
+            sqlite = TierStatus(state, self.sqlite.note or "", sqlite_detail)
+        memory_state = "active" if self.write_target() is self.memory else "standby"
+        memory_reason = "nothing is being saved: no durable storage works" if memory_state == "active" else ""
+        postgres = self._postgres
+        if self.remote is not None:
+            postgres = replace(postgres, detail={**postgres.detail, **self._pool_stats(self.remote)})
+        return StorageStatus(
+            active_tier=self._active,
+            tiers={"postgres": postgres, "sqlite": sqlite, "memory": TierStatus(memory_state, memory_reason)},
+            pending_sync=self._pending,
+            postgres_url=mask_url(self.target.url) if self.target else "",
+            data_dir=str(self.data_dir or ""),
+            keyring=self.keyring_name,
+            last_sync_error=self._last_sync_error,
+        )
+
+    def retry_now(self) -> None:
+        """Try Postgres again at once (the badge's Retry now) and run a full sync if it answers."""
+        self._reconcile_due = True
+        self._retry.set()
+        self._sync_wake.set()
+
+    async def sync_now(self) -> sync.SyncReport:
+        """A full comparison and sync with Postgres, now; an empty report when Postgres is not connected."""
+        report = sync.SyncReport()
+        remote = self.remote
+        if remote is None:
+            return report
+        for local in self._locals():
+            part = await sync.reconcile(local, remote)
+            report.uploaded += part.uploaded
+            report.downloaded += part.downloaded
+            report.deleted_threads += part.deleted_threads
+            report.index_rows += part.index_rows
+        await self._refresh_pending()
+        return report
+
+    def _compute_active(self) -> TierName:
+        target = self.write_target()
+        if target is self.memory:
+            return "memory"
+        if self.remote is not None:
+            return "postgres"
+        return "sqlite"
+
+    def _changed(self, reason: str | None) -> None:
+        previous, self._active = self._active, self._compute_active()
+        event = None
+        if previous != self._active:
+            why = reason or self.status().reason
+            event = TierEvent(previous, self._active, why, time.time())
+            log.warning("storage tier %s -> %s: %s", previous, self._active, why)
+        status = self.status()
+        for listener in list(self._listeners):
+            try:
+                listener(status, event)
+            except Exception:
+                log.exception("storage listener failed")
+
+    def _pool_stats(self, remote: PostgresBackend) -> dict[str, Any]:
+        stats: dict[str, Any] = {"mode": remote.mode}
+        with contextlib.suppress(Exception):
+            stats["pool"] = {k: v for k, v in remote.pool.get_stats().items() if not k.startswith("connections_")}
+        return stats
+
+    # --- Postgres health ------------------------------------------------------------------------------------
+    async def _health_loop(self) -> None:
+        assert self.target is not None
+        delay = FIRST_RETRY_SECONDS
+        while not self._closed:
+            if self.remote is None:
+                try:
+                    backend = await PostgresBackend.open(self.target)
+                except Exception as exc:
+                    reason = mask_secrets(describe(exc))
+                    if not is_environment_error(exc):
+                        log.exception("Postgres setup failed")
+                        self._postgres = TierStatus("failed", reason)
+                        self._first_attempt.set()
+                        self._changed(reason)
+                        return
+                    self._postgres = TierStatus("down", reason, {"retry_in": round(delay, 2)})
+                    self._first_attempt.set()
+                    self._changed(reason)
+                    await self._pause(self._retry, delay)
+                    delay = min(delay * 2, self.retry_max_seconds)
+                    continue
+                self.remote = backend
+                delay = FIRST_RETRY_SECONDS
+                self._postgres = TierStatus("connected", "", {"mode": backend.mode})
+                self._reconcile_due = True
+                self._remote_lost.clear()
+                log.info("Postgres connected (%s) at %s", backend.mode, mask_url(self.target.url))
+                self._first_attempt.set()
+                self._changed("Postgres is reachable")
+                self._sync_wake.set()
+                continue
+            if await self._pause(self._remote_lost, PROBE_INTERVAL_SECONDS):
+                continue  # lost through a failed call; the loop reconnects
+            remote = self.remote
+            if remote is None:
+                continue
+            try:
+                async with asyncio.timeout(self.target.connect_timeout + 0.5):
+                    await remote.probe()
+            except Exception as exc:
+                if not is_environment_error(exc):
+                    raise
+                self._lose_remote(mask_secrets(describe(exc)))
+
+    async def _pause(self, event: asyncio.Event, seconds: float) -> bool:
+        """Wait until ``event`` is set or ``seconds`` pass; True when the event woke us."""
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            return False
+        event.clear()
+        return True
+
+    def _lose_remote(self, reason: str) -> None:
+        remote, self.remote = self.remote, None
+        if remote is None:
+            return
+        self._postgres = TierStatus("down", reason, {"retry_in": FIRST_RETRY_SECONDS})
+        log.warning("Postgres lost: %s", reason)
+        task = asyncio.get_running_loop().create_task(remote.close())
+        self._tasks.append(task)  # type: ignore[arg-type]
+        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))  # type: ignore[arg-type]
+        self._remote_lost.set()
+        self._changed(reason)
+
+    # --- sync -----------------------------------------------------------------------------------------------
+    def _locals(self) -> list[LocalBackend]:
+        locals_: list[LocalBackend] = []
+        if self.sqlite is not None and not self.sqlite_failed:
+            locals_.append(self.sqlite)
+        if self.memory.saver.storage or self.memory._index:
+            locals_.append(self.memory)
+        return locals_
+
+    async def _refresh_pending(self) -> None:
+        total = 0
+        for local in self._locals():
+            with contextlib.suppress(Exception):
+                total += await local.pending_count()
+        if total != self._pending:
+            self._pending = total
+            self._changed(None)
+
+    async def _sync_loop(self) -> None:
+        while not self._closed:
+            woke = await self._pause(self._sync_wake, self.reconcile_interval)
+            if not woke:
+                self._reconcile_due = True
+            remote = self.remote
+            if remote is not None:
+                try:
+                    for local in self._locals():
+                        if self._reconcile_due:
+                            await sync.reconcile(local, remote)
+                        else:
+                            await sync.push(local, remote)
+                    self._reconcile_due = False
+                    self._last_sync_error = ""
+                except Exception as exc:
+                    if not is_environment_error(exc):
+                        log.exception("sync failed")
+                        self._last_sync_error = describe(exc)
+                    elif isinstance(exc, sqlite3.Error | ValueError):
+                        self._fail(self.sqlite, exc) if self.sqlite else None
+                    elif isinstance(exc, psycopg.Error | OSError | TimeoutError):
+                        self._lose_remote(mask_secrets(describe(exc)))
+            await self._refresh_pending()
+
+
+def sync_merge(a: Conversation, b: Conversation) -> Conversation:
+    from storage.backends import merge_conversations
+
+    return merge_conversations(a, b)
+
+
+async def _update_local(backend: Backend, thread_id: str, changes: dict[str, Any]) -> Conversation:
+    assert isinstance(backend, LocalBackend)
+    return await backend.update_conversation(thread_id, **changes)

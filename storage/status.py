@@ -1,0 +1,52 @@
+"""What the badge, the storage details and ``doctor`` show: plain data, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+TierName = Literal["postgres", "sqlite", "memory"]
+TierState = Literal["active", "connected", "standby", "connecting", "down", "failed", "off"]
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    state: TierState
+    reason: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TierEvent:
+    """The active tier changed (or a tier failed): what, from where, to where, and why."""
+
+    previous: TierName
+    current: TierName
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class StorageStatus:
+    active_tier: TierName
+    tiers: dict[TierName, TierStatus]
+    pending_sync: int
+    postgres_url: str  # masked
+    data_dir: str
+    keyring: str = ""
+    last_sync_error: str = ""
+
+    @property
+    def reason(self) -> str:
+        """Why the active tier is the active tier, in one line."""
+        if self.active_tier == "postgres":
+            return "Postgres is reachable" + (f"; syncing {self.pending_sync}" if self.pending_sync else "")
+        postgres = self.tiers["postgres"]
+        if self.active_tier == "sqlite":
+            return postgres.reason or "Postgres is not configured"
+        return self.tiers["sqlite"].reason or "no durable storage is available"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reason"] = self.reason
+        return data

@@ -1,0 +1,152 @@
+"""Copying checkpoints between backends, in order and idempotently.
+
+Checkpoints are immutable and keyed by (thread, namespace, id), so a copy is a union: copying again changes nothing,
+and two machines that continued one conversation apart leave two branches. The procedure is the one in
+shared/FACTS.md: ``aput`` each checkpoint under its *parent's* config with all its channel versions, then its
+writes once per task, in the order live execution wrote them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from langchain_core.runnables import RunnableConfig
+
+from storage.backends import Backend, Conversation, Key, LocalBackend, PostgresBackend, WriteKey
+
+log = logging.getLogger("cairn.sync")
+
+PUSH_BATCH = 256
+
+
+def checkpoint_config(key: Key) -> RunnableConfig:
+    thread_id, checkpoint_ns, checkpoint_id = key
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint_id}}
+
+
+async def copy_checkpoint(source: Backend, target: Backend, key: Key) -> bool:
+    """Copy one checkpoint and its pending writes; False when the source no longer has it (deleted since)."""
+    config = checkpoint_config(key)
+    found = await source.saver.aget_tuple(config)
+    if found is None:
+        return False
+    thread_id, checkpoint_ns, _ = key
+    parent: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns}}
+    if found.parent_config is not None:
+        parent["configurable"]["checkpoint_id"] = found.parent_config["configurable"]["checkpoint_id"]
+    checkpoint = found.checkpoint
+    await target.saver.aput(parent, checkpoint, found.metadata, checkpoint["channel_versions"])
+    if found.pending_writes:
+        paths = await source.task_paths(key)
+        by_task: dict[str, list[tuple[str, object]]] = {}
+        for task_id, channel, value in found.pending_writes:
+            by_task.setdefault(task_id, []).append((channel, value))
+        for task_id, writes in by_task.items():
+            await target.saver.aput_writes(config, writes, task_id, paths.get(task_id, ""))
+    return True
+
+
+@dataclass
+class SyncReport:
+    uploaded: int = 0
+    downloaded: int = 0
+    deleted_threads: int = 0
+    index_rows: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.uploaded or self.downloaded or self.deleted_threads or self.index_rows)
+
+
+async def push(local: LocalBackend, remote: PostgresBackend) -> SyncReport:
+    """Upload what the outbox lists, then the index rows changed locally (deletions first)."""
+    report = SyncReport()
+    await push_index(local, remote, report)
+    while True:
+        keys, mark = await local.pending(PUSH_BATCH)
+        if not keys:
+            break
+        for key in keys:
+            if await copy_checkpoint(local, remote, key):
+                report.uploaded += 1
+        await local.acknowledge(keys, mark)
+    return report
+
+
+async def push_index(local: LocalBackend, remote: PostgresBackend, report: SyncReport) -> None:
+    dirty = await local.dirty_conversations()
+    if not dirty:
+        return
+    for row in dirty:
+        if row.deleted:
+            await remote.delete_thread(row.thread_id)
+            report.deleted_threads += 1
+    await remote.merge_conversations(dirty)
+    for row in dirty:
+        await local.mark_clean(row)
+    report.index_rows += len(dirty)
+
+
+async def reconcile(local: LocalBackend, remote: PostgresBackend) -> SyncReport:
+    """Compare both sides key by key: queue what Postgres lacks, bring down what only Postgres has.
+
+    Run when Postgres (re)appears and now and then while it is up, so conversations continued on another machine
+    arrive, and anything an interrupted sync missed is found again.
+    """
+    report = SyncReport()
+    remote_rows = {c.thread_id: c for c in await remote.conversations()}
+    local_rows = {c.thread_id: c for c in await local.conversations()}
+    deleted = {t for t, c in remote_rows.items() if c.deleted} | {t for t, c in local_rows.items() if c.deleted}
+
+    # Tombstones first, so nothing deleted on one side is copied back from the other.
+    for thread_id in sorted(deleted):
+        if thread_id in local_rows and not local_rows[thread_id].deleted:
+            await local.merge_conversations([remote_rows[thread_id]])
+        if await local.checkpoint_keys(thread_id):
+            await local.delete_thread(thread_id)
+            report.deleted_threads += 1
+    await push_index(local, remote, report)
+
+    local_keys = await local.checkpoint_keys()
+    remote_keys = await remote.checkpoint_keys()
+    local_writes = await local.write_keys()
+    remote_writes = await remote.write_keys()
+
+    upload = _keys_for(local_keys - remote_keys, local_writes - remote_writes, deleted)
+    if upload:
+        log.info("reconcile: %d checkpoints to upload", len(upload))
+        await local.enqueue(sorted(upload))
+    download = _keys_for(remote_keys - local_keys, remote_writes - local_writes, deleted) & remote_keys
+    if download:
+        log.info("reconcile: %d checkpoints to download", len(download))
+        mark = await local.outbox_mark()
+        for key in sorted(download):
+            if await copy_checkpoint(remote, local, key):
+                report.downloaded += 1
+        # They came from Postgres: no need to send them back.
+        await local.forget_after(download, mark)
+
+    newer = [
+        row
+        for thread_id, row in remote_rows.items()
+        if thread_id not in deleted and _is_newer(row, local_rows.get(thread_id))
+    ]
+    if newer:
+        await local.merge_conversations(newer)
+        report.index_rows += len(newer)
+    pushed = await push(local, remote)
+    report.uploaded += pushed.uploaded
+    report.index_rows += pushed.index_rows
+    return report
+
+
+def _keys_for(checkpoints: Iterable[Key], writes: Iterable[WriteKey], deleted: set[str]) -> set[Key]:
+    keys = set(checkpoints) | {(w[0], w[1], w[2]) for w in writes}
+    return {k for k in keys if k[0] not in deleted}
+
+
+def _is_newer(theirs: Conversation, mine: Conversation | None) -> bool:
+    if mine is None:
+        return True
+    return theirs.meta_changed > mine.meta_changed or theirs.updated > mine.updated
