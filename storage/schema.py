@@ -79,6 +79,6 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
 SQLITE_MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS cairn_migrations (v INTEGER PRIMARY KEY)"
 POSTGRES_MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS cairn_migrations (v INTEGER PRIMARY KEY)"
 # Two machines may set up one database at once: serialise on a fixed advisory lock key ("cairn").
-POSTGRES_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(6_361_726_110)"
+POSTGRES_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(6361726110)"
 
 INDEX_COLUMNS = "thread_id, title, model, created, updated, meta_changed, pinned, deleted"

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Set up and run Cairn's whole test suite on a fresh Debian machine (Python 3.11).
+#
+#   scripts/test.sh                  # everything
+#   scripts/test.sh -q -k proxy      # extra arguments go to pytest
+#
+# Installs Debian's `postgresql` package when no server binaries are found (unless TEST_POSTGRES_URL
+# points at a server), creates .venv, installs the project with its test extras, then runs pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Same search as tests/pgcluster.py: pg_config --bindir, newest /usr/lib/postgresql/*/bin, PATH.
+has_server_binaries() {
+    [ -x "$1/initdb" ] && [ -x "$1/pg_ctl" ] && [ -x "$1/postgres" ]
+}
+find_pg_bindir() {
+    local dir
+    if command -v pg_config >/dev/null 2>&1; then
+        dir="$(pg_config --bindir 2>/dev/null || true)"
+        if [ -n "$dir" ] && has_server_binaries "$dir"; then
+            echo "$dir"
+            return 0
+        fi
+    fi
+    while IFS= read -r dir; do
+        if [ -n "$dir" ] && has_server_binaries "$dir"; then
+            echo "$dir"
+            return 0
+        fi
+    done < <(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5,5 -V -r)
+    if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 \
+        && command -v postgres >/dev/null 2>&1; then
+        dirname "$(command -v initdb)"
+        return 0
+    fi
+    return 1
+}
+
+apt_packages=()
+if [ -z "${TEST_POSTGRES_URL:-}" ] && ! find_pg_bindir >/dev/null; then
+    apt_packages+=(postgresql)
+fi
+
+python=""
+if [ ! -x .venv/bin/python ]; then
+    python="$(command -v python3.11 || command -v python3 || true)"
+    if [ -z "$python" ]; then
+        echo "test.sh: Python 3.11 not found (Debian: apt-get install python3 python3-venv)" >&2
+        exit 1
+    fi
+    # Debian's python3 lacks ensurepip (so `-m venv` fails) until python3-venv is installed.
+    if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        apt_packages+=(python3-venv)
+    fi
+fi
+
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+    echo "test.sh: installing ${apt_packages[*]} with apt-get" >&2
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "test.sh: need root or sudo to apt-get install ${apt_packages[*]}" >&2
+            exit 1
+        fi
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${apt_packages[@]}"
+fi
+
+if [ -n "$python" ]; then
+    echo "test.sh: creating .venv with $python" >&2
+    "$python" -m venv .venv
+fi
+# Quiet on success (setuptools' build warnings are noise here); the full log on failure.
+pip_log="$(mktemp)"
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >"$pip_log" 2>&1; then
+    cat "$pip_log" >&2
+    rm -f "$pip_log"
+    echo "test.sh: pip install -e '.[test]' failed" >&2
+    exit 1
+fi
+rm -f "$pip_log"
+
+exec .venv/bin/python -m pytest "$@"

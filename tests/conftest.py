@@ -1,0 +1,116 @@
+"""Shared fixtures. Logic lives in tests/pgcluster.py and tests/netproxy.py."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything can import Qt (collection imports test modules).
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+
+from tests.netproxy import TcpProxy
+from tests.pgcluster import PgServer, PostgresUnavailable, open_test_server
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _qt_offscreen() -> None:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Anything that needs the server is marked, so `-m "not postgres"` deselects it.
+    for item in items:
+        if "pg_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """The session's PostgreSQL: `ExternalPg` from TEST_POSTGRES_URL, else a private `PgCluster`.
+
+    Without PostgreSQL the dependent tests are skipped, or fail when CI=true.
+    """
+    try:
+        server: PgServer = open_test_server()
+    except PostgresUnavailable as exc:
+        message = f"PostgreSQL is not available: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgServer):
+    """URL of a fresh, empty database (user postgres), dropped after the test."""
+    pg_cluster.ensure_running()  # in case an earlier test stopped or crashed the server
+    url = pg_cluster.create_database()
+    yield url
+    pg_cluster.ensure_running()
+    pg_cluster.drop_database(url)
+
+
+@pytest.fixture
+def pg_proxy(pg_cluster: PgServer):
+    """A `TcpProxy` in front of the cluster; use ``pg_proxy.url_for(pg_url)``."""
+    proxy = TcpProxy(pg_cluster.host, pg_cluster.port)
+    yield proxy
+    proxy.close()
+
+
+# --- storage fixtures below ---
+
+from collections.abc import AsyncIterator, Awaitable, Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from storage.backends import PostgresTarget  # noqa: E402
+from storage.factory import Storage  # noqa: E402
+from storage.manager import StorageManager  # noqa: E402
+from storage.tiered import TieredSaver  # noqa: E402
+from tests.keyring_backend import memory_keyring, no_keyring  # noqa: E402, F401
+
+OpenStorage = Callable[..., Awaitable[Storage]]
+
+
+@pytest.fixture
+async def open_storage() -> AsyncIterator[OpenStorage]:
+    """Open a storage stack on a data dir and (optionally) a Postgres URL; closed after the test.
+
+    ``wait=True`` waits for the first Postgres attempt, so a test starts from a known tier.
+    """
+    opened: list[Storage] = []
+
+    async def make(
+        data_dir: Path | None,
+        pg_url: str | None = None,
+        *,
+        prefer_async: bool = True,
+        connect_timeout: float = 2.0,
+        retry_max_seconds: float = 0.5,
+        wait: bool = True,
+        password: str | None = None,
+    ) -> Storage:
+        target = (
+            PostgresTarget(
+                url=pg_url,
+                password=password,
+                pool_size=4,
+                connect_timeout=connect_timeout,
+                prefer_async=prefer_async,
+            )
+            if pg_url
+            else None
+        )
+        manager = StorageManager(data_dir=data_dir, postgres=target, retry_max_seconds=retry_max_seconds)
+        await manager.start(wait_for_postgres=wait)
+        storage = Storage(manager, TieredSaver(manager))
+        opened.append(storage)
+        return storage
+
+    yield make
+    for storage in reversed(opened):
+        await storage.close()
