@@ -785,7 +785,7 @@ class ModelServer:
     async def wait_until_async(
         self,
         predicate: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - a default deadline is the point
+        timeout: float = 5.0,
         what: str = "condition",
     ) -> None:
         """Async ``wait_until``: ``predicate()`` is evaluated under the server lock."""
@@ -819,7 +819,7 @@ class ModelServer:
     async def wait_for_requests_async(
         self,
         n: int = 1,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
         *,
         path: str | None = None,
     ) -> list[RecordedRequest]:
@@ -830,16 +830,16 @@ class ModelServer:
         with self._cond:
             return matching()
 
-    async def wait_for_tokens_async(self, n: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for_tokens_async(self, n: int, timeout: float = 5.0) -> None:
         await self.wait_until_async(lambda: self._tokens_sent >= n, timeout, f"{n} token(s) sent")
 
-    async def wait_for_paused_async(self, n: int = 1, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for_paused_async(self, n: int = 1, timeout: float = 5.0) -> None:
         await self.wait_until_async(lambda: self._paused_streams >= n, timeout, f"{n} paused stream(s)")
 
     async def wait_for_event_async(
         self,
         kind: EventKind,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
         *,
         count: int = 1,
         request_index: int | None = None,
