@@ -506,7 +506,7 @@ class PostgresBackend(Backend):
     async def open(cls, target: PostgresTarget) -> PostgresBackend:
         """Connect once (fails fast on a refused port, within the timeout on a silent host), set up, open a pool."""
         kwargs = target.connect_kwargs()
-        async with asyncio.timeout(target.connect_timeout + 0.5):
+        async with asyncio.timeout(target.connect_timeout):
             probe = await psycopg.AsyncConnection.connect(target.url, **kwargs)
         try:
             async with asyncio.timeout(max(30.0, target.connect_timeout * 3)):

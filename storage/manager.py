@@ -261,7 +261,7 @@ class StorageManager:
             report.downloaded += part.downloaded
             report.deleted_threads += part.deleted_threads
             report.index_rows += part.index_rows
-        await self._refresh_pending()
+        await self.refresh_pending()
         return report
 
     def _compute_active(self) -> TierName:
@@ -368,7 +368,8 @@ class StorageManager:
             locals_.append(self.memory)
         return locals_
 
-    async def _refresh_pending(self) -> None:
+    async def refresh_pending(self) -> None:
+        """Count what Postgres still lacks (the outbox) and tell the listeners if it changed."""
         total = 0
         for local in self._locals():
             with contextlib.suppress(Exception):
@@ -400,7 +401,7 @@ class StorageManager:
                         self._fail(self.sqlite, exc) if self.sqlite else None
                     elif isinstance(exc, psycopg.Error | OSError | TimeoutError):
                         self._lose_remote(mask_secrets(describe(exc)))
-            await self._refresh_pending()
+            await self.refresh_pending()
 
 
 def sync_merge(a: Conversation, b: Conversation) -> Conversation:

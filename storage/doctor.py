@@ -1,0 +1,52 @@
+"""``python main.py doctor``: the settings in effect and the state of each tier, the badge's answer in text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from storage.factory import open_storage
+from storage.secrets import SecretStore
+from storage.settings import Settings
+from storage.status import StorageStatus
+
+
+async def diagnose(settings: Settings, secrets: SecretStore) -> StorageStatus:
+    """Open the storage as the app would, wait for the first Postgres attempt (bounded by its timeout), report."""
+    storage = await open_storage(settings, secrets, wait_for_postgres=True)
+    try:
+        await storage.manager.refresh_pending()
+        return storage.manager.status()
+    finally:
+        await storage.close()
+
+
+def report_json(settings: Settings, secrets: SecretStore, status: StorageStatus) -> str:
+    data: dict[str, Any] = status.to_json()
+    data["settings"] = {key: {"value": shown, "source": source} for key, shown, source in settings.display_items()}
+    data["settings_problems"] = list(settings.problems)
+    data["keyring"] = {"backend": secrets.backend_name, "persistent": secrets.persistent, "warning": secrets.warning}
+    return json.dumps(data, indent=2, default=str)
+
+
+def report_text(settings: Settings, secrets: SecretStore, status: StorageStatus) -> str:
+    lines = ["Cairn doctor", "", "Settings in effect:"]
+    width = max(len(key) for key, _, _ in settings.display_items())
+    for key, shown, source in settings.display_items():
+        lines.append(f"  {key:<{width}}  {shown or '(empty)'}  [{source}]")
+    for problem in settings.problems:
+        lines.append(f"  ! {problem}")
+    lines += ["", "Storage tiers:"]
+    for name, tier in status.tiers.items():
+        lines.append(f"  {name:<9} {tier.state:<11} {tier.reason}".rstrip())
+        for key, value in tier.detail.items():
+            lines.append(f"  {'':<9} {key}: {value}")
+    lines += [
+        "",
+        f"Active tier:   {status.active_tier} ({status.reason})",
+        f"Pending sync:  {status.pending_sync} checkpoint(s) not yet in Postgres",
+        f"Keyring:       {secrets.backend_name}" + (f" ({secrets.warning})" if secrets.warning else ""),
+    ]
+    if status.last_sync_error:
+        lines.append(f"Last sync error: {status.last_sync_error}")
+    return "\n".join(lines)
