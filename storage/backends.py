@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from storage import schema
 from storage.errors import describe, is_corruption
+from storage.secrets import mask_secrets
 from storage.threaded import ThreadedSaver
 
 log = logging.getLogger("cairn.storage")
@@ -106,6 +107,10 @@ class Backend(ABC):
 
     async def delete_thread(self, thread_id: str) -> None:
         await self.saver.adelete_thread(thread_id)
+
+    @abstractmethod
+    async def search_messages(self, text: str) -> set[str]:
+        """Threads with a stored message containing ``text`` (searched in the serialized writes, no decoding)."""
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -304,6 +309,15 @@ class SqliteBackend(LocalBackend):
         )
         return changed
 
+    async def search_messages(self, text: str) -> set[str]:
+        # msgpack keeps strings as UTF-8 bytes; lower() folds ASCII case, which covers most searches.
+        rows = await self._fetch(
+            "SELECT DISTINCT thread_id FROM writes WHERE channel = 'messages' "
+            "AND instr(lower(CAST(value AS TEXT)), lower(?)) > 0",
+            (text,),
+        )
+        return {r[0] for r in rows}
+
     async def delete_thread(self, thread_id: str) -> None:
         await self.saver.adelete_thread(thread_id)
         await self._execute("DELETE FROM cairn_outbox WHERE thread_id = ?", (thread_id,))
@@ -340,6 +354,11 @@ async def _migrate_sqlite(conn: aiosqlite.Connection) -> None:
 def _move_aside(path: Path) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    # A second damaged file within the same second must not replace the first (a rename overwrites on POSIX).
+    n = 1
+    while any(p.exists() for p in (aside, aside.with_name(aside.name + "-wal"), aside.with_name(aside.name + "-shm"))):
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     shutil.move(path, aside)
     for suffix in ("-wal", "-shm"):
         companion = path.with_name(path.name + suffix)
@@ -447,6 +466,15 @@ class MemoryBackend(LocalBackend):
         self._dirty.add(thread_id)
         return changed
 
+    async def search_messages(self, text: str) -> set[str]:
+        needle = text.lower().encode()
+        return {
+            key[0]
+            for key, writes in list(self.saver.writes.items())
+            for w in writes.values()
+            if w[1] == "messages" and needle in bytes(w[2][1]).lower()
+        }
+
     async def delete_thread(self, thread_id: str) -> None:
         await self.saver.adelete_thread(thread_id)
         for key in [k for k in self._outbox if k[0] == thread_id]:
@@ -483,6 +511,27 @@ class PostgresTarget:
         return kwargs
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def check_postgres_url(url: str) -> None:
+    """Raise ValueError("not a valid Postgres URL: ...") for a URL or conninfo string that can never connect,
+    whatever the network does: libpq cannot parse it, the scheme is not Postgres', or a port is not a port.
+    The message never carries a password."""
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme.lower() not in POSTGRES_SCHEMES:
+        raise ValueError(f"not a valid Postgres URL: it must start with postgresql://, not {scheme[:20]}://")
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise ValueError(f"not a valid Postgres URL: {mask_secrets(describe(exc))}") from None
+    for port in str(params.get("port") or "").split(","):
+        port = port.strip()
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            shown = port if len(port) <= 20 else port[:17] + "..."
+            raise ValueError(f'not a valid Postgres URL: port "{shown}" is not a number from 1 to 65535')
+
+
 def async_allowed(loop: asyncio.AbstractEventLoop) -> bool:
     """psycopg's async mode needs a selector loop (it refuses Windows' proactor loop)."""
     return isinstance(loop, asyncio.SelectorEventLoop)
@@ -504,7 +553,9 @@ class PostgresBackend(Backend):
 
     @classmethod
     async def open(cls, target: PostgresTarget) -> PostgresBackend:
-        """Connect once (fails fast on a refused port, within the timeout on a silent host), set up, open a pool."""
+        """Connect once (fails fast on a refused port, within the timeout on a silent host), set up, open a pool.
+        A URL that can never work raises ValueError (not an environment error: retrying will not help)."""
+        check_postgres_url(target.url)
         kwargs = target.connect_kwargs()
         async with asyncio.timeout(target.connect_timeout):
             probe = await psycopg.AsyncConnection.connect(target.url, **kwargs)
@@ -611,6 +662,14 @@ class PostgresBackend(Backend):
               deleted = cur.deleted OR excluded.deleted""",
             [(c.thread_id, c.title, c.model, c.created, c.updated, c.meta_changed, c.pinned, c.deleted) for c in rows],
         )
+
+    async def search_messages(self, text: str) -> set[str]:
+        rows = await self._fetch(
+            "SELECT DISTINCT thread_id FROM checkpoint_writes WHERE channel = 'messages' "
+            "AND position(%s::bytea in blob) > 0",
+            (text.encode(),),
+        )
+        return {r["thread_id"] for r in rows}
 
     async def close(self) -> None:
         try:

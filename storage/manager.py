@@ -189,6 +189,15 @@ class StorageManager:
         alive = [r for r in rows.values() if not r.deleted]
         return sorted(alive, key=lambda r: (not r.pinned, -r.updated))
 
+    async def search_messages(self, text: str) -> set[str]:
+        """Threads with a message containing ``text``, in every tier that holds conversations now."""
+        hits: set[str] = set()
+        for backend in self.read_targets(None):
+            hits |= await self.read(backend, lambda b: b.search_messages(text)) or set()
+        if self.memory is not self.write_target():
+            hits |= await self.memory.search_messages(text)
+        return hits
+
     async def update_conversation(self, thread_id: str, **changes: Any) -> Conversation:
         target = self.write_target()
         if isinstance(target, LocalBackend):

@@ -1,0 +1,90 @@
+"""Model endpoints: any OpenAI-compatible server, with presets for the common local ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+
+@dataclass(frozen=True)
+class Preset:
+    key: str
+    label: str
+    base_url: str
+    needs_api_key: bool = False
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset("ollama", "Ollama", "http://localhost:11434/v1"),
+    Preset("lmstudio", "LM Studio", "http://localhost:1234/v1"),
+    Preset("llamacpp", "llama.cpp server", "http://localhost:8080/v1"),
+    Preset("openai", "OpenAI", "https://api.openai.com/v1", needs_api_key=True),
+    Preset("custom", "Custom", ""),
+)
+PRESETS_BY_KEY = {p.key: p for p in PRESETS}
+
+API_KEY_SECRET_PREFIX = "model-api-key:"
+
+
+def api_key_name(base_url: str) -> str:
+    """The keyring entry of the API key for an endpoint."""
+    return API_KEY_SECRET_PREFIX + base_url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    model: str = ""
+    api_key: str | None = None
+    system_prompt: str = ""
+    timeout: float = 60.0
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Endpoint(base_url={self.base_url!r}, model={self.model!r}, api_key={'***' if self.api_key else None})"
+
+
+class ModelListError(Exception):
+    """The server did not list its models; the message says why in words."""
+
+
+async def list_models(base_url: str, api_key: str | None = None, *, timeout: float = 10.0) -> list[str]:
+    """The model ids the server offers (``GET /models``)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/") + "/models"
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(url, headers=headers)
+    except httpx.ConnectError as exc:
+        raise ModelListError(f"Cannot reach {base_url}: {exc}") from exc
+    except httpx.TimeoutException as exc:
+        raise ModelListError(f"No answer from {base_url} within {timeout:g} s") from exc
+    except httpx.HTTPError as exc:
+        raise ModelListError(f"Request to {base_url} failed: {exc}") from exc
+    if response.status_code in (401, 403):
+        raise ModelListError(f"The server refused the API key (HTTP {response.status_code})")
+    if response.status_code >= 400:
+        raise ModelListError(f"The server answered HTTP {response.status_code} to GET {url}")
+    try:
+        data: Any = response.json()
+        return sorted(str(item["id"]) for item in data["data"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelListError(f"{url} did not return an OpenAI-style model list") from exc
+
+
+def chat_model(endpoint: Endpoint) -> BaseChatModel:
+    """A streaming LangChain chat model for the endpoint (imported here: langchain-openai takes 2 s to import)."""
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        base_url=endpoint.base_url,
+        api_key=endpoint.api_key or "not-needed",  # local servers ignore it; the client insists on one
+        model=endpoint.model,
+        streaming=True,
+        max_retries=0,  # a failure is shown at once with a Retry; silent retries would look like a hang
+        timeout=endpoint.timeout,
+    )

@@ -1,0 +1,36 @@
+"""A failed model call in words the user can act on, and its kind (for the inline error and its Retry)."""
+
+from __future__ import annotations
+
+import openai
+
+
+def describe_model_error(exc: BaseException) -> tuple[str, str]:
+    """(message, kind); kind is auth, model, server, rate_limit, network, timeout, bad_request, config or bug."""
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return f"The model server refused the API key ({_detail(exc)}). Check it in Settings → Model.", "auth"
+    if isinstance(exc, openai.NotFoundError):
+        return f"The model was not found on the server ({_detail(exc)}). Pick another in Settings.", "model"
+    if isinstance(exc, openai.RateLimitError):
+        return f"The model server is rate-limiting requests ({_detail(exc)}). Try again shortly.", "rate_limit"
+    if isinstance(exc, openai.BadRequestError):
+        return f"The model server rejected the request ({_detail(exc)}).", "bad_request"
+    if isinstance(exc, openai.InternalServerError | openai.APIStatusError):
+        return f"The model server failed ({_detail(exc)}). Try again.", "server"
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return "The model server did not answer in time. Try again.", "timeout"
+    if isinstance(exc, openai.APIConnectionError | ConnectionError | OSError):
+        return f"Cannot reach the model server ({exc}). Is it running?", "network"
+    if isinstance(exc, LookupError):
+        return str(exc), "config"
+    return f"The reply failed: {type(exc).__name__}: {exc}", "bug"
+
+
+def _detail(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message", message)
+    text = message or str(exc)
+    return f"HTTP {status}: {text}" if status else text

@@ -1,0 +1,33 @@
+"""What a send produces, as plain data the GUI turns into signals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Token:
+    """A piece of the reply as it streams."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    """The reply is complete and stored. ``stopped`` when the user stopped it (the partial reply is kept)."""
+
+    message_id: str
+    text: str
+    stopped: bool = False
+
+
+@dataclass(frozen=True)
+class ReplyFailed:
+    """The model call failed; the user's message is stored and ``retry`` will try the reply again."""
+
+    message: str
+    kind: str  # "auth", "model", "server", "network", "timeout", "bad_request", "unknown"
+    partial_text: str = ""
+
+
+ChatEvent = Token | ReplyDone | ReplyFailed

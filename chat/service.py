@@ -1,0 +1,333 @@
+"""The conversation service: what the window can do with conversations, as a narrow async API (no Qt).
+
+A reply runs as a task that feeds a queue; the caller iterates the events. ``stop`` cancels the task, which keeps
+the partial reply. Regenerate and edit-and-resend fork the thread at the input checkpoint of the user message
+concerned, so the old branch stays in history and the new one becomes the conversation's latest state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+
+from chat.endpoints import Endpoint, chat_model
+from chat.errors import describe_model_error
+from chat.events import ChatEvent, ReplyDone, ReplyFailed, Token
+from chat.graph import MODEL_NODE, build_chat_graph
+from chat.state import with_id
+from storage.backends import Conversation
+from storage.factory import Storage
+from storage.tiered import check_thread_id
+
+log = logging.getLogger("cairn.chat")
+
+TITLE_LENGTH = 60
+Role = Literal["user", "assistant", "system"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    id: str
+    role: Role
+    text: str
+    stopped: bool = False
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    thread_id: str
+    title: str
+    messages: list[ChatMessage]
+    awaiting_reply: bool
+    """The last user message has no reply (the model call failed or was stopped before any token): offer Retry."""
+
+
+def make_title(text: str) -> str:
+    """A title from the first message: its first non-empty line, without control characters, at most 60 chars."""
+    clean = "".join(ch for ch in text if ch.isprintable() or ch in "\n\t").strip()
+    first = next((line.strip() for line in clean.splitlines() if line.strip()), "")
+    if len(first) > TITLE_LENGTH:
+        first = first[: TITLE_LENGTH - 1].rstrip() + "…"
+    return first or "New conversation"
+
+
+def clean_title(title: str) -> str:
+    return " ".join("".join(ch for ch in title if ch.isprintable() or ch.isspace()).split())[:200]
+
+
+def _text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+
+
+def _role(message: BaseMessage) -> Role:
+    if isinstance(message, HumanMessage):
+        return "user"
+    if isinstance(message, SystemMessage):
+        return "system"
+    return "assistant"
+
+
+class ConversationService:
+    def __init__(
+        self,
+        storage: Storage,
+        endpoint: Endpoint,
+        *,
+        model_factory: Callable[[Endpoint], BaseChatModel] = chat_model,
+    ) -> None:
+        self.storage = storage
+        self.manager = storage.manager
+        self.saver = storage.saver
+        self.graph = build_chat_graph(storage.saver)
+        self.endpoint = endpoint
+        self._model_factory = model_factory
+        self._models: dict[Endpoint, BaseChatModel] = {}
+        self._runs: dict[str, asyncio.Task[None]] = {}
+
+    # --- settings -------------------------------------------------------------------------------------------
+    def set_endpoint(self, endpoint: Endpoint) -> None:
+        """Apply new model settings; the next reply uses them (no restart)."""
+        self.endpoint = endpoint
+        self._models.clear()
+
+    def _model_for(self, conversation_model: str) -> BaseChatModel:
+        endpoint = self.endpoint
+        if conversation_model:
+            endpoint = Endpoint(
+                endpoint.base_url, conversation_model, endpoint.api_key, endpoint.system_prompt, endpoint.timeout
+            )
+        if not endpoint.model:
+            raise LookupError("No model is chosen: pick one in Settings → Model")
+        if endpoint not in self._models:
+            self._models[endpoint] = self._model_factory(endpoint)
+        return self._models[endpoint]
+
+    # --- listing --------------------------------------------------------------------------------------------
+    @staticmethod
+    def new_thread_id() -> str:
+        """An id for a new conversation; nothing is stored until its first message."""
+        return str(uuid.uuid4())
+
+    async def conversations(self) -> list[Conversation]:
+        return await self.manager.conversations()
+
+    async def search(self, text: str) -> list[Conversation]:
+        """Conversations whose title or messages contain ``text`` (case-insensitive)."""
+        needle = text.strip().casefold()
+        conversations = await self.manager.conversations()
+        if not needle:
+            return conversations
+        hits = await self.manager.search_messages(text.strip())
+        result = []
+        for conversation in conversations:
+            if needle in conversation.title.casefold() or conversation.thread_id in hits:
+                result.append(conversation)
+                continue
+        return result
+
+    async def conversation(self, thread_id: str) -> Conversation | None:
+        return next((c for c in await self.manager.conversations() if c.thread_id == thread_id), None)
+
+    async def load(self, thread_id: str) -> ConversationView:
+        check_thread_id(thread_id)
+        state = await self.graph.aget_state(self._config(thread_id))
+        messages = [
+            ChatMessage(
+                str(m.id),
+                _role(m),
+                _text(m),
+                stopped=bool(m.response_metadata.get("stopped")) if isinstance(m, AIMessage) else False,
+            )
+            for m in state.values.get("messages", [])
+        ]
+        conversation = await self.conversation(thread_id)
+        awaiting = bool(messages) and messages[-1].role == "user"
+        return ConversationView(thread_id, conversation.title if conversation else "", messages, awaiting)
+
+    # --- replies --------------------------------------------------------------------------------------------
+    def is_running(self, thread_id: str) -> bool:
+        return thread_id in self._runs
+
+    def stop(self, thread_id: str) -> bool:
+        """Stop the reply streaming in this conversation; what arrived so far is kept. False if none runs."""
+        task = self._runs.get(thread_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    async def send(self, thread_id: str, text: str) -> AsyncIterator[ChatEvent]:
+        """Store the user's message and stream the reply."""
+        check_thread_id(thread_id)
+        conversation = await self.conversation(thread_id)
+        if conversation is None or not conversation.title:
+            await self.manager.update_conversation(thread_id, title=make_title(text))
+        message = with_id(HumanMessage(text))
+        async for event in self._run(thread_id, {"messages": [message]}, self._config(thread_id)):
+            yield event
+
+    async def retry(self, thread_id: str) -> AsyncIterator[ChatEvent]:
+        """Ask again for the reply that failed (the user's message is already stored)."""
+        async for event in self._run(thread_id, None, self._config(thread_id)):
+            yield event
+
+    async def regenerate(self, thread_id: str) -> AsyncIterator[ChatEvent]:
+        """A new reply to the last user message, on a new branch (the old reply stays in history)."""
+        view = await self.load(thread_id)
+        last_user = next((m for m in reversed(view.messages) if m.role == "user"), None)
+        if last_user is None:
+            raise LookupError("This conversation has no message to answer")
+        async for event in self.edit_and_resend(thread_id, last_user.id, last_user.text):
+            yield event
+
+    async def edit_and_resend(self, thread_id: str, message_id: str, text: str) -> AsyncIterator[ChatEvent]:
+        """Replace a user message and everything after it with a new branch starting from the edited text."""
+        fork = await self._input_checkpoint_of(thread_id, message_id)
+        if fork is None:
+            raise LookupError(f"Message {message_id} is not in this conversation")
+        config = self._config(thread_id)
+        config["configurable"]["checkpoint_id"] = fork["configurable"]["checkpoint_id"]
+        config["configurable"]["checkpoint_ns"] = fork["configurable"].get("checkpoint_ns", "")
+        message = with_id(HumanMessage(text))
+        async for event in self._run(thread_id, {"messages": [message]}, config):
+            yield event
+
+    async def _input_checkpoint_of(self, thread_id: str, message_id: str) -> RunnableConfig | None:
+        """Walk the current branch back to the checkpoint where this user message was the input."""
+        found = await self.saver.aget_tuple(self._thread_config(thread_id))
+        while found is not None:
+            if found.metadata.get("source") == "input":
+                for _task, channel, value in found.pending_writes or []:
+                    values = value if isinstance(value, list) else [value]
+                    if channel == "messages" and any(getattr(m, "id", None) == message_id for m in values):
+                        return found.config
+            if found.parent_config is None:
+                return None
+            found = await self.saver.aget_tuple(found.parent_config)
+        return None
+
+    async def _run(
+        self, thread_id: str, graph_input: dict[str, Any] | None, config: RunnableConfig
+    ) -> AsyncIterator[ChatEvent]:
+        if thread_id in self._runs:
+            raise RuntimeError("A reply is already streaming in this conversation")
+        queue: asyncio.Queue[ChatEvent | None] = asyncio.Queue()
+        task = asyncio.get_running_loop().create_task(self._drive(thread_id, graph_input, config, queue))
+        self._runs[thread_id] = task
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            if not task.done():
+                task.cancel()
+            try:
+                await asyncio.shield(task)
+            finally:
+                self._runs.pop(thread_id, None)
+
+    async def _drive(
+        self,
+        thread_id: str,
+        graph_input: dict[str, Any] | None,
+        config: RunnableConfig,
+        queue: asyncio.Queue[ChatEvent | None],
+    ) -> None:
+        parts: list[str] = []
+        try:
+            conversation = await self.conversation(thread_id)
+            config["configurable"]["llm"] = self._model_for(conversation.model if conversation else "")
+            config["configurable"]["system_prompt"] = self.endpoint.system_prompt
+            async for chunk, meta in self.graph.astream(graph_input, config, stream_mode="messages"):
+                if meta.get("langgraph_node") != MODEL_NODE or not isinstance(chunk, BaseMessage):
+                    continue
+                piece = _text(chunk)
+                if piece:
+                    parts.append(piece)
+                    queue.put_nowait(Token(piece))
+            state = await self.graph.aget_state(self._thread_config(thread_id))
+            messages = state.values.get("messages", [])
+            if state.next or not messages or not isinstance(messages[-1], AIMessage):
+                queue.put_nowait(ReplyFailed("The model gave no reply", "unknown", "".join(parts)))
+            else:
+                queue.put_nowait(ReplyDone(str(messages[-1].id), _text(messages[-1])))
+        except asyncio.CancelledError:
+            queue.put_nowait(await self._keep_partial(thread_id, "".join(parts)))
+        except Exception as exc:
+            message, kind = describe_model_error(exc)
+            if kind == "bug":
+                log.exception("reply failed")
+            queue.put_nowait(ReplyFailed(message, kind, "".join(parts)))
+        finally:
+            queue.put_nowait(None)
+
+    async def _keep_partial(self, thread_id: str, partial: str) -> ChatEvent:
+        """After Stop: store what arrived as the reply (unless the full reply made it in first)."""
+        thread = self._thread_config(thread_id)
+        state = await self.graph.aget_state(thread)
+        messages = state.values.get("messages", [])
+        if not state.next and messages and isinstance(messages[-1], AIMessage):
+            return ReplyDone(str(messages[-1].id), _text(messages[-1]))
+        if not partial:
+            return ReplyFailed("Stopped before the model answered", "stopped")
+        reply = AIMessage(partial, id=str(uuid.uuid4()), response_metadata={"stopped": True})
+        await self.graph.aupdate_state(thread, {"messages": [reply]}, as_node=MODEL_NODE)
+        return ReplyDone(str(reply.id), partial, stopped=True)
+
+    @staticmethod
+    def _thread_config(thread_id: str) -> RunnableConfig:
+        return {"configurable": {"thread_id": thread_id}}
+
+    def _config(self, thread_id: str) -> RunnableConfig:
+        return {"configurable": {"thread_id": thread_id}}
+
+    # --- conversation metadata ------------------------------------------------------------------------------
+    async def rename(self, thread_id: str, title: str) -> None:
+        await self.manager.update_conversation(check_thread_id(thread_id), title=clean_title(title))
+
+    async def set_pinned(self, thread_id: str, pinned: bool) -> None:
+        await self.manager.update_conversation(check_thread_id(thread_id), pinned=pinned)
+
+    async def set_model(self, thread_id: str, model: str) -> None:
+        await self.manager.update_conversation(check_thread_id(thread_id), model=model)
+
+    async def delete(self, thread_id: str) -> None:
+        self.stop(thread_id)
+        await self.saver.adelete_thread(check_thread_id(thread_id))
+
+    # --- export ---------------------------------------------------------------------------------------------
+    async def export_markdown(self, thread_id: str) -> str:
+        view = await self.load(thread_id)
+        lines = [f"# {view.title or 'Conversation'}", ""]
+        for message in view.messages:
+            who = {"user": "You", "assistant": "Assistant", "system": "System"}[message.role]
+            suffix = " (stopped)" if message.stopped else ""
+            lines += [f"**{who}**{suffix}:", "", message.text, ""]
+        return "\n".join(lines)
+
+    async def export_json(self, thread_id: str) -> str:
+        view = await self.load(thread_id)
+        conversation = await self.conversation(thread_id)
+        data = {
+            "thread_id": thread_id,
+            "title": view.title,
+            "created": datetime.fromtimestamp(conversation.created, UTC).isoformat() if conversation else None,
+            "model": conversation.model if conversation else "",
+            "messages": [
+                {"id": m.id, "role": m.role, "content": m.text, **({"stopped": True} if m.stopped else {})}
+                for m in view.messages
+            ],
+        }
+        return json.dumps(data, ensure_ascii=False, indent=2)
