@@ -76,9 +76,15 @@ class StorageManager:
         self._retry = asyncio.Event()
         self._remote_lost = asyncio.Event()
         self._sync_wake = asyncio.Event()
+        self._count_wake = asyncio.Event()
+        self._count_lock = asyncio.Lock()  # counts finish in the order they started: the last word is the newest
         self._reconcile_due = True
         self._first_attempt = asyncio.Event()
         self._closed = False
+        # One sync round at a time (the loop's or sync_now's), and which remote each running round talks to, so
+        # losing that remote can abandon it (the future is set when it is lost).
+        self._sync_lock = asyncio.Lock()
+        self._rounds: dict[asyncio.Future[Any], tuple[PostgresBackend, asyncio.Future[None]]] = {}
 
     # --- life -----------------------------------------------------------------------------------------------
     async def start(self, *, wait_for_postgres: bool = False) -> None:
@@ -102,6 +108,7 @@ class StorageManager:
         else:
             self._first_attempt.set()
         self._tasks.append(loop.create_task(self._sync_loop(), name="cairn-sync"))
+        self._tasks.append(loop.create_task(self._count_loop(), name="cairn-pending-count"))
         self._sync_wake.set()
         if wait_for_postgres:
             await self._first_attempt.wait()
@@ -154,6 +161,7 @@ class StorageManager:
             self._homes.setdefault(thread_id, set()).add(backend.tier)
             if backend is not self.remote:
                 self._sync_wake.set()
+                self._count_wake.set()
             return result
 
     async def read(self, backend: Backend, op: Callable[[Backend], Awaitable[T]]) -> T | None:
@@ -259,17 +267,28 @@ class StorageManager:
         self._sync_wake.set()
 
     async def sync_now(self) -> sync.SyncReport:
-        """A full comparison and sync with Postgres, now; an empty report when Postgres is not connected."""
+        """A full comparison and sync with Postgres, now; an empty report when Postgres is not connected.
+
+        Losing Postgres (or SQLite) on the way changes the tier, as any failed call does, and ends the sync (the
+        report then counts only what finished); a programming error is raised.
+        """
         report = sync.SyncReport()
-        remote = self.remote
-        if remote is None:
-            return report
-        for local in self._locals():
-            part = await sync.reconcile(local, remote)
-            report.uploaded += part.uploaded
-            report.downloaded += part.downloaded
-            report.deleted_threads += part.deleted_threads
-            report.index_rows += part.index_rows
+        async with self._sync_lock:
+            remote = self.remote  # read under the lock: a round that held it may have lost the remote
+            if remote is None:
+                return report
+            try:
+                for local in self._locals():
+                    part = await self._against(remote, sync.reconcile(local, remote))
+                    report.uploaded += part.uploaded
+                    report.downloaded += part.downloaded
+                    report.deleted_threads += part.deleted_threads
+                    report.index_rows += part.index_rows
+                self._last_sync_error = ""
+            except Exception as exc:
+                if not is_environment_error(exc):
+                    raise
+                self._sync_failed(remote, exc)
         await self.refresh_pending()
         return report
 
@@ -344,7 +363,7 @@ class StorageManager:
             except Exception as exc:
                 if not is_environment_error(exc):
                     raise
-                self._lose_remote(mask_secrets(describe(exc)))
+                self._lose_remote(mask_secrets(describe(exc)), remote)
 
     async def _pause(self, event: asyncio.Event, seconds: float) -> bool:
         """Wait until ``event`` is set or ``seconds`` pass; True when the event woke us."""
@@ -356,10 +375,20 @@ class StorageManager:
         event.clear()
         return True
 
-    def _lose_remote(self, reason: str) -> None:
+    def _lose_remote(self, reason: str, which: PostgresBackend | None = None) -> None:
+        """Drop the remote (``which``, when the failure came from a known one: a stale failure of a remote the
+        health loop has already replaced must not drop the new one) and cancel sync work still talking to it."""
+        if which is not None and which is not self.remote:
+            return
         remote, self.remote = self.remote, None
         if remote is None:
             return
+        current = asyncio.current_task()
+        for task, (used, lost) in list(self._rounds.items()):
+            if used is remote and task is not current:
+                task.cancel()
+                if not lost.done():
+                    lost.set_result(None)
         self._postgres = TierStatus("down", reason, {"retry_in": FIRST_RETRY_SECONDS})
         log.warning("Postgres lost: %s", reason)
         task = asyncio.get_running_loop().create_task(remote.close())
@@ -378,38 +407,91 @@ class StorageManager:
         return locals_
 
     async def refresh_pending(self) -> None:
-        """Count what Postgres still lacks (the outbox) and tell the listeners if it changed."""
+        """Count what Postgres still lacks (the outbox, and index changes such as a deletion or a rename not yet
+        uploaded) and tell the listeners if it changed."""
         total = 0
-        for local in self._locals():
-            with contextlib.suppress(Exception):
-                total += await local.pending_count()
+        async with self._count_lock:
+            for local in self._locals():
+                with contextlib.suppress(Exception):
+                    total += await local.pending_count()
+                with contextlib.suppress(Exception):
+                    total += len(await local.dirty_conversations())
         if total != self._pending:
             self._pending = total
             self._changed(None)
+
+    async def _against(self, remote: PostgresBackend, work: Awaitable[T]) -> T:
+        """Run sync work against ``remote`` in its own task, which losing that remote cancels.
+
+        A connection that dies in silence (a partition, a dropped NAT mapping) leaves a query, or the pool's
+        connection check, waiting until TCP gives up, about 15 minutes; without this the sync would stay stuck
+        that long even after the health monitor has found Postgres again and promoted the tier.
+        """
+        task = asyncio.ensure_future(work)
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rounds[task] = (remote, lost)
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+        finally:
+            self._rounds.pop(task, None)
+        if not task.done():
+            # Cancelled, but psycopg first tries to cancel the query on the server, which on a dead network takes
+            # its own timeouts (about 10 s): let it finish in the background (close() awaits it) and go on.
+            self._tasks.append(task)  # type: ignore[arg-type]
+            task.add_done_callback(self._forget_task)
+        if task.cancelled() or not task.done():
+            raise ConnectionError("Postgres was lost during sync")
+        return task.result()
+
+    def _forget_task(self, task: asyncio.Future[Any]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)  # type: ignore[arg-type]
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned round's error was already answered by the tier change
+
+    def _sync_failed(self, remote: PostgresBackend, exc: Exception) -> None:
+        """An environment error during sync: fail the tier it came from."""
+        if isinstance(exc, sqlite3.Error | ValueError):
+            if self.sqlite is not None:
+                self._fail(self.sqlite, exc)
+        elif isinstance(exc, psycopg.Error | OSError | TimeoutError):
+            self._lose_remote(mask_secrets(describe(exc)), remote)
+
+    async def _count_loop(self) -> None:
+        """Recount what Postgres lacks after local writes, apart from the sync: while an upload runs (or hangs on
+        a dead network) the status must count the writes made since, not the number from before them."""
+        while not self._closed:
+            await self._count_wake.wait()
+            self._count_wake.clear()
+            await self.refresh_pending()
 
     async def _sync_loop(self) -> None:
         while not self._closed:
             woke = await self._pause(self._sync_wake, self.reconcile_interval)
             if not woke:
                 self._reconcile_due = True
-            remote = self.remote
-            if remote is not None:
-                try:
-                    for local in self._locals():
-                        if self._reconcile_due:
-                            await sync.reconcile(local, remote)
+            async with self._sync_lock:
+                remote = self.remote
+                if remote is not None:
+                    try:
+                        for local in self._locals():
+                            if self._reconcile_due:
+                                await self._against(remote, sync.reconcile(local, remote))
+                            else:
+                                await self._against(remote, sync.push(local, remote))
+                        self._reconcile_due = False
+                        self._last_sync_error = ""
+                    except Exception as exc:
+                        if not is_environment_error(exc):
+                            log.exception("sync failed")
+                            self._last_sync_error = describe(exc)
                         else:
-                            await sync.push(local, remote)
-                    self._reconcile_due = False
-                    self._last_sync_error = ""
-                except Exception as exc:
-                    if not is_environment_error(exc):
-                        log.exception("sync failed")
-                        self._last_sync_error = describe(exc)
-                    elif isinstance(exc, sqlite3.Error | ValueError):
-                        self._fail(self.sqlite, exc) if self.sqlite else None
-                    elif isinstance(exc, psycopg.Error | OSError | TimeoutError):
-                        self._lose_remote(mask_secrets(describe(exc)))
+                            self._sync_failed(remote, exc)
             await self.refresh_pending()
 
 

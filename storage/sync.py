@@ -113,6 +113,14 @@ async def reconcile(local: LocalBackend, remote: PostgresBackend) -> SyncReport:
     local_writes = await local.write_keys()
     remote_writes = await remote.write_keys()
 
+    # A deleted thread keeps nothing in Postgres either: a machine that had not heard of the deletion yet may have
+    # uploaded a turn of it since (its own next comparison then drops its copy, above).
+    for thread_id in sorted(({k[0] for k in remote_keys} | {w[0] for w in remote_writes}) & deleted):
+        await remote.delete_thread(thread_id)
+        report.deleted_threads += 1
+    remote_keys = {k for k in remote_keys if k[0] not in deleted}
+    remote_writes = {w for w in remote_writes if w[0] not in deleted}
+
     upload = _keys_for(local_keys - remote_keys, local_writes - remote_writes, deleted)
     if upload:
         log.info("reconcile: %d checkpoints to upload", len(upload))
@@ -147,6 +155,13 @@ def _keys_for(checkpoints: Iterable[Key], writes: Iterable[WriteKey], deleted: s
 
 
 def _is_newer(theirs: Conversation, mine: Conversation | None) -> bool:
+    """Whether a Postgres index row has something this side lacks: a thread it has no row for, or newer metadata.
+
+    ``updated`` is left out on purpose: each database's trigger stamps it when a checkpoint arrives there, so
+    Postgres's is the upload time of this side's own turns. Taking it would rewrite every uploaded row locally
+    on the next comparison (a sync that never settles) and reorder the list by upload time. New activity from
+    elsewhere arrives as checkpoints, whose download moves the local ``updated`` by the same trigger.
+    """
     if mine is None:
         return True
-    return theirs.meta_changed > mine.meta_changed or theirs.updated > mine.updated
+    return theirs.meta_changed > mine.meta_changed
