@@ -52,10 +52,27 @@ class ModelListError(Exception):
     """The server did not list its models; the message says why in words."""
 
 
+def check_base_url(base_url: str) -> str:
+    """The URL if it can be asked at all (http or https, a host, a valid port); ModelListError saying why not."""
+    example = "it should look like http://localhost:11434/v1"
+    if not base_url.strip():
+        raise ModelListError(f"No server URL is set: {example}")
+    try:
+        url = httpx.URL(base_url.strip())
+        port = url.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ModelListError(f"{base_url!r} is not a valid URL ({exc}): {example}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ModelListError(f"{base_url!r} is not an http:// or https:// URL: {example}")
+    if port is not None and not 0 < port < 65536:
+        raise ModelListError(f"{base_url!r} has an invalid port {port}: {example}")
+    return base_url.strip()
+
+
 async def list_models(base_url: str, api_key: str | None = None, *, timeout: float = 10.0) -> list[str]:
     """The model ids the server offers (``GET /models``)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    url = base_url.rstrip("/") + "/models"
+    url = check_base_url(base_url).rstrip("/") + "/models"
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
             response = await client.get(url, headers=headers)
@@ -87,4 +104,7 @@ def chat_model(endpoint: Endpoint) -> BaseChatModel:
         streaming=True,
         max_retries=0,  # a failure is shown at once with a Retry; silent retries would look like a hang
         timeout=endpoint.timeout,
+        # Off: it wraps each chunk read in asyncio.wait_for, which on Python 3.11 can swallow the cancellation of
+        # Stop (CPython gh-86296), so the reply went on streaming. The read timeout above still bounds a silent server.
+        stream_chunk_timeout=None,
     )

@@ -20,10 +20,29 @@ def describe_model_error(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, openai.APITimeoutError | TimeoutError):
         return "The model server did not answer in time. Try again.", "timeout"
     if isinstance(exc, openai.APIConnectionError | ConnectionError | OSError):
-        return f"Cannot reach the model server ({exc}). Is it running?", "network"
+        root = _root_cause(exc)  # the client's own message is just "Connection error."
+        cause = str(root) or type(root).__name__
+        if type(root).__name__ in _CUT_OFF or isinstance(root, ConnectionResetError | BrokenPipeError):
+            return (
+                f"The model server closed the connection before the reply was complete ({cause}). Try again.",
+                "network",
+            )
+        return f"Cannot reach the model server ({cause}). Is it running?", "network"
     if isinstance(exc, LookupError):
         return str(exc), "config"
     return f"The reply failed: {type(exc).__name__}: {exc}", "bug"
+
+
+_CUT_OFF = frozenset({"RemoteProtocolError", "ReadError", "IncompleteRead"})
+"""Exception class names (httpx, httpcore, h11, http.client) for a connection dropped in the middle of an answer."""
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        exc = nxt
+    return exc
 
 
 def _detail(exc: BaseException) -> str:

@@ -2,32 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import SystemMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 
 from chat.state import ChatState, with_id
 
 MODEL_NODE = "model"
 
 
-async def call_model(state: ChatState, config: RunnableConfig) -> dict[str, Any]:
-    """Ask the conversation's model (passed per run in ``configurable``: one graph serves every model)."""
-    configurable = config.get("configurable", {})
-    llm = configurable["llm"]
-    system_prompt: str = configurable.get("system_prompt") or ""
+@dataclass(frozen=True)
+class ChatContext:
+    """What one run needs besides the stored messages.
+
+    Passed as the run's ``context``, never in ``configurable``: LangGraph copies every string in ``configurable``
+    into each checkpoint's metadata, which would store the system prompt with every step of every conversation.
+    """
+
+    model: Callable[[], BaseChatModel]
+    """Gives the conversation's model; called inside the node, so a missing model fails after the user's message is
+    stored (and Retry can answer it once one is chosen)."""
+    system_prompt: str = ""
+
+
+async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    """Ask the conversation's model (passed per run in the context: one graph serves every model)."""
+    context = runtime.context
     history = list(state["messages"])
-    if system_prompt:
-        history = [SystemMessage(system_prompt), *history]
-    reply = await llm.ainvoke(history, config)
+    if context.system_prompt:
+        history = [SystemMessage(context.system_prompt), *history]
+    reply = await context.model().ainvoke(history, config)
     return {"messages": [with_id(reply)]}
 
 
 def build_chat_graph(checkpointer: BaseCheckpointSaver[Any]) -> Any:
-    graph = StateGraph(ChatState)
+    graph = StateGraph(ChatState, context_schema=ChatContext)
     graph.add_node(MODEL_NODE, call_model)
     graph.add_edge(START, MODEL_NODE)
     graph.add_edge(MODEL_NODE, END)

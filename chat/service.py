@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from langchain_core.runnables import RunnableConfig
 from chat.endpoints import Endpoint, chat_model
 from chat.errors import describe_model_error
 from chat.events import ChatEvent, ReplyDone, ReplyFailed, Token
-from chat.graph import MODEL_NODE, build_chat_graph
+from chat.graph import MODEL_NODE, ChatContext, build_chat_graph
 from chat.state import with_id
 from storage.backends import Conversation
 from storage.factory import Storage
@@ -52,17 +53,36 @@ class ConversationView:
     """The last user message has no reply (the model call failed or was stopped before any token): offer Retry."""
 
 
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _without_controls(text: str) -> str:
+    """``text`` with control characters removed, tabs as spaces and every line break as ``\\n``.
+
+    Only controls (and lone surrogates, which no database can store) go: format characters such as the zero-width
+    joiner of 👩‍💻 or the right-to-left mark, and spaces such as U+00A0, are part of the text.
+    """
+    out = []
+    for ch in text:
+        if ch in _LINE_BREAKS:
+            out.append("\n")
+        elif ch == "\t":
+            out.append(" ")
+        elif unicodedata.category(ch) not in ("Cc", "Cs"):
+            out.append(ch)
+    return "".join(out)
+
+
 def make_title(text: str) -> str:
     """A title from the first message: its first non-empty line, without control characters, at most 60 chars."""
-    clean = "".join(ch for ch in text if ch.isprintable() or ch in "\n\t").strip()
-    first = next((line.strip() for line in clean.splitlines() if line.strip()), "")
+    first = next((line.strip() for line in _without_controls(text).split("\n") if line.strip()), "")
     if len(first) > TITLE_LENGTH:
         first = first[: TITLE_LENGTH - 1].rstrip() + "…"
     return first or "New conversation"
 
 
 def clean_title(title: str) -> str:
-    return " ".join("".join(ch for ch in title if ch.isprintable() or ch.isspace()).split())[:200]
+    return " ".join(_without_controls(title).split())[:200]
 
 
 def _text(message: BaseMessage) -> str:
@@ -96,6 +116,10 @@ class ConversationService:
         self._model_factory = model_factory
         self._models: dict[Endpoint, BaseChatModel] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
+        self._answering: set[str] = set()
+        """Runs whose model call has begun: the user's message is stored, so Stop may cancel at once."""
+        self._stop_requested: set[str] = set()
+        """Runs stopped before their model call began: they stop as soon as it begins (the message is kept)."""
 
     # --- settings -------------------------------------------------------------------------------------------
     def set_endpoint(self, endpoint: Endpoint) -> None:
@@ -130,13 +154,20 @@ class ConversationService:
         conversations = await self.manager.conversations()
         if not needle:
             return conversations
+        # The storage search looks into the serialized messages, so it also matches their field names ("content",
+        # "human", "model_name", ...) and older branches: a hit is only a candidate until its messages say so.
         hits = await self.manager.search_messages(text.strip())
         result = []
         for conversation in conversations:
-            if needle in conversation.title.casefold() or conversation.thread_id in hits:
+            if needle in conversation.title.casefold() or (
+                conversation.thread_id in hits and await self._messages_contain(conversation.thread_id, needle)
+            ):
                 result.append(conversation)
-                continue
         return result
+
+    async def _messages_contain(self, thread_id: str, needle: str) -> bool:
+        state = await self.graph.aget_state(self._thread_config(thread_id))
+        return any(needle in _text(m).casefold() for m in state.values.get("messages", []))
 
     async def conversation(self, thread_id: str) -> Conversation | None:
         return next((c for c in await self.manager.conversations() if c.thread_id == thread_id), None)
@@ -161,17 +192,27 @@ class ConversationService:
     def is_running(self, thread_id: str) -> bool:
         return thread_id in self._runs
 
+    def _check_idle(self, thread_id: str) -> None:
+        if thread_id in self._runs:
+            raise RuntimeError("A reply is already streaming in this conversation: wait for it or stop it first")
+
     def stop(self, thread_id: str) -> bool:
         """Stop the reply streaming in this conversation; what arrived so far is kept. False if none runs."""
         task = self._runs.get(thread_id)
         if task is None or task.done():
             return False
-        task.cancel()
+        if thread_id not in self._answering:
+            # Cancelling now could end the run before it stored the user's message (or before it started at all,
+            # leaving the caller waiting for events forever): it stops itself when the model call begins.
+            self._stop_requested.add(thread_id)
+        elif not task.cancelling():  # a second Stop must not interrupt the first one storing the partial reply
+            task.cancel()
         return True
 
     async def send(self, thread_id: str, text: str) -> AsyncIterator[ChatEvent]:
         """Store the user's message and stream the reply."""
         check_thread_id(thread_id)
+        self._check_idle(thread_id)
         conversation = await self.conversation(thread_id)
         if conversation is None or not conversation.title:
             await self.manager.update_conversation(thread_id, title=make_title(text))
@@ -181,11 +222,13 @@ class ConversationService:
 
     async def retry(self, thread_id: str) -> AsyncIterator[ChatEvent]:
         """Ask again for the reply that failed (the user's message is already stored)."""
+        self._check_idle(thread_id)
         async for event in self._run(thread_id, None, self._config(thread_id)):
             yield event
 
     async def regenerate(self, thread_id: str) -> AsyncIterator[ChatEvent]:
         """A new reply to the last user message, on a new branch (the old reply stays in history)."""
+        self._check_idle(thread_id)
         view = await self.load(thread_id)
         last_user = next((m for m in reversed(view.messages) if m.role == "user"), None)
         if last_user is None:
@@ -195,6 +238,7 @@ class ConversationService:
 
     async def edit_and_resend(self, thread_id: str, message_id: str, text: str) -> AsyncIterator[ChatEvent]:
         """Replace a user message and everything after it with a new branch starting from the edited text."""
+        self._check_idle(thread_id)
         fork = await self._input_checkpoint_of(thread_id, message_id)
         if fork is None:
             raise LookupError(f"Message {message_id} is not in this conversation")
@@ -222,8 +266,9 @@ class ConversationService:
     async def _run(
         self, thread_id: str, graph_input: dict[str, Any] | None, config: RunnableConfig
     ) -> AsyncIterator[ChatEvent]:
-        if thread_id in self._runs:
-            raise RuntimeError("A reply is already streaming in this conversation")
+        self._check_idle(thread_id)
+        self._answering.discard(thread_id)
+        self._stop_requested.discard(thread_id)
         queue: asyncio.Queue[ChatEvent | None] = asyncio.Queue()
         task = asyncio.get_running_loop().create_task(self._drive(thread_id, graph_input, config, queue))
         self._runs[thread_id] = task
@@ -231,12 +276,17 @@ class ConversationService:
             while (event := await queue.get()) is not None:
                 yield event
         finally:
-            if not task.done():
+            if not task.done() and not task.cancelling():
                 task.cancel()
             try:
                 await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():  # we were cancelled ourselves, not just the run
+                    raise
             finally:
                 self._runs.pop(thread_id, None)
+                self._answering.discard(thread_id)
+                self._stop_requested.discard(thread_id)
 
     async def _drive(
         self,
@@ -248,9 +298,20 @@ class ConversationService:
         parts: list[str] = []
         try:
             conversation = await self.conversation(thread_id)
-            config["configurable"]["llm"] = self._model_for(conversation.model if conversation else "")
-            config["configurable"]["system_prompt"] = self.endpoint.system_prompt
-            async for chunk, meta in self.graph.astream(graph_input, config, stream_mode="messages"):
+            model = conversation.model if conversation else ""
+            context = ChatContext(lambda: self._model_for(model), self.endpoint.system_prompt)
+            stream = self.graph.astream(graph_input, config, context=context, stream_mode=["tasks", "messages"])
+            async for mode, data in stream:
+                if mode == "tasks":
+                    if data.get("name") == MODEL_NODE and "input" in data:
+                        # The model call begins; the graph has the user's message and keeps it if stopped now.
+                        self._answering.add(thread_id)
+                        if thread_id in self._stop_requested:
+                            task = asyncio.current_task()
+                            assert task is not None
+                            task.cancel()
+                    continue
+                chunk, meta = data
                 if meta.get("langgraph_node") != MODEL_NODE or not isinstance(chunk, BaseMessage):
                     continue
                 piece = _text(chunk)
@@ -304,8 +365,17 @@ class ConversationService:
         await self.manager.update_conversation(check_thread_id(thread_id), model=model)
 
     async def delete(self, thread_id: str) -> None:
-        self.stop(thread_id)
-        await self.saver.adelete_thread(check_thread_id(thread_id))
+        check_thread_id(thread_id)
+        task = self._runs.get(thread_id)
+        if task is not None:
+            # A stopped reply stores what arrived: let it finish first, or it would write into the deleted thread.
+            self.stop(thread_id)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():  # we were cancelled ourselves, not just the run
+                    raise
+        await self.saver.adelete_thread(thread_id)
 
     # --- export ---------------------------------------------------------------------------------------------
     async def export_markdown(self, thread_id: str) -> str:
