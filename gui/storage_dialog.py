@@ -1,0 +1,232 @@
+"""Storage details (the badge's click: what ``doctor`` says, live) and the red "nothing is saved" banner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFontDatabase, QGuiApplication
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gui.badge import TIER_LOOKS, badge_text
+from gui.bridge import StorageBridge
+from storage.doctor import report_text
+from storage.secrets import SecretStore
+from storage.settings import Settings
+from storage.status import StorageStatus
+
+TIER_TITLES = {"postgres": "Postgres", "sqlite": "Local (SQLite)", "memory": "Memory"}
+
+
+def _detail_text(detail: dict[str, Any]) -> str:
+    parts = []
+    for key, value in detail.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        parts.append(f"{key}: {value}")
+    return "; ".join(parts)
+
+
+def status_report(status: StorageStatus) -> str:
+    """The storage half of the doctor's text, for when the settings are not at hand."""
+    lines = ["Storage tiers:"]
+    for name, tier in status.tiers.items():
+        lines.append(f"  {name:<9} {tier.state:<11} {tier.reason}".rstrip())
+        for key, value in tier.detail.items():
+            lines.append(f"  {'':<9} {key}: {value}")
+    lines += [
+        "",
+        f"Active tier:   {status.active_tier} ({status.reason})",
+        f"Pending sync:  {status.pending_sync} checkpoint(s) not yet in Postgres",
+        f"Keyring:       {status.keyring or 'unknown'}",
+    ]
+    if status.last_sync_error:
+        lines.append(f"Last sync error: {status.last_sync_error}")
+    return "\n".join(lines)
+
+
+class StorageDetailsDialog(QDialog):
+    """Each tier's state and reason, the active tier, pending sync, pool stats and keyring; updates live.
+
+    With ``settings`` and ``secrets`` the report below is exactly ``python main.py doctor``'s text.
+    """
+
+    def __init__(
+        self,
+        bridge: StorageBridge,
+        settings: Settings | None = None,
+        secrets: SecretStore | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.settings = settings
+        self.secrets = secrets
+        self.setWindowTitle("Storage")
+        self.setMinimumWidth(620)
+
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary.setAccessibleName("Active storage")
+
+        self.tiers = QTableWidget(0, 3)
+        self.tiers.setHorizontalHeaderLabels(["Tier", "State", "Reason and details"])
+        self.tiers.verticalHeader().setVisible(False)
+        self.tiers.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.tiers.setWordWrap(True)
+        header = self.tiers.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.tiers.setAccessibleName("Storage tiers")
+
+        self.pending = QLabel()
+        self.postgres_url = QLabel()
+        self.data_dir = QLabel()
+        self.keyring = QLabel()
+        self.sync_error = QLabel()
+        for label in (self.pending, self.postgres_url, self.data_dir, self.keyring, self.sync_error):
+            label.setWordWrap(True)
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        facts = QFormLayout()
+        facts.addRow("Pending sync:", self.pending)
+        facts.addRow("Postgres URL:", self.postgres_url)
+        facts.addRow("Data folder:", self.data_dir)
+        facts.addRow("Keyring:", self.keyring)
+        facts.addRow("Last sync error:", self.sync_error)
+
+        self.report = QPlainTextEdit()
+        self.report.setReadOnly(True)
+        self.report.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.report.setAccessibleName("Full report")
+        self.report.setMinimumHeight(160)
+
+        self.retry_button = QPushButton("Retry now")
+        self.retry_button.setToolTip("Try to reach Postgres again now instead of waiting for the next attempt.")
+        self.retry_button.clicked.connect(self.retry_now)
+        self.copy_button = QPushButton("Copy report")
+        self.copy_button.clicked.connect(self.copy_report)
+        self.retry_note = QLabel()
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        row = QHBoxLayout()
+        row.addWidget(self.retry_button)
+        row.addWidget(self.copy_button)
+        row.addWidget(self.retry_note, 1)
+        row.addWidget(buttons)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.tiers)
+        layout.addLayout(facts)
+        layout.addWidget(self.report, 1)
+        layout.addLayout(row)
+
+        self._status: StorageStatus | None = None
+        bridge.statusChanged.connect(self.show_status)
+        self.show_status(bridge.status())
+
+    def status(self) -> StorageStatus | None:
+        return self._status
+
+    def report_text(self) -> str:
+        if self._status is None:
+            return ""
+        if self.settings is not None and self.secrets is not None:
+            return report_text(self.settings, self.secrets, self._status)
+        return status_report(self._status)
+
+    def show_status(self, status: StorageStatus) -> None:
+        self._status = status
+        look = TIER_LOOKS[status.active_tier]
+        self.summary.setText(f"<b>{look.headline}</b> ({badge_text(status)}): {_escape(status.reason)}")
+        self.tiers.setRowCount(len(status.tiers))
+        for row, (name, tier) in enumerate(status.tiers.items()):
+            title = TIER_TITLES.get(name, name) + ("  ◀ active" if name == status.active_tier else "")
+            reason = tier.reason
+            detail = _detail_text(tier.detail)
+            text = f"{reason}\n{detail}" if reason and detail else reason or detail
+            for column, value in enumerate((title, tier.state, text)):
+                item = QTableWidgetItem(value)
+                item.setToolTip(value)
+                self.tiers.setItem(row, column, item)
+        self.tiers.resizeRowsToContents()
+        self.pending.setText(f"{status.pending_sync} checkpoint(s) not yet in Postgres")
+        self.postgres_url.setText(status.postgres_url or "not configured")
+        self.data_dir.setText(status.data_dir or "none")
+        keyring = self.secrets.backend_name if self.secrets is not None else status.keyring
+        warning = self.secrets.warning if self.secrets is not None else None
+        self.keyring.setText((keyring or "unknown") + (f" ({warning})" if warning else ""))
+        self.sync_error.setText(status.last_sync_error or "none")
+        postgres = status.tiers.get("postgres")
+        configured = bool(status.postgres_url) and postgres is not None and postgres.state not in ("off", "failed")
+        self.retry_button.setEnabled(configured)
+        if not configured:
+            self.retry_button.setToolTip("No Postgres URL is configured (or Postgres is switched off).")
+        self.retry_note.setText("")
+        scroll = self.report.verticalScrollBar().value()
+        self.report.setPlainText(self.report_text())
+        self.report.verticalScrollBar().setValue(scroll)
+
+    def retry_now(self) -> None:
+        self.bridge.retry_now()
+        self.retry_note.setText("Trying Postgres again…")
+
+    def copy_report(self) -> None:
+        QGuiApplication.clipboard().setText(self.report_text())
+
+
+class MemoryBanner(QWidget):
+    """A red strip above the conversation while nothing is saved; "Export…" offers to keep the words."""
+
+    exportRequested = Signal()
+
+    def __init__(self, bridge: StorageBridge | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        look = TIER_LOOKS["memory"]
+        self.setObjectName("memoryBanner")
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        self.setStyleSheet(
+            f"QWidget#memoryBanner {{ background-color: {look.background}; }}"
+            f"QWidget#memoryBanner QLabel {{ color: {look.foreground}; font-weight: 600; }}"
+        )
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.message.setTextFormat(Qt.TextFormat.PlainText)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Save the open conversations to a file before quitting.")
+        self.export_button.clicked.connect(self.exportRequested)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(10, 6, 10, 6)
+        layout.addWidget(self.message, 1)
+        layout.addWidget(self.export_button)
+        self.setAccessibleName("Nothing is being saved")
+        self.hide()
+        if bridge is not None:
+            bridge.statusChanged.connect(self.show_status)
+            self.show_status(bridge.status())
+
+    def show_status(self, status: StorageStatus) -> None:
+        memory = status.active_tier == "memory"
+        if memory:
+            self.message.setText(f"Nothing is being saved: {status.reason}")
+            self.setAccessibleDescription(self.message.text())
+        self.setVisible(memory)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

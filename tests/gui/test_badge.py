@@ -1,0 +1,310 @@
+"""gui/badge.py, gui/bridge.py, gui/storage_dialog.py on a real StorageManager and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication, QDialog
+
+import storage.manager
+from gui.badge import TIER_LOOKS, StatusBadge
+from gui.bridge import StorageBridge
+from gui.storage_dialog import MemoryBanner, StorageDetailsDialog
+from storage.doctor import report_text
+from storage.secrets import SecretStore
+from storage.settings import load_settings
+from storage.status import StorageStatus, TierEvent, TierStatus
+from tests.gui.conftest import wait_signal
+
+
+def contrast(a: QColor, b: QColor) -> float:
+    """WCAG contrast ratio of two colours."""
+
+    def luminance(c: QColor) -> float:
+        def channel(v: float) -> float:
+            return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+
+        return 0.2126 * channel(c.redF()) + 0.7152 * channel(c.greenF()) + 0.0722 * channel(c.blueF())
+
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def assert_readable(badge: StatusBadge) -> None:
+    background, text = badge.colors()
+    assert contrast(background, text) >= 4.5, (background.name(), text.name())
+
+
+async def one_turn(saver: Any, thread_id: str) -> None:
+    from tests.chatgraph import build_graph, turn
+
+    await turn(build_graph(saver), thread_id, "hello")
+
+
+def status_on(tier: str) -> StorageStatus:
+    """A status (plain data) with ``tier`` active, for drawing tests that need no storage behind them."""
+    tiers = {name: TierStatus("active" if name == tier else "standby") for name in ("postgres", "sqlite", "memory")}
+    return StorageStatus(tier, tiers, pending_sync=0, postgres_url="", data_dir="/d")  # type: ignore[arg-type]
+
+
+def dominant_colour(badge: StatusBadge) -> QColor:
+    """The colour most of the badge is painted in, as it renders."""
+    image = badge.grab().toImage()
+    counts = Counter(image.pixel(x, y) for x in range(image.width()) for y in range(image.height()))
+    return QColor(counts.most_common(1)[0][0])
+
+
+def pending_text(status: StorageStatus) -> str:
+    return f"Local · {status.pending_sync} to sync"
+
+
+# --------------------------------------------------------------------------------------------- the badge
+
+
+async def test_badge_says_local_without_a_postgres_url(tmp_path: Path, open_storage: Any, qtbot: Any) -> None:
+    storage = await open_storage(tmp_path / "data")
+    bridge = StorageBridge(storage.manager)
+    badge = StatusBadge(bridge)
+    qtbot.addWidget(badge)
+
+    assert badge.text() == "Local"
+    tooltip = badge.toolTip()
+    assert "Saved on this computer only" in tooltip
+    assert "no Postgres URL is configured" in tooltip
+    assert "Postgres: not configured" in tooltip
+    assert str(tmp_path / "data") in tooltip
+    assert badge.accessibleName() == "Storage: Local"
+    assert badge.accessibleDescription() == tooltip
+    assert badge.colors()[0] == QColor(TIER_LOOKS["sqlite"].background)
+    assert_readable(badge)
+
+
+async def test_badge_click_asks_for_details(tmp_path: Path, open_storage: Any, qtbot: Any) -> None:
+    storage = await open_storage(tmp_path / "data")
+    badge = StatusBadge(StorageBridge(storage.manager))
+    qtbot.addWidget(badge)
+    asked: list[bool] = []
+    badge.detailsRequested.connect(lambda: asked.append(True))
+
+    qtbot.mouseClick(badge, Qt.MouseButton.LeftButton)
+    badge.setFocus()
+    qtbot.keyClick(badge, Qt.Key.Key_Space)
+
+    assert asked == [True, True]
+
+
+@pytest.mark.parametrize("tier", ["postgres", "sqlite", "memory"])
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_badge_colours_are_readable_in_light_and_dark_palettes(qtbot: Any, tier: str, scheme: str) -> None:
+    app = QApplication.instance()
+    assert isinstance(app, QApplication)
+    previous = app.palette()
+    palette = QPalette(previous)
+    window, text = ("#ffffff", "#000000") if scheme == "light" else ("#1e1e1e", "#f0f0f0")
+    for role, colour in (
+        (QPalette.ColorRole.Window, window),
+        (QPalette.ColorRole.WindowText, text),
+        (QPalette.ColorRole.Button, window),
+        (QPalette.ColorRole.ButtonText, text),
+    ):
+        palette.setColor(role, QColor(colour))
+    app.setPalette(palette)
+    try:
+        badge = StatusBadge()
+        qtbot.addWidget(badge)
+        badge.show_status(status_on(tier))
+        badge.ensurePolished()
+        look = TIER_LOOKS[tier]  # type: ignore[index]
+        # The badge draws its own colours whatever the palette says, and each pair is readable.
+        assert dominant_colour(badge) == QColor(look.background)
+        assert contrast(QColor(look.background), QColor(look.foreground)) >= 4.5
+        assert_readable(badge)
+        # The badge must stand out from the window around it too.
+        assert contrast(QColor(look.background), QColor(window)) >= 1.4
+    finally:
+        app.setPalette(previous)
+
+
+async def test_badge_follows_postgres_going_down_and_coming_back(
+    tmp_path: Path, open_storage: Any, pg_cluster: Any, pg_url: str, qtbot: Any
+) -> None:
+    if not pg_cluster.controllable:
+        pytest.skip("needs a PostgreSQL server the tests can stop")
+    storage = await open_storage(tmp_path / "data", pg_url, connect_timeout=2.0, retry_max_seconds=0.5)
+    bridge = StorageBridge(storage.manager)
+    badge = StatusBadge(bridge)
+    qtbot.addWidget(badge)
+    events: list[TierEvent] = []
+    bridge.tierChanged.connect(events.append)
+    assert badge.text() == "Postgres"
+    assert badge.colors()[0] == QColor(TIER_LOOKS["postgres"].background)
+
+    pg_cluster.stop()
+    # A turn lands in SQLite at once; the sync that follows finds Postgres gone.
+    await one_turn(storage.saver, "t-down")
+    down = await wait_signal(
+        bridge.statusChanged,
+        20,
+        lambda s: s.active_tier == "sqlite" and s.pending_sync > 0,
+        already=lambda: (s := bridge.status()).active_tier == "sqlite" and s.pending_sync > 0 and s,
+    )
+    assert down.reason
+    shown = badge.status()
+    assert shown is not None and shown.active_tier == "sqlite"
+    assert badge.text() == pending_text(shown)
+    # The reason it shows is the latest one (the monitor keeps retrying and the wording follows its last error).
+    assert f"Why: {shown.reason}" in badge.toolTip()
+    assert shown.reason == bridge.status().reason
+    assert f"Postgres: {down.postgres_url}" in badge.toolTip()
+    assert badge.colors()[0] == QColor(TIER_LOOKS["sqlite"].background)
+    assert [(e.previous, e.current) for e in events] == [("postgres", "sqlite")]
+    assert events[0].reason
+
+    pg_cluster.start()
+    await wait_signal(
+        bridge.statusChanged,
+        30,
+        lambda s: s.active_tier == "postgres" and s.pending_sync == 0,
+        already=lambda: (s := bridge.status()).active_tier == "postgres" and s.pending_sync == 0,
+    )
+    assert badge.text() == "Postgres"
+    assert "Saved to Postgres" in badge.toolTip()
+    assert [(e.previous, e.current) for e in events] == [("postgres", "sqlite"), ("sqlite", "postgres")]
+
+
+async def test_memory_tier_turns_the_badge_red_and_shows_the_banner(open_storage: Any, qtbot: Any) -> None:
+    storage = await open_storage(None)  # no data folder: nothing durable works
+    bridge = StorageBridge(storage.manager)
+    badge = StatusBadge(bridge)
+    banner = MemoryBanner(bridge)
+    qtbot.addWidget(badge)
+    qtbot.addWidget(banner)
+    exports: list[bool] = []
+    banner.exportRequested.connect(lambda: exports.append(True))
+
+    assert badge.text() == "Not saved"
+    assert badge.colors()[0] == QColor(TIER_LOOKS["memory"].background)
+    assert_readable(badge)
+    assert "Nothing is being saved" in badge.toolTip()
+    assert not banner.isHidden()
+    assert banner.message.text() == "Nothing is being saved: no data directory is configured"
+    qtbot.mouseClick(banner.export_button, Qt.MouseButton.LeftButton)
+    assert exports == [True]
+
+
+async def test_banner_stays_hidden_while_words_are_saved(tmp_path: Path, open_storage: Any, qtbot: Any) -> None:
+    storage = await open_storage(tmp_path / "data")
+    banner = MemoryBanner(StorageBridge(storage.manager))
+    qtbot.addWidget(banner)
+    assert banner.isHidden()
+    # The same banner appears the moment the tier becomes memory, and goes when it recovers.
+    memory = StorageStatus("memory", storage.manager.status().tiers, 0, "", "")
+    banner.show_status(memory)
+    assert not banner.isHidden()
+    banner.show_status(storage.manager.status())
+    assert banner.isHidden()
+
+
+# --------------------------------------------------------------------------------------------- the bridge
+
+
+async def test_bridge_delivers_on_the_gui_thread_when_called_from_another(
+    tmp_path: Path, open_storage: Any, qtbot: Any
+) -> None:
+    storage = await open_storage(tmp_path / "data")
+    bridge = StorageBridge(storage.manager)
+    seen: list[tuple[StorageStatus, bool]] = []
+    bridge.statusChanged.connect(lambda s: seen.append((s, threading.current_thread() is threading.main_thread())))
+    status = storage.manager.status()
+    worker = threading.Thread(target=bridge._on_storage, args=(status, None))
+    worker.start()
+    await asyncio.to_thread(worker.join)
+
+    got = await wait_signal(bridge.statusChanged, 5, already=lambda: seen and seen[0][0])
+    assert got is status
+    assert seen == [(status, True)]
+
+
+async def test_bridge_stops_listening_when_closed_or_deleted(
+    tmp_path: Path, open_storage: Any, qtbot: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = await open_storage(tmp_path / "data")
+    manager = storage.manager
+    live, closed, doomed = StorageBridge(manager), StorageBridge(manager), StorageBridge(manager)
+    heard: dict[str, int] = {"live": 0, "closed": 0}
+    live.statusChanged.connect(lambda _s: heard.__setitem__("live", heard["live"] + 1))
+    closed.statusChanged.connect(lambda _s: heard.__setitem__("closed", heard["closed"] + 1))
+    closed.close()
+    closed.close()  # twice is fine
+    doomed.deleteLater()
+    await wait_signal(doomed.destroyed, 5)
+
+    await manager.update_conversation("t-1", title="renamed")  # the manager tells its listeners
+
+    assert heard == {"live": 1, "closed": 0}
+    assert not closed.listening and live.listening
+    assert "storage listener failed" not in caplog.text  # the deleted bridge was no longer called
+
+
+# --------------------------------------------------------------------------------------------- details dialog
+
+
+async def test_details_show_the_doctor_report_and_retry_now_reconnects(
+    tmp_path: Path,
+    open_storage: Any,
+    pg_proxy: Any,
+    pg_url: str,
+    qtbot: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    memory_keyring: Any,
+) -> None:
+    # A minute between attempts: only "Retry now" can bring Postgres back within this test's bound.
+    monkeypatch.setattr(storage.manager, "FIRST_RETRY_SECONDS", 60.0)
+    pg_proxy.refuse()
+    store = await open_storage(tmp_path / "data", pg_proxy.url_for(pg_url), retry_max_seconds=60.0)
+    bridge = StorageBridge(store.manager)
+    settings = load_settings(environ={}, cwd=tmp_path, config_dir=tmp_path / "config")
+    secrets = SecretStore()
+    dialog = StorageDetailsDialog(bridge, settings, secrets)
+    qtbot.addWidget(dialog)
+
+    status = bridge.status()
+    assert status.tiers["postgres"].state == "down"
+    assert dialog.report.toPlainText() == report_text(settings, secrets, status)
+    assert dialog.tiers.item(0, 1).text() == "down"
+    assert "refused" in dialog.tiers.item(0, 2).text().lower()
+    assert "Saved on this computer only" in dialog.summary.text()
+    assert dialog.keyring.text() == "tests.keyring_backend.MemoryKeyring"
+    assert dialog.retry_button.isEnabled()
+
+    pg_proxy.pass_through()
+    qtbot.mouseClick(dialog.retry_button, Qt.MouseButton.LeftButton)
+    assert dialog.retry_note.text() == "Trying Postgres again…"
+    back = await wait_signal(bridge.statusChanged, 10, lambda s: s.active_tier == "postgres")
+
+    assert dialog.status() is not None and dialog.status().active_tier == "postgres"
+    assert dialog.tiers.item(0, 1).text() == "connected"
+    assert "mode: async" in dialog.tiers.item(0, 2).text()
+    assert "Saved to Postgres" in dialog.summary.text()
+    assert dialog.report.toPlainText() == report_text(settings, secrets, dialog.status())
+    assert back.tiers["postgres"].state == "connected"
+
+
+async def test_details_without_postgres_cannot_retry(tmp_path: Path, open_storage: Any, qtbot: Any) -> None:
+    store = await open_storage(tmp_path / "data")
+    dialog = StorageDetailsDialog(StorageBridge(store.manager))
+    qtbot.addWidget(dialog)
+    assert not dialog.retry_button.isEnabled()
+    assert dialog.tiers.item(0, 1).text() == "off"
+    assert "Active tier:   sqlite" in dialog.report.toPlainText()
+    qtbot.mouseClick(dialog.copy_button, Qt.MouseButton.LeftButton)
+    assert QApplication.clipboard().text() == dialog.report.toPlainText()
+    dialog.reject()
+    assert dialog.result() == QDialog.DialogCode.Rejected
