@@ -2,6 +2,8 @@
 
     python main.py                 open the window
     python main.py doctor [--json] print the settings in effect and the state of each storage tier
+    python main.py self-test [--json] [--report FILE]
+                                   check this installation on a throwaway data dir (see gui/selftest.py)
 """
 
 from __future__ import annotations
@@ -37,9 +39,16 @@ def run_doctor(as_json: bool) -> int:
     return 0
 
 
-def run_app() -> int:
-    print("The Cairn window is not built yet; try `python main.py doctor`.", file=sys.stderr)
-    return 2
+def run_app(quit_after: float | None = None) -> int:
+    from gui.app import run  # Qt is imported only for the window, never for `doctor`
+
+    return run(sys.argv[:1], quit_after=quit_after)
+
+
+def run_selftest(args: argparse.Namespace) -> int:
+    from gui.selftest import run  # Qt is imported only here and for the window
+
+    return run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,11 +57,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     doctor = commands.add_parser("doctor", help="print settings and storage tiers, then exit")
     doctor.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    from gui.selftest import add_arguments as add_selftest_arguments  # stdlib only at import
+
+    selftest = commands.add_parser(
+        "self-test", help="open the window on a throwaway data dir, store a conversation, read it back, report"
+    )
+    add_selftest_arguments(selftest)
+    # For tests and smoke checks: quit this many seconds after the window is ready.
+    parser.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if args.command == "doctor":
         return run_doctor(args.json)
-    return run_app()
+    if args.command == "self-test":
+        return run_selftest(args)
+    return run_app(args.quit_after)
 
 
 if __name__ == "__main__":

@@ -253,7 +253,7 @@ class StorageManager:
         return StorageStatus(
             active_tier=self._active,
             tiers={"postgres": postgres, "sqlite": sqlite, "memory": TierStatus(memory_state, memory_reason)},
-            pending_sync=self._pending,
+            pending_sync=self._pending if self.target is not None else 0,  # nothing to sync to
             postgres_url=mask_url(self.target.url) if self.target else "",
             data_dir=str(self.data_dir or ""),
             keyring=self.keyring_name,

@@ -1,0 +1,392 @@
+"""Start and stop the Cairn window: an explicit, ordered sequence with a log line per step.
+
+1. settings (non-strict: problems are shown, never fatal)   2. secrets (the OS keyring, or memory)
+3. storage (SQLite at once; Postgres connects in the background)   4. the window with the conversation list
+5. after the first paint: the chat engine (LangGraph and langchain-openai take ~2 s to import, so they are imported
+   on a worker thread while the window is already usable), then the conversation service.
+
+Shutdown hangs off one signal, ``QCoreApplication.aboutToQuit``: the window's state is saved and every streaming reply
+is stopped (its partial text is kept); once the Qt loop has returned, ``CairnApp.shutdown`` waits for those replies
+to be stored and closes storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, QSettings, QTimer
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
+
+from storage.loop import new_qt_loop
+from storage.secrets import SecretStore
+from storage.settings import APP_NAME, Settings, load_settings
+
+if TYPE_CHECKING:
+    from chat.endpoints import Endpoint
+    from chat.service import ConversationService
+    from gui.main_window import MainWindow
+    from storage.factory import Storage
+
+log = logging.getLogger("cairn.app")
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+STATE_FILE_NAME = "window.ini"
+HEAVY_MODULES = ("chat.service", "langchain_openai")
+FIRST_PAINT_TIMEOUT = 1.0
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class CairnApp(QObject):
+    """Owns what lives as long as the app: settings, secrets, storage, the conversation service and the window."""
+
+    def __init__(
+        self,
+        qt_app: QCoreApplication,
+        *,
+        settings: Settings | None = None,
+        secrets: SecretStore | None = None,
+        model_timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.qt_app = qt_app
+        self.settings = settings
+        self.secrets = secrets
+        self.model_timeout = model_timeout
+        self.storage: Storage | None = None
+        self.service: ConversationService | None = None
+        self.window: MainWindow | None = None
+        self.ready = asyncio.Event()
+        self.timings: dict[str, float] = {}
+        self._started = time.perf_counter()
+        self._quitting = False
+        self._closed = False
+        qt_app.aboutToQuit.connect(self.about_to_quit)
+
+    # --- start ----------------------------------------------------------------------------------------------
+    def _step(self, number: int, name: str) -> None:
+        elapsed = (time.perf_counter() - self._started) * 1000
+        self.timings[name] = elapsed
+        log.info("startup %d/5: %s (%.0f ms)", number, name, elapsed)
+
+    async def start(self) -> MainWindow:
+        self._step(1, "settings")
+        settings = self.settings if self.settings is not None else load_settings(strict=False)
+        self.settings = settings
+        for problem in settings.problems:
+            log.warning("settings: %s", problem)
+
+        self._step(2, "secrets")
+        secrets = self.secrets if self.secrets is not None else SecretStore()
+        self.secrets = secrets
+
+        self._step(3, "storage")
+        from storage.factory import open_storage
+
+        self.storage = await open_storage(settings, secrets)
+
+        self._step(4, "window")
+        from gui.main_window import MainWindow
+
+        state = QSettings(str(settings.config_dir / STATE_FILE_NAME), QSettings.Format.IniFormat)
+        window = MainWindow(settings, secrets, state)
+        self.window = window
+        window.settingsApplied.connect(self._on_settings_applied)
+        last_thread = window.restore_state()
+        window.attach_storage(self.storage)
+        await window.refresh_list()
+        if last_thread and last_thread in window.sidebar.thread_ids():
+            window.open_conversation(last_thread)  # its messages appear once the chat engine is loaded
+        else:
+            window.new_chat()
+        window.show()
+        await _first_paint(window)
+        self.timings["first paint"] = (time.perf_counter() - self._started) * 1000
+        log.info("window painted %.0f ms after start", self.timings["first paint"])
+        window.show_problems(list(settings.problems))
+        if secrets.warning:
+            window.show_status(secrets.warning, 15_000)
+
+        self._step(5, "chat engine")
+        await asyncio.to_thread(_load_chat_engine)  # on a worker thread: the window stays responsive meanwhile
+        from chat.service import ConversationService
+
+        self.service = ConversationService(self.storage, self.endpoint())
+        window.attach_service(self.service)
+        self.timings["ready"] = (time.perf_counter() - self._started) * 1000
+        log.info("ready %.0f ms after start", self.timings["ready"])
+        self.ready.set()
+        if not settings.model_name:
+            window.tasks.spawn(self._pick_first_model(), "Listing the server's models")
+        return window
+
+    def endpoint(self) -> Endpoint:
+        from chat.endpoints import Endpoint, api_key_name
+
+        settings = self.settings
+        assert settings is not None and self.secrets is not None
+        base_url = settings.model_base_url
+        endpoint = Endpoint(
+            base_url=base_url,
+            model=settings.model_name,
+            api_key=self.secrets.get(api_key_name(base_url)),
+            system_prompt=settings.system_prompt,
+        )
+        if self.model_timeout is not None:
+            endpoint = Endpoint(
+                endpoint.base_url, endpoint.model, endpoint.api_key, endpoint.system_prompt, self.model_timeout
+            )
+        return endpoint
+
+    async def _pick_first_model(self) -> None:
+        """No model is configured: use the server's first, as the setting's description promises."""
+        from chat.endpoints import Endpoint, ModelListError, list_models
+
+        endpoint = self.endpoint()
+        try:
+            models = await list_models(endpoint.base_url, endpoint.api_key)
+        except ModelListError as exc:
+            log.info("no model chosen and the server lists none: %s", exc)
+            return
+        if models and self.service is not None and not self.service.endpoint.model:
+            current = self.service.endpoint
+            self.service.set_endpoint(
+                Endpoint(current.base_url, models[0], current.api_key, current.system_prompt, current.timeout)
+            )
+            if self.window is not None:
+                self.window.set_settings(self.window.settings)
+
+    # --- settings applied without a restart -----------------------------------------------------------------
+    def _on_settings_applied(self, settings: Settings) -> None:
+        assert self.window is not None
+        self.window.tasks.spawn(self.apply_settings(settings), "Applying the settings")
+
+    async def apply_settings(self, settings: Settings) -> None:
+        old, self.settings = self.settings, settings
+        assert old is not None and self.window is not None and self.secrets is not None
+        if self.service is not None:
+            self.service.set_endpoint(self.endpoint())
+            if not settings.model_name:
+                await self._pick_first_model()
+        self.window.set_settings(settings)
+        if _storage_key(old, self.secrets) == _storage_key(settings, self.secrets):
+            return
+        await self.reopen_storage(settings)
+
+    async def reopen_storage(self, settings: Settings) -> None:
+        """Storage settings changed: stop replies, open the new storage, swap, then close the old one."""
+        from chat.service import ConversationService
+        from storage.factory import open_storage
+
+        assert self.window is not None and self.secrets is not None
+        log.info("storage settings changed: reopening storage")
+        window = self.window
+        await window.detach_service()
+        old = self.storage
+        try:
+            storage = await open_storage(settings, self.secrets)
+        except Exception as exc:
+            log.exception("reopening storage failed")
+            window.show_status(f"The new storage settings could not be used ({exc}); keeping the current ones.")
+            if self.service is not None:
+                window.attach_service(self.service)
+            return
+        self.storage = storage
+        self.service = ConversationService(storage, self.endpoint())
+        window.attach_storage(storage)
+        window.attach_service(self.service)
+        window.show_status("Storage settings applied.")
+        if old is not None:
+            await old.close()
+
+    # --- stop -----------------------------------------------------------------------------------------------
+    def about_to_quit(self) -> None:
+        """The one shutdown signal: save the window's state and stop every reply (their text is kept)."""
+        if self._quitting:
+            return
+        self._quitting = True
+        log.info("quitting: saving the window state and stopping replies")
+        if self.window is not None:
+            self.window.save_state()
+            self.window.stop_all()
+
+    async def shutdown(self) -> None:
+        """Wait for stopped replies to be stored, then close storage. Safe to call more than once."""
+        if self._closed:
+            return
+        self.about_to_quit()
+        self._closed = True
+        with contextlib.suppress(RuntimeError, TypeError):
+            self.qt_app.aboutToQuit.disconnect(self.about_to_quit)
+        window = self.window
+        if window is not None:
+            await window.stop_all_replies(SHUTDOWN_TIMEOUT)
+            await window.tasks.drain(SHUTDOWN_TIMEOUT / 2)
+            window.tasks.cancel_all()
+            if window.bridge is not None:
+                window.bridge.close()
+        if self.storage is not None:
+            await self.storage.close()
+        log.info("shut down cleanly")
+
+
+def _load_chat_engine() -> None:
+    """Import LangGraph and langchain-openai (~2 s), and build one throwaway client: the OpenAI client imports more
+    on first use (~0.25 s), which would otherwise stall the loop when the first message is sent."""
+    for name in HEAVY_MODULES:
+        importlib.import_module(name)
+    from chat.endpoints import Endpoint, chat_model
+
+    chat_model(Endpoint("http://127.0.0.1:9/v1", "warm-up"))
+
+
+def _storage_key(settings: Settings, secrets: SecretStore) -> tuple[Any, ...]:
+    """What storage is built from: when it changes, storage must be reopened."""
+    from storage.factory import postgres_target
+
+    target, reason = postgres_target(settings, secrets)
+    return (target, reason, settings.data_dir, settings.retry_max_seconds)
+
+
+class _PaintWatch(QObject):
+    def __init__(self, window: QWidget, future: asyncio.Future[None]) -> None:
+        super().__init__()
+        self.window = window
+        self.future = future
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if (
+            event.type() == QEvent.Type.Paint
+            and isinstance(watched, QWidget)
+            and watched.window() is self.window
+            and not self.future.done()
+        ):
+            self.future.set_result(None)
+        return False
+
+
+async def _first_paint(window: QWidget) -> None:
+    """Return once the window has painted (or after a second: never hold the start on it)."""
+    app = QApplication.instance()
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    watch = _PaintWatch(window, future)
+    assert app is not None
+    app.installEventFilter(watch)
+    try:
+        async with asyncio.timeout(FIRST_PAINT_TIMEOUT):
+            await future
+    except TimeoutError:
+        log.info("no paint event within %.1f s (a hidden or offscreen window?)", FIRST_PAINT_TIMEOUT)
+    finally:
+        app.removeEventFilter(watch)
+
+
+# --- the None reference leak of PySide6 6.12.0 on Python 3.11 ------------------------------------------------------
+
+NONE_FLOOR = 200_000
+
+
+def guard_none_refcount(parent: QObject) -> QTimer | None:
+    """Keep ``None`` alive where the Qt binding loses a reference to it on every call of a void method.
+
+    PySide6 6.12.0 on Python 3.11 (where None is not yet immortal) returns None from void methods without taking a
+    reference; after some thousands of calls the interpreter aborts with "none_dealloc: deallocating None". When the
+    probe below sees that, a timer tops the count back up five times a second. Python 3.12+ and other PySide6
+    versions need nothing: the probe finds no loss and no timer runs.
+    """
+    probe = QObject()
+    before = sys.getrefcount(None)
+    for _ in range(8):
+        probe.setObjectName("probe")
+    lost = before - sys.getrefcount(None)
+    if lost <= 0:
+        return None
+    import PySide6
+
+    log.warning(
+        "PySide6 %s loses a reference to None on each void call on Python %d.%d: compensating. "
+        "Use PySide6 < 6.12 or Python >= 3.12.",
+        PySide6.__version__,
+        *sys.version_info[:2],
+    )
+    bank: list[None] = []
+
+    def top_up() -> None:
+        missing = NONE_FLOOR - sys.getrefcount(None)
+        if missing > 0:
+            bank.extend([None] * missing)
+
+    top_up()
+    timer = QTimer(parent)
+    timer.setInterval(200)
+    timer.timeout.connect(top_up)
+    timer.start()
+    return timer
+
+
+# --- the process ----------------------------------------------------------------------------------------------------
+
+
+def configure(app: QApplication) -> None:
+    app.setApplicationName(APP_NAME)
+    app.setOrganizationName(APP_NAME)
+    app.setApplicationDisplayName(APP_NAME)
+    app.setDesktopFileName("cairn")
+    icon = RESOURCES / "cairn.svg"
+    if icon.is_file():
+        app.setWindowIcon(QIcon(str(icon)))
+    style = RESOURCES / "style.qss"
+    if style.is_file():
+        app.setStyleSheet(style.read_text(encoding="utf-8"))
+
+
+def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
+    """Open the window and run until it is closed; the process's exit code."""
+    app = QApplication.instance() or QApplication(list(argv))
+    assert isinstance(app, QApplication)
+    configure(app)
+    guard = guard_none_refcount(app)
+    loop = new_qt_loop(app)
+    asyncio.set_event_loop(loop)
+    cairn = CairnApp(app)
+    failed: list[BaseException] = []
+
+    def started(task: asyncio.Task[MainWindow]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.critical("Cairn could not start", exc_info=(type(exc), exc, exc.__traceback__))
+            failed.append(exc)
+            QMessageBox.critical(None, "Cairn could not start", f"{type(exc).__name__}: {exc}")
+            app.exit(1)
+        elif quit_after is not None:
+            QTimer.singleShot(round(quit_after * 1000), app.quit)
+
+    # Ctrl+C or a TERM signal quits cleanly; the timer lets Python run its signal handlers while Qt waits.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_args: app.quit())
+    wake = QTimer(app)
+    wake.start(250)
+    wake.timeout.connect(lambda: None)
+
+    start = loop.create_task(cairn.start())
+    start.add_done_callback(started)
+    code = loop.run_forever()
+    if not start.done():
+        start.cancel()
+    loop.run_until_complete(cairn.shutdown())
+    wake.stop()
+    if guard is not None:
+        guard.stop()
+    loop.close()
+    return 1 if failed else int(code or 0)

@@ -1,0 +1,725 @@
+"""The main window: the conversation list, the open conversation, the composer, and the storage badge.
+
+The window talks to conversations only through ``chat.service.ConversationService`` (attached once the chat engine
+has loaded, a moment after the window is shown) and to storage only through ``storage.factory.Storage`` and the
+``StorageBridge``. Every user action is a slot that returns at once; the work runs as a task (``gui.tasks``).
+A reply streams per conversation: switching conversations while one streams is fine, and each failure stays with its
+conversation, shown under the user's message with a Retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from chat.events import ReplyDone, ReplyFailed, Token
+from gui.badge import StatusBadge
+from gui.bridge import StorageBridge
+from gui.chat_view import ChatView
+from gui.composer import Composer
+from gui.sidebar import TITLE_ROLE, Sidebar
+from gui.storage_dialog import MemoryBanner, StorageDetailsDialog
+from gui.tasks import TaskRunner
+from storage.secrets import SecretStore
+from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from chat.events import ChatEvent
+    from chat.service import ConversationService
+    from storage.factory import Storage
+
+log = logging.getLogger("cairn.gui")
+
+APP_TITLE = "Cairn"
+LIST_REFRESH_MS = 60
+STATUS_REFRESH_MS = 400
+STATUS_MESSAGE_MS = 5000
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A message as the view shows it before the service has stored it (its id is provisional)."""
+
+    id: str
+    role: str
+    text: str
+    stopped: bool = False
+
+
+@dataclass
+class Run:
+    """A reply streaming in one conversation."""
+
+    thread_id: str
+    parts: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+@dataclass(frozen=True)
+class Failure:
+    message: str
+    kind: str
+    partial: str = ""
+
+
+class MainWindow(QMainWindow):
+    settingsApplied = Signal(object)  # the Settings now in effect (the app decides what must be reopened)
+    replyFinished = Signal(str)  # thread id, after the view and the list are up to date
+    conversationShown = Signal(str)  # thread id ("" for a new conversation)
+    listRefreshed = Signal()
+
+    def __init__(
+        self, settings: Settings, secrets: SecretStore, state: QSettings, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.secrets = secrets
+        self.state = state
+        self.storage: Storage | None = None
+        self.service: ConversationService | None = None
+        self.bridge: StorageBridge | None = None
+        self.current: str | None = None
+        self.tasks = TaskRunner(self)
+        self.tasks.failed.connect(self._on_task_failed)
+        self._service_ready = asyncio.Event()
+        self._runs: dict[str, Run] = {}
+        self._failures: dict[str, Failure] = {}
+        self._drafts: dict[str | None, str] = {}
+        self._query = ""
+        self._list_generation = 0
+        self._list_applied = 0
+        self._load_generation = 0
+        self._pending_counter = 0
+        self.details_dialog: StorageDetailsDialog | None = None
+        self.settings_dialog: QWidget | None = None
+        self.last_open_timing: tuple[float, float] = (0.0, 0.0)  # (load ms, render ms) of the last open
+
+        self.setWindowTitle(APP_TITLE)
+        self.setObjectName("mainWindow")
+        self.sidebar = Sidebar()
+        self.view = ChatView()
+        self.composer = Composer()
+        self.banner = MemoryBanner()
+        right = QWidget()
+        right.setObjectName("conversationPane")
+        column = QVBoxLayout(right)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.banner)
+        column.addWidget(self.view, 1)
+        column.addWidget(self.composer)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(self.sidebar)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([260, 740])
+        self.splitter.setChildrenCollapsible(False)
+        self.setCentralWidget(self.splitter)
+
+        self.badge = StatusBadge()
+        self.model_label = QLabel()
+        self.model_label.setObjectName("modelLabel")
+        self.model_label.setTextFormat(Qt.TextFormat.RichText)
+        self.model_label.linkActivated.connect(lambda _link: self.open_settings())
+        self.statusBar().addPermanentWidget(self.model_label)
+        self.statusBar().addPermanentWidget(self.badge)
+        self._show_model()
+
+        self._list_timer = QTimer(self)
+        self._list_timer.setSingleShot(True)
+        self._list_timer.timeout.connect(lambda: self.tasks.spawn(self.refresh_list(), "Listing the conversations"))
+        self._build_actions()
+        self._connect()
+        self.resize(1100, 760)
+        self.view.show_note("Loading…")
+        self.composer.edit.setFocus()
+
+    # --- construction ---------------------------------------------------------------------------------------
+    def _action(self, text: str, slot: Any, shortcut: str | QKeySequence | None = None, tip: str = "") -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        if tip:
+            action.setStatusTip(tip)
+        action.triggered.connect(lambda _checked=False: slot())
+        self.addAction(action)  # shortcuts work even where the menu bar is hidden
+        return action
+
+    def _build_actions(self) -> None:
+        self.new_action = self._action("&New chat", self.new_chat, "Ctrl+N", "Start a new conversation")
+        self.search_action = self._action("&Search conversations", self.focus_search, "Ctrl+K")
+        self.settings_action = self._action("S&ettings…", self.open_settings, "Ctrl+,")
+        self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
+        self.copy_action = self._action("Copy last &reply", self.copy_last_reply, "Ctrl+Shift+C")
+        # Esc is handled in keyPressEvent so an open editor (a rename, a dialog) still gets it first.
+        self.stop_action = self._action("S&top reply\tEsc", self.stop_reply)
+        self.regenerate_action = self._action("Re&generate reply", self.regenerate)
+        self.retry_action = self._action("&Retry", self.retry)
+        self.export_md_action = self._action("Export as &Markdown…", lambda: self.ask_export(self.current, "markdown"))
+        self.export_json_action = self._action("Export as &JSON…", lambda: self.ask_export(self.current, "json"))
+        self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        menus = self.menuBar()
+        file_menu = menus.addMenu("&File")
+        for action in (self.new_action, self.export_md_action, self.export_json_action):
+            file_menu.addAction(action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.settings_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        edit_menu = menus.addMenu("&Edit")
+        edit_menu.addAction(self.copy_action)
+        edit_menu.addAction(self.search_action)
+        chat_menu = menus.addMenu("&Conversation")
+        for action in (self.stop_action, self.regenerate_action, self.retry_action):
+            chat_menu.addAction(action)
+
+    def _connect(self) -> None:
+        self.sidebar.newChatRequested.connect(self.new_chat)
+        self.sidebar.conversationActivated.connect(self.open_conversation)
+        self.sidebar.searchChanged.connect(self._on_search)
+        self.sidebar.renameRequested.connect(self.rename)
+        self.sidebar.pinRequested.connect(self.set_pinned)
+        self.sidebar.deleteRequested.connect(self.ask_delete)
+        self.sidebar.exportRequested.connect(self.ask_export)
+        self.composer.sendRequested.connect(self._on_send)
+        self.composer.stopRequested.connect(self.stop_reply)
+        self.view.editRequested.connect(self.start_edit)
+        self.view.regenerateRequested.connect(self.regenerate)
+        self.view.retryRequested.connect(self.retry)
+        self.view.stopRequested.connect(self.stop_reply)
+        self.view.copied.connect(lambda what: self.show_status(f"Copied {what}."))
+        self.badge.detailsRequested.connect(self.open_storage_details)
+        self.banner.exportRequested.connect(lambda: self.ask_export(self.current, "markdown"))
+
+    # --- the runtime (attached by the app) ------------------------------------------------------------------
+    def attach_storage(self, storage: Storage) -> None:
+        """Show this storage's state and list; called at start and when settings reopen storage."""
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge.deleteLater()
+        self.storage = storage
+        self.bridge = StorageBridge(storage.manager, self)
+        self.bridge.statusChanged.connect(self.badge.show_status)
+        self.bridge.statusChanged.connect(self.banner.show_status)
+        self.bridge.statusChanged.connect(lambda _status: self.request_list_refresh(STATUS_REFRESH_MS))
+        status = self.bridge.status()
+        self.badge.show_status(status)
+        self.banner.show_status(status)
+        if self.details_dialog is not None:
+            self.details_dialog.close()
+            self.details_dialog = None
+        self.request_list_refresh(0)
+
+    def attach_service(self, service: ConversationService) -> None:
+        self.service = service
+        self._service_ready.set()
+        self._show_model()
+        if self.current is not None:
+            self.open_conversation(self.current, force=True)
+        elif self.view.thread_id is None:
+            self.view.show_note("")
+        self.request_list_refresh(0)
+
+    async def detach_service(self) -> None:
+        """Stop every reply and forget the service (storage is about to be reopened)."""
+        await self.stop_all_replies()
+        self._service_ready.clear()
+        self.service = None
+        self.view.show_note("Reopening storage…")
+
+    async def _ready(self) -> ConversationService:
+        if self.service is None:
+            self.show_status("Loading the chat engine…")
+            await self._service_ready.wait()
+        assert self.service is not None
+        return self.service
+
+    def set_settings(self, settings: Settings) -> None:
+        self.settings = settings
+        self._show_model()
+
+    def _show_model(self) -> None:
+        model = self.service.endpoint.model if self.service is not None else self.settings.model_name
+        if model:
+            self.model_label.setText(f'Model: <a href="settings">{_escape(model)}</a>')
+        else:
+            self.model_label.setText('Model: <a href="settings">choose one…</a>')
+        self.model_label.setToolTip(f"Model server: {self.settings.model_base_url}\nClick to change (Ctrl+,)")
+
+    # --- state across runs ----------------------------------------------------------------------------------
+    def restore_state(self) -> str | None:
+        """Geometry and splitter from the last run; returns the conversation that was open then."""
+        geometry = self.state.value("window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        splitter = self.state.value("window/splitter")
+        if isinstance(splitter, QByteArray) and not splitter.isEmpty():
+            self.splitter.restoreState(splitter)
+        thread = self.state.value("session/open_thread")
+        return str(thread) if thread else None
+
+    def save_state(self) -> None:
+        self.state.setValue("window/geometry", self.saveGeometry())
+        self.state.setValue("window/splitter", self.splitter.saveState())
+        self.state.setValue("session/open_thread", self.current or "")
+        self.state.sync()
+
+    # --- the list -------------------------------------------------------------------------------------------
+    def request_list_refresh(self, delay_ms: int = LIST_REFRESH_MS) -> None:
+        if not self._list_timer.isActive() or delay_ms < self._list_timer.remainingTime():
+            self._list_timer.start(delay_ms)
+
+    async def refresh_list(self) -> None:
+        self._list_generation += 1
+        generation = self._list_generation
+        query = self._query
+        if self.service is not None:
+            service = self.service
+            conversations = await (service.search(query) if query else service.conversations())
+        elif self.storage is not None:
+            # Before the chat engine has loaded: the index alone, titles only.
+            conversations = await self.storage.manager.conversations()
+            if query:
+                needle = query.casefold()
+                conversations = [c for c in conversations if needle in c.title.casefold()]
+        else:
+            return
+        if generation < self._list_applied:
+            return  # a newer refresh finished first: this answer is older
+        self._list_applied = generation
+        self.sidebar.set_conversations(conversations, searching=bool(query))
+        self.sidebar.select(self.current)
+        if self.current is not None:
+            title = next((c.title for c in conversations if c.thread_id == self.current), None)
+            if title is not None:
+                self.setWindowTitle(f"{title} — {APP_TITLE}" if title else APP_TITLE)
+        self.listRefreshed.emit()
+
+    def _on_search(self, text: str) -> None:
+        self._query = text
+        self.request_list_refresh(0)
+
+    def focus_search(self) -> None:
+        self.sidebar.focus_search()
+
+    # --- opening conversations ------------------------------------------------------------------------------
+    def new_chat(self) -> None:
+        self._leave_current()
+        self.current = None
+        self.composer.cancel_edit()
+        self.view.show_note("")
+        self.sidebar.select(None)
+        self.setWindowTitle(APP_TITLE)
+        self.composer.set_text(self._drafts.pop(None, ""))
+        self.composer.set_streaming(False)
+        self.composer.edit.setFocus()
+        self.conversationShown.emit("")
+
+    def open_conversation(self, thread_id: str, *, force: bool = False) -> None:
+        if thread_id == self.current and not force and self.view.thread_id == thread_id:
+            return
+        if thread_id != self.current:
+            self._leave_current()
+            self.composer.cancel_edit()
+            self.composer.set_text(self._drafts.pop(thread_id, ""))
+        self.current = thread_id
+        self.sidebar.select(thread_id)
+        self.composer.set_streaming(thread_id in self._runs)
+        if self.service is None:
+            self.view.show_note("Loading…")
+        self._load_generation += 1
+        self.tasks.spawn(self._open(thread_id, self._load_generation), "Opening the conversation")
+
+    def _leave_current(self) -> None:
+        text = self.composer.text()
+        if text.strip() and self.composer.editing_id is None:
+            self._drafts[self.current] = text
+
+    async def _open(self, thread_id: str, generation: int) -> None:
+        service = await self._ready()
+        started = time.perf_counter()
+        loaded = await service.load(thread_id)
+        load_ms = (time.perf_counter() - started) * 1000
+        if generation != self._load_generation or self.current != thread_id:
+            return  # the user went elsewhere meanwhile
+        render_ms = self.view.show_conversation(thread_id, loaded.messages)
+        self.last_open_timing = (load_ms, render_ms)
+        log.info(
+            "opened a conversation of %d messages: load %.0f ms, render %.0f ms",
+            len(loaded.messages),
+            load_ms,
+            render_ms,
+        )
+        self.setWindowTitle(f"{loaded.title} — {APP_TITLE}" if loaded.title else APP_TITLE)
+        self._show_tail(thread_id, awaiting=loaded.awaiting_reply)
+        self.state.setValue("session/open_thread", thread_id)
+        self.conversationShown.emit(thread_id)
+
+    def _show_tail(self, thread_id: str, *, awaiting: bool) -> None:
+        """What follows the stored messages: the reply streaming now, or the failure with its Retry."""
+        run = self._runs.get(thread_id)
+        self.view.set_busy(run is not None)
+        self.composer.set_streaming(run is not None)
+        if run is not None:
+            if not self.view.streaming:
+                self.view.begin_reply(run.text())
+            return
+        failure = self._failures.get(thread_id)
+        if failure is not None:
+            self._show_failure(failure)
+        elif awaiting:
+            self.view.show_error("This message has no reply yet.", title="No reply.")
+
+    def _show_failure(self, failure: Failure) -> None:
+        title = "Stopped." if failure.kind == "stopped" else "The reply failed."
+        self.view.show_error(failure.message, failure.partial, title=title)
+
+    async def _reload(self, thread_id: str) -> None:
+        """Bring the view in line with what is stored (real ids for the messages shown while sending)."""
+        service = await self._ready()
+        loaded = await service.load(thread_id)
+        if self.current != thread_id:
+            return
+        self.view.set_messages(thread_id, loaded.messages)
+        if loaded.title:
+            self.setWindowTitle(f"{loaded.title} — {APP_TITLE}")
+        if not self.view.has_error() and not self.view.streaming:
+            self._show_tail(thread_id, awaiting=loaded.awaiting_reply)
+
+    # --- replies --------------------------------------------------------------------------------------------
+    def _on_send(self, text: str) -> None:
+        editing = self.composer.editing_id
+        if editing is not None:
+            self.composer.finish_edit()
+            self.tasks.spawn(self._edit_and_resend(editing, text), "Sending the edited message")
+        else:
+            self.tasks.spawn(self._send(text), "Sending the message")
+
+    def _pending(self, text: str) -> Shown:
+        self._pending_counter += 1
+        return Shown(f"pending:{self._pending_counter}", "user", text)
+
+    async def _send(self, text: str) -> None:
+        thread = self.current
+        service = await self._ready()
+        if thread is None:
+            thread = service.new_thread_id()
+            if self.current is None:
+                self.current = thread
+                self.view.thread_id = thread
+        if thread in self._runs:
+            self.composer.restore_draft(text)
+            self.show_status("A reply is still streaming in this conversation: stop it first (Esc).")
+            return
+        self._failures.pop(thread, None)
+        if self.current == thread:
+            self.view.append_message(self._pending(text))
+        await self._run(thread, service.send(thread, text), draft=text)
+
+    async def _edit_and_resend(self, message_id: str, text: str) -> None:
+        thread = self.current
+        service = await self._ready()
+        if thread is None or thread in self._runs:
+            self.composer.restore_draft(text)
+            return
+        index = next((i for i, m in enumerate(self.view.messages()) if m.id == message_id), None)
+        if index is not None:
+            self.view.remove_messages_from(index)
+        self._failures.pop(thread, None)
+        self.view.append_message(self._pending(text))
+        await self._run(thread, service.edit_and_resend(thread, message_id, text), draft=text)
+
+    def regenerate(self) -> None:
+        thread = self.current
+        if thread is None or thread in self._runs:
+            return
+        self.tasks.spawn(self._regenerate(thread), "Regenerating the reply")
+
+    async def _regenerate(self, thread: str) -> None:
+        service = await self._ready()
+        messages = self.view.messages()
+        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+        if last_user is None:
+            return
+        self.view.remove_messages_from(last_user + 1)
+        self._failures.pop(thread, None)
+        await self._run(thread, service.regenerate(thread))
+
+    def retry(self) -> None:
+        thread = self.current
+        if thread is None or thread in self._runs:
+            return
+        self.tasks.spawn(self._retry(thread), "Retrying the reply")
+
+    async def _retry(self, thread: str) -> None:
+        service = await self._ready()
+        self._failures.pop(thread, None)
+        self.view.clear_error()
+        await self._run(thread, service.retry(thread))
+
+    async def _run(self, thread: str, events: AsyncIterator[ChatEvent], *, draft: str | None = None) -> None:
+        """Stream one reply into ``thread``: the view follows while it is the open conversation."""
+        run = Run(thread, task=asyncio.current_task())  # type: ignore[arg-type]
+        self._runs[thread] = run
+        if self.current == thread:
+            self.view.set_busy(True)
+            self.view.begin_reply()
+            self.composer.set_streaming(True)
+        outcome: ReplyDone | Failure | None = None
+        received = False
+        try:
+            async for event in events:
+                received = True
+                if isinstance(event, Token):
+                    run.parts.append(event.text)
+                    if self.current == thread:
+                        self.view.append_tokens(event.text)
+                elif isinstance(event, ReplyDone):
+                    outcome = event
+                elif isinstance(event, ReplyFailed):
+                    outcome = Failure(event.message, event.kind, event.partial_text)
+        except Exception as exc:  # the service raised before or instead of a reply: show it, keep the words
+            log.exception("sending failed")
+            outcome = Failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, "bug")
+            if not received and draft is not None:
+                self.composer.restore_draft(draft)
+        finally:
+            self._runs.pop(thread, None)
+        if outcome is None:
+            outcome = Failure("The reply ended without an answer.", "unknown", run.text())
+        if isinstance(outcome, Failure):
+            self._failures[thread] = outcome
+        if self.current == thread:
+            self.view.set_busy(False)
+            self.composer.set_streaming(False)
+            if isinstance(outcome, ReplyDone):
+                self.view.finish_reply(Shown(outcome.message_id, "assistant", outcome.text, outcome.stopped))
+            else:
+                self.view.discard_reply()
+                self._show_failure(outcome)
+            await self._reload(thread)
+        self.request_list_refresh(0)
+        self.replyFinished.emit(thread)
+
+    def stop_reply(self) -> None:
+        thread = self.current
+        if thread is not None and self.service is not None and self.service.stop(thread):
+            self.show_status("Stopping the reply…")
+
+    def stop_all(self) -> None:
+        """Ask every streaming reply to stop (what arrived is kept); ``stop_all_replies`` also waits."""
+        if self.service is not None:
+            for thread_id in list(self._runs):
+                self.service.stop(thread_id)
+
+    async def stop_all_replies(self, timeout: float = 10.0) -> None:
+        """Stop every streaming reply (what arrived is kept) and wait until each is stored."""
+        runs = list(self._runs.values())
+        self.stop_all()
+        tasks = [run.task for run in runs if run.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    def is_streaming(self, thread_id: str | None = None) -> bool:
+        return (thread_id or self.current) in self._runs
+
+    def start_edit(self, message_id: str, text: str) -> None:
+        if self.is_streaming():
+            self.show_status("A reply is streaming: stop it (Esc) before editing a message.")
+            return
+        self.composer.start_edit(message_id, text)
+
+    def copy_last_reply(self) -> None:
+        text = self.view.last_reply_text()
+        if text is None:
+            self.show_status("There is no reply to copy.")
+            return
+        QGuiApplication.clipboard().setText(text)
+        self.show_status("Copied the last reply.")
+
+    # --- conversation metadata ------------------------------------------------------------------------------
+    def rename(self, thread_id: str, title: str) -> None:
+        async def rename() -> None:
+            await (await self._ready()).rename(thread_id, title)
+            self.request_list_refresh(0)
+
+        self.tasks.spawn(rename(), "Renaming the conversation")
+
+    def set_pinned(self, thread_id: str, pinned: bool) -> None:
+        async def pin() -> None:
+            await (await self._ready()).set_pinned(thread_id, pinned)
+            self.request_list_refresh(0)
+
+        self.tasks.spawn(pin(), "Pinning the conversation")
+
+    def _title_of(self, thread_id: str) -> str:
+        item = self.sidebar.item_for(thread_id)
+        return str(item.data(TITLE_ROLE)) if item is not None else ""
+
+    def ask_delete(self, thread_id: str) -> QMessageBox:
+        title = self._title_of(thread_id)
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Delete conversation",
+            f"Delete “{title or 'this conversation'}”? This cannot be undone.",
+            QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        delete = box.addButton("Delete", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setObjectName("deleteConfirmation")
+
+        def finished() -> None:
+            if box.clickedButton() is delete:
+                self.delete(thread_id)
+            box.deleteLater()
+
+        box.finished.connect(lambda _result: finished())
+        box.open()  # not exec(): no nested event loop
+        return box
+
+    def delete(self, thread_id: str) -> None:
+        async def delete() -> None:
+            service = await self._ready()
+            if service.stop(thread_id):
+                run = self._runs.get(thread_id)
+                if run is not None and run.task is not None:
+                    await asyncio.wait([run.task], timeout=10)
+            await service.delete(thread_id)
+            self._failures.pop(thread_id, None)
+            self._drafts.pop(thread_id, None)
+            if self.current == thread_id:
+                self.new_chat()
+            self.request_list_refresh(0)
+            self.show_status("Conversation deleted.")
+
+        self.tasks.spawn(delete(), "Deleting the conversation")
+
+    def ask_export(self, thread_id: str | None, fmt: str) -> QFileDialog | None:
+        if thread_id is None:
+            self.show_status("Open a conversation to export it.")
+            return None
+        title = self._title_of(thread_id)
+        suffix = ".md" if fmt == "markdown" else ".json"
+        name = "".join(ch if ch.isalnum() or ch in " -_" else "_" for ch in title).strip() or "conversation"
+        dialog = QFileDialog(self, "Export conversation", str(Path.home() / (name + suffix)))
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setNameFilter("Markdown (*.md)" if fmt == "markdown" else "JSON (*.json)")
+        dialog.setDefaultSuffix(suffix[1:])
+        dialog.setObjectName("exportDialog")
+        dialog.fileSelected.connect(lambda path: self.export(thread_id, fmt, Path(path)))
+        dialog.finished.connect(lambda _result: dialog.deleteLater())
+        dialog.open()
+        return dialog
+
+    def export(self, thread_id: str, fmt: str, path: Path) -> asyncio.Task[None]:
+        async def export() -> None:
+            service = await self._ready()
+            text = await (service.export_markdown(thread_id) if fmt == "markdown" else service.export_json(thread_id))
+            await asyncio.to_thread(path.write_text, text, encoding="utf-8")
+            self.show_status(f"Exported to {path}.")
+
+        return self.tasks.spawn(export(), "Exporting the conversation")
+
+    # --- dialogs --------------------------------------------------------------------------------------------
+    def open_settings(self) -> QWidget:
+        from gui.settings_dialog import SettingsDialog  # imported when asked for: it pulls in psycopg's conninfo
+
+        if self.settings_dialog is not None and self.settings_dialog.isVisible():
+            self.settings_dialog.raise_()
+            self.settings_dialog.activateWindow()
+            return self.settings_dialog
+        dialog = SettingsDialog(self.settings, self.secrets, self)
+        dialog.settingsApplied.connect(self._on_settings_applied)
+        dialog.finished.connect(lambda _result: self._forget_settings(dialog))
+        self.settings_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def _forget_settings(self, dialog: QWidget) -> None:
+        if self.settings_dialog is dialog:
+            self.settings_dialog = None
+        dialog.deleteLater()
+
+    def _on_settings_applied(self, settings: Settings) -> None:
+        self.set_settings(settings)
+        self.settingsApplied.emit(settings)
+
+    def open_storage_details(self) -> StorageDetailsDialog | None:
+        if self.bridge is None:
+            return None
+        if self.details_dialog is None:
+            self.details_dialog = StorageDetailsDialog(self.bridge, self.settings, self.secrets, self)
+            self.details_dialog.finished.connect(self._forget_details)
+        self.details_dialog.show()
+        self.details_dialog.raise_()
+        return self.details_dialog
+
+    def _forget_details(self) -> None:
+        if self.details_dialog is not None:
+            self.details_dialog.deleteLater()
+            self.details_dialog = None
+
+    # --- feedback -------------------------------------------------------------------------------------------
+    def show_status(self, text: str, timeout_ms: int = STATUS_MESSAGE_MS) -> None:
+        self.statusBar().showMessage(text, timeout_ms)
+
+    def show_problems(self, problems: list[str]) -> QMessageBox | None:
+        """Settings that could not be used: say so once, without blocking the start."""
+        if not problems:
+            return None
+        box = QMessageBox(QMessageBox.Icon.Warning, "Settings problems", "Some settings were ignored:", parent=self)
+        box.setInformativeText("\n".join(f"• {p}" for p in problems))
+        box.setObjectName("settingsProblems")
+        box.finished.connect(lambda _result: box.deleteLater())
+        box.open()
+        return box
+
+    def _on_task_failed(self, what: str, message: str) -> None:
+        self.show_status(f"{what} failed: {message}", 10_000)
+
+    # --- Qt events ------------------------------------------------------------------------------------------
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if event.key() == Qt.Key.Key_Escape and event.modifiers() == Qt.KeyboardModifier.NoModifier:
+            if self.is_streaming():
+                self.stop_reply()
+            elif self.composer.editing_id is not None:
+                self.composer.cancel_edit()
+            elif self.sidebar.search.hasFocus() and self.sidebar.search.text():
+                self.sidebar.search.clear()
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.save_state()
+        super().closeEvent(event)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

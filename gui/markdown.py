@@ -1,0 +1,163 @@
+"""Markdown to the HTML subset Qt's rich text understands, with highlighted code. No Qt import.
+
+Safe by construction: raw HTML in a message is escaped (``html: False``), links keep markdown-it's URL validation
+(no ``javascript:``), and images become plain links, so rendering a message never fetches anything from the
+network. Each fenced code block gets a "Copy" link whose target the caller chooses (``code_href``); its source
+text is returned beside the HTML so the copy is exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexer import Lexer
+from pygments.lexers import get_lexer_by_name
+from pygments.styles import get_style_by_name
+from pygments.util import ClassNotFound
+
+LIGHT_STYLE = "default"
+DARK_STYLE = "monokai"
+MAX_HIGHLIGHT_CHARS = 100_000
+"""Longer code blocks are shown plain: highlighting them would stall the event loop for a visible moment."""
+
+
+@dataclass(frozen=True)
+class Theme:
+    """The colours rendering takes from the palette (the caller reads them from Qt)."""
+
+    dark: bool = False
+    muted: str = "#6b6b6b"
+    link: str = "#1a5fb4"
+    border: str = "#c0c0c0"
+
+    @property
+    def code_style(self) -> str:
+        return DARK_STYLE if self.dark else LIGHT_STYLE
+
+
+LIGHT = Theme()
+DARK = Theme(dark=True, muted="#a0a0a0", link="#78aeed", border="#5a5a5a")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    html: str
+    code_blocks: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _lexer(language: str) -> Lexer | None:
+    try:
+        return get_lexer_by_name(language, stripnl=False, ensurenl=False)
+    except ClassNotFound:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _formatter(style: str) -> HtmlFormatter[str]:
+    # nowrap: we draw the block ourselves; noclasses: Qt's rich text has no use for a style sheet of classes.
+    return HtmlFormatter(style=style, nowrap=True, noclasses=True)
+
+
+@functools.lru_cache(maxsize=8)
+def code_background(style: str) -> str:
+    return str(get_style_by_name(style).background_color or "#f8f8f8")
+
+
+def highlight_code(code: str, language: str, style: str) -> str:
+    """Code as HTML spans with inline colours; plain escaped text for an unknown language or a huge block."""
+    lexer = _lexer(language.lower()) if language else None
+    if lexer is None or len(code) > MAX_HIGHLIGHT_CHARS:
+        return html.escape(code)
+    return highlight(code, lexer, _formatter(style))
+
+
+class _Renderer:
+    """One markdown-it instance; the theme and the code links of the message being rendered are per-call state."""
+
+    def __init__(self) -> None:
+        md = MarkdownIt("commonmark", {"html": False, "breaks": True, "typographer": False})
+        md.enable(["table", "strikethrough"])
+        # Set as bound methods (add_render_rule would rebind them to the renderer): the rules read per-call state.
+        md.renderer.rules.update(
+            fence=self._fence,
+            code_block=self._fence,
+            image=self._image,
+            table_open=self._table_open,
+            link_open=self._link_open,
+        )
+        self.md = md
+        self.theme = LIGHT
+        self.code_href: Callable[[int], str] | None = None
+        self.blocks: list[str] = []
+
+    def render(self, text: str, theme: Theme, code_href: Callable[[int], str] | None) -> Rendered:
+        self.theme, self.code_href, self.blocks = theme, code_href, []
+        try:
+            body = self.md.render(text)
+            return Rendered(body, tuple(self.blocks))
+        finally:
+            self.code_href, self.blocks = None, []
+
+    # markdown-it's render rules, bound: (tokens, idx, options, env) -> str
+    def _fence(self, tokens: Sequence[Token], idx: int, _o: Any, _e: Any) -> str:
+        token = tokens[idx]
+        code = token.content
+        if code.endswith("\n"):
+            code = code[:-1]
+        language = token.info.strip().split(maxsplit=1)[0] if token.info.strip() else ""
+        index = len(self.blocks)
+        self.blocks.append(code)
+        style = self.theme.code_style
+        background = code_background(style)
+        header = f'<span style="color:{self.theme.muted}">{html.escape(language) or "code"}</span>'
+        if self.code_href is not None:
+            href = html.escape(self.code_href(index), quote=True)
+            header += f'&nbsp;&nbsp;<a href="{href}" title="Copy this code">Copy</a>'
+        body = highlight_code(code, language, style)
+        # A one-column table is the only box with a background and padding that Qt's rich text lays out.
+        return (
+            f'<table width="100%" cellspacing="0" cellpadding="6" bgcolor="{background}" '
+            f'style="margin-top:4px; margin-bottom:8px; border-color:{self.theme.border}">'
+            f'<tr><td style="font-size:small">{header}</td></tr>'
+            f"<tr><td><pre>{body}</pre></td></tr></table>\n"
+        )
+
+    def _image(self, tokens: Sequence[Token], idx: int, _o: Any, _e: Any) -> str:
+        # Never an <img>: showing it would fetch a URL the model chose. A link the user may choose to open.
+        token = tokens[idx]
+        src = str(token.attrGet("src") or "")
+        alt = "".join(child.content for child in token.children or []) or src
+        return f'<a href="{html.escape(src, quote=True)}">[image: {html.escape(alt)}]</a>'
+
+    def _table_open(self, _t: Sequence[Token], _i: int, _o: Any, _e: Any) -> str:
+        return (
+            f'<table border="1" cellspacing="0" cellpadding="4" '
+            f'style="border-collapse:collapse; border-color:{self.theme.border}; margin-bottom:8px">\n'
+        )
+
+    def _link_open(self, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
+        # The address as a tooltip: the user sees where a link goes before choosing to open it.
+        tokens[idx].attrSet("title", str(tokens[idx].attrGet("href") or ""))
+        return str(self.md.renderer.renderToken(tokens, idx, options, env))
+
+
+_renderer = _Renderer()
+
+
+def render_markdown(text: str, theme: Theme = LIGHT, *, code_href: Callable[[int], str] | None = None) -> Rendered:
+    """Render one message. ``code_href(i)`` is the target of the i-th code block's "Copy" link (none if None)."""
+    return _renderer.render(text, theme, code_href)
+
+
+def render_plain(text: str) -> str:
+    """Text shown as typed: escaped, line breaks kept (for text that must not be read as Markdown)."""
+    return "<p>" + html.escape(text).replace("\n", "<br>") + "</p>"

@@ -1,0 +1,308 @@
+"""The conversation list: New chat, search, pinned first, and a context menu (rename, pin, export, delete)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from PySide6.QtCore import QPoint, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QFont, QKeyEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+THREAD_ROLE = Qt.ItemDataRole.UserRole
+TITLE_ROLE = Qt.ItemDataRole.UserRole + 1
+PINNED_ROLE = Qt.ItemDataRole.UserRole + 2
+SEARCH_DELAY_MS = 150
+RENAME_GRACE_SECONDS = 5.0
+UNTITLED = "New conversation"
+
+
+class ConversationLike(Protocol):
+    """What the list shows of ``storage.backends.Conversation``."""
+
+    @property
+    def thread_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def pinned(self) -> bool: ...
+    @property
+    def updated(self) -> float: ...
+
+
+def _when(timestamp: float) -> str:
+    if not timestamp:
+        return ""
+    moment = datetime.fromtimestamp(timestamp)
+    if time.time() - timestamp < 86_400 and moment.date() == datetime.now().date():
+        return moment.strftime("today %H:%M")
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+class ConversationList(QListWidget):
+    """F2 renames, Delete deletes: the keyboard reaches what the context menu offers."""
+
+    renameKey = Signal()
+    deleteKey = Signal()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if event.key() == Qt.Key.Key_F2 and self.currentItem() is not None and self.state() != self.State.EditingState:
+            self.renameKey.emit()
+            return
+        if event.key() == Qt.Key.Key_Delete and self.state() != self.State.EditingState:
+            self.deleteKey.emit()
+            return
+        super().keyPressEvent(event)
+
+
+class Sidebar(QWidget):
+    newChatRequested = Signal()
+    conversationActivated = Signal(str)
+    searchChanged = Signal(str)  # debounced
+    renameRequested = Signal(str, str)
+    pinRequested = Signal(str, bool)
+    deleteRequested = Signal(str)
+    exportRequested = Signal(str, str)  # thread id, "markdown" | "json"
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("sidebar")
+        self.new_button = QPushButton("New chat")
+        self.new_button.setObjectName("newChatButton")
+        self.new_button.setToolTip("Start a new conversation (Ctrl+N)")
+        self.new_button.clicked.connect(self.newChatRequested)
+        self.search = QLineEdit()
+        self.search.setObjectName("searchBox")
+        self.search.setPlaceholderText("Search conversations (Ctrl+K)")
+        self.search.setClearButtonEnabled(True)
+        self.search.setAccessibleName("Search conversations")
+        self.list = ConversationList()
+        self.list.setObjectName("conversationList")
+        self.list.setAccessibleName("Conversations")
+        self.list.setUniformItemSizes(True)
+        self.list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.list.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.empty_label = QLabel()
+        self.empty_label.setObjectName("emptyListLabel")
+        self.empty_label.setWordWrap(True)
+        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_label.setEnabled(False)  # drawn in the palette's disabled (muted) text colour
+        self.empty_label.hide()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 8, 4, 8)
+        layout.addWidget(self.new_button)
+        layout.addWidget(self.search)
+        layout.addWidget(self.list, 1)
+        layout.addWidget(self.empty_label)
+
+        self._search_timer = QTimer(self)
+        self._search_timer.setSingleShot(True)
+        self._search_timer.setInterval(SEARCH_DELAY_MS)
+        self._search_timer.timeout.connect(lambda: self.searchChanged.emit(self.search.text().strip()))
+        self.search.textChanged.connect(lambda _text: self._search_timer.start())
+        self.search.returnPressed.connect(self._activate_first)
+        self.list.itemActivated.connect(self._on_activated)
+        self.list.itemClicked.connect(self._on_activated)
+        self.list.itemChanged.connect(self._on_item_changed)
+        self.list.customContextMenuRequested.connect(self._on_context_menu)
+        self.list.renameKey.connect(lambda: self._start_rename(self.current_thread()))
+        self.list.deleteKey.connect(lambda: self._request_delete(self.current_thread()))
+        self._filling = False
+        self._deferred: tuple[list[ConversationLike], bool] | None = None
+        self._renamed: dict[str, tuple[str, float]] = {}
+        self._selected: str | None = None
+        self.list.itemDelegate().closeEditor.connect(lambda *_args: QTimer.singleShot(0, self._apply_deferred))
+        self.menu: QMenu | None = None  # the last context menu (kept so tests and accessibility tools can reach it)
+
+    # --- content --------------------------------------------------------------------------------------------
+    def set_conversations(self, conversations: Sequence[ConversationLike], *, searching: bool = False) -> None:
+        """Show these conversations (already ordered: pinned first, then newest), keeping the selection.
+
+        While the user is renaming one, the new list waits until the editor closes: a refresh never eats a title
+        being typed."""
+        if self.list.state() == QAbstractItemView.State.EditingState:
+            self._deferred = (list(conversations), searching)
+            return
+        self._deferred = None
+        self._filling = True
+        try:
+            self.list.clear()
+            header_font = QFont(self.list.font())
+            header_font.setBold(True)
+            header_font.setPointSizeF(max(6.0, header_font.pointSizeF() * 0.85))
+            any_pinned = any(c.pinned for c in conversations)
+            section: bool | None = None
+            for conversation in conversations:
+                if any_pinned and conversation.pinned != section:
+                    section = conversation.pinned
+                    self._add_header("Pinned" if section else "Conversations", header_font)
+                title = self._title(conversation)
+                item = QListWidgetItem(title)
+                item.setData(THREAD_ROLE, conversation.thread_id)
+                item.setData(TITLE_ROLE, title)
+                item.setData(PINNED_ROLE, conversation.pinned)
+                when = _when(conversation.updated)
+                item.setToolTip(f"{title}\n{'Pinned · ' if conversation.pinned else ''}Last message {when}".strip())
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+                self.list.addItem(item)
+                if conversation.thread_id == self._selected:
+                    item.setSelected(True)
+                    self.list.setCurrentItem(item)
+        finally:
+            self._filling = False
+        empty = not conversations
+        self.empty_label.setText("No conversation matches." if searching else "No conversations yet.")
+        self.empty_label.setVisible(empty)
+
+    def _title(self, conversation: ConversationLike) -> str:
+        """The stored title, or the one just typed while the list read from storage is older than that rename."""
+        renamed = self._renamed.get(conversation.thread_id)
+        if renamed is not None:
+            title, at = renamed
+            if conversation.title == title or time.monotonic() - at > RENAME_GRACE_SECONDS:
+                del self._renamed[conversation.thread_id]
+            else:
+                return title
+        return conversation.title or UNTITLED
+
+    def _apply_deferred(self) -> None:
+        if self._deferred is not None and self.list.state() != QAbstractItemView.State.EditingState:
+            conversations, searching = self._deferred
+            self.set_conversations(conversations, searching=searching)
+            self.select(self._selected)
+
+    def _add_header(self, text: str, font: QFont) -> None:
+        header = QListWidgetItem(text)
+        header.setFlags(Qt.ItemFlag.NoItemFlags)  # not selectable: arrow keys pass over it
+        header.setFont(font)
+        self.list.addItem(header)
+
+    def _items(self) -> list[QListWidgetItem]:
+        items = (self.list.item(i) for i in range(self.list.count()))
+        return [item for item in items if item.data(THREAD_ROLE)]
+
+    def thread_ids(self) -> list[str]:
+        return [item.data(THREAD_ROLE) for item in self._items()]
+
+    def titles(self) -> list[str]:
+        return [item.data(TITLE_ROLE) for item in self._items()]
+
+    def pinned_ids(self) -> list[str]:
+        return [item.data(THREAD_ROLE) for item in self._items() if item.data(PINNED_ROLE)]
+
+    def item_for(self, thread_id: str) -> QListWidgetItem | None:
+        return next((item for item in self._items() if item.data(THREAD_ROLE) == thread_id), None)
+
+    def select(self, thread_id: str | None) -> None:
+        """Mark the open conversation (None: a new one, not in the list yet)."""
+        self._selected = thread_id
+        item = self.item_for(thread_id) if thread_id else None
+        self._filling = True
+        try:
+            if item is None:
+                self.list.clearSelection()
+                self.list.setCurrentItem(None)
+            else:
+                self.list.setCurrentItem(item)
+                item.setSelected(True)
+                self.list.scrollToItem(item)
+        finally:
+            self._filling = False
+
+    def current_thread(self) -> str | None:
+        item = self.list.currentItem()
+        return item.data(THREAD_ROLE) if item is not None else None
+
+    def focus_search(self) -> None:
+        self.search.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.search.selectAll()
+
+    # --- context menu ---------------------------------------------------------------------------------------
+    def context_menu(self, thread_id: str) -> QMenu:
+        item = self.item_for(thread_id)
+        pinned = bool(item.data(PINNED_ROLE)) if item is not None else False
+        menu = QMenu(self)
+        menu.setObjectName("conversationMenu")
+        rename = QAction("Rename…", menu)
+        rename.setShortcut("F2")
+        rename.triggered.connect(lambda: self._start_rename(thread_id))
+        pin = QAction("Unpin" if pinned else "Pin to top", menu)
+        pin.triggered.connect(lambda: self.pinRequested.emit(thread_id, not pinned))
+        export_md = QAction("Export as Markdown…", menu)
+        export_md.triggered.connect(lambda: self.exportRequested.emit(thread_id, "markdown"))
+        export_json = QAction("Export as JSON…", menu)
+        export_json.triggered.connect(lambda: self.exportRequested.emit(thread_id, "json"))
+        delete = QAction("Delete…", menu)
+        delete.setShortcut("Del")
+        delete.triggered.connect(lambda: self._request_delete(thread_id))
+        for action in (rename, pin, export_md, export_json):
+            menu.addAction(action)
+        menu.addSeparator()
+        menu.addAction(delete)
+        return menu
+
+    def _on_context_menu(self, position: QPoint) -> None:
+        item = self.list.itemAt(position)
+        if item is None:
+            return
+        self.menu = self.context_menu(item.data(THREAD_ROLE))
+        self.menu.popup(self.list.viewport().mapToGlobal(position))  # popup, not exec: no nested event loop
+
+    def _start_rename(self, thread_id: str | None) -> None:
+        item = self.item_for(thread_id) if thread_id else None
+        if item is None:
+            return
+        self.list.setCurrentItem(item)
+        self.list.editItem(item)
+
+    def _request_delete(self, thread_id: str | None) -> None:
+        if thread_id:
+            self.deleteRequested.emit(thread_id)
+
+    # --- slots ----------------------------------------------------------------------------------------------
+    def _on_activated(self, item: QListWidgetItem) -> None:
+        thread_id = item.data(THREAD_ROLE)
+        if thread_id and thread_id != self._selected:
+            self._selected = thread_id
+            self.conversationActivated.emit(thread_id)
+
+    def _activate_first(self) -> None:
+        items = self._items()
+        if items:
+            self.list.setFocus()
+            first = items[0]
+            self.list.setCurrentItem(first)
+            self._on_activated(first)
+
+    def _on_item_changed(self, item: QListWidgetItem) -> None:
+        if self._filling:
+            return
+        thread_id = item.data(THREAD_ROLE)
+        old = item.data(TITLE_ROLE)
+        new = " ".join(item.text().split())
+        self._filling = True
+        try:
+            if new and new != old:
+                item.setData(TITLE_ROLE, new)
+                self._renamed[thread_id] = (new, time.monotonic())
+                self.renameRequested.emit(thread_id, new)
+            else:
+                new = old
+            item.setText(new)
+        finally:
+            self._filling = False

@@ -1,0 +1,820 @@
+"""The main window against a real model server and real storage (SQLite in a temporary data folder).
+
+Each test starts the app the way ``main.py`` does (``gui.app.CairnApp.start``: settings, secrets, storage, window,
+chat engine) on the qasync loop of tests/gui/conftest.py, and drives it as a user would: typing, Enter, clicks on
+buttons and on the links in the conversation, shortcuts. Waiting is always on a condition with a deadline
+(``tests.waiting.eventually``, or the model server's own waits); nothing sleeps to synchronise. Qt's nested waits
+(``qtbot.waitUntil``) cannot be used inside these async tests: a nested event loop would run the app's tasks in
+the middle of the test's own step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import shiboken6
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt, QTimer, QUrl
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QMouseEvent
+from PySide6.QtWidgets import QApplication, QLineEdit, QWidget
+
+from chat.endpoints import Endpoint
+from gui.app import CairnApp, guard_none_refcount
+from gui.chat_view import ChatView, action_href
+from gui.main_window import MainWindow
+from storage.secrets import SecretStore
+from storage.settings import load_settings, save_settings
+from tests.keyring_backend import MemoryKeyring
+from tests.model_server import ModelServer, tokenize
+from tests.waiting import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 10.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _app_setup(qapp: QApplication) -> Iterator[None]:
+    timer = guard_none_refcount(qapp)  # PySide6 6.12.0 on Python 3.11 leaks references to None (see gui/app.py)
+    quits = qapp.quitOnLastWindowClosed()
+    qapp.setQuitOnLastWindowClosed(False)  # closing a test's window must not end the test's event loop
+    yield
+    qapp.setQuitOnLastWindowClosed(quits)
+    if timer is not None:
+        timer.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    with ModelServer() as model_server:
+        yield model_server
+
+
+Cairn = Callable[..., AbstractAsyncContextManager[CairnApp]]
+
+
+@pytest.fixture
+def cairn(tmp_path: Path, server: ModelServer) -> Cairn:
+    """``async with cairn() as app``: Cairn started on folders under ``tmp_path`` (the same ones every time), and
+    quit at the end of the block, inside the test, so nothing of it is left running when the test's loop stops."""
+    keyring = MemoryKeyring()
+    config_dir = tmp_path / "config"
+    save_settings(
+        {"MODEL_BASE_URL": server.base_url, "MODEL_NAME": "test-model", "CAIRN_DATA_DIR": str(tmp_path / "data")},
+        config_dir=config_dir,
+        secrets=SecretStore(backend=keyring),
+    )
+
+    @contextlib.asynccontextmanager
+    async def run(*, model_timeout: float | None = None) -> AsyncIterator[CairnApp]:
+        settings = load_settings(environ={}, cwd=tmp_path, config_dir=config_dir, strict=False)
+        assert not settings.problems
+        app = CairnApp(
+            QApplication.instance(),  # type: ignore[arg-type]
+            settings=settings,
+            secrets=SecretStore(backend=keyring),
+            model_timeout=model_timeout,
+        )
+        try:
+            window = await app.start()
+            window.activateWindow()
+            yield app
+        finally:
+            await quit_app(app)
+
+    return run
+
+
+async def quit_app(app: CairnApp) -> None:
+    """What quitting does: the aboutToQuit signal, then the shutdown that runs once Qt's loop has returned."""
+    window = app.window
+    if window is None or not shiboken6.isValid(window):
+        await app.shutdown()
+        return
+    QApplication.instance().aboutToQuit.emit()  # type: ignore[union-attr]
+    await app.shutdown()
+    window.close()
+    window.deleteLater()
+
+
+def window_of(app: CairnApp) -> MainWindow:
+    assert app.window is not None
+    return app.window
+
+
+def click_at(widget: QWidget, pos: QPoint) -> None:
+    """A left click, delivered at once (QTest's clicks may spin a nested event loop)."""
+    local = QPointF(pos)
+    for kind, buttons in (
+        (QEvent.Type.MouseButtonPress, Qt.MouseButton.LeftButton),
+        (QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton),
+    ):
+        event = QMouseEvent(
+            kind,
+            local,
+            QPointF(widget.mapToGlobal(local)),
+            Qt.MouseButton.LeftButton,
+            buttons,
+            Qt.KeyboardModifier.NoModifier,
+        )
+        QApplication.sendEvent(widget, event)
+
+
+def click_link(view: ChatView, href: str) -> None:
+    rect = view.anchor_rect(href)
+    assert rect is not None, f"no link to {href} in {view.hrefs()}"
+    view.setTextCursor(view.textCursor())  # anchor_rect moved the cursor there to scroll it into view
+    click_at(view.viewport(), rect.center().toPoint())
+
+
+def type_and_send(qtbot: Any, window: MainWindow, text: str) -> None:
+    edit = window.composer.edit
+    edit.setFocus()
+    for number, line in enumerate(text.split("\n")):
+        if number:
+            qtbot.keyClick(edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+        qtbot.keyClicks(edit, line)
+    qtbot.keyClick(edit, Qt.Key.Key_Return)
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    await eventually(check, timeout, what)
+
+
+async def send_and_wait(qtbot: Any, window: MainWindow, text: str) -> str:
+    """Send ``text`` from the composer and wait for the reply to be complete; returns the thread id."""
+    finished: list[str] = []
+    window.replyFinished.connect(finished.append)
+    type_and_send(qtbot, window, text)
+    await until(lambda: bool(finished), f"the reply to {text!r}")
+    window.replyFinished.disconnect(finished.append)
+    assert window.current is not None
+    return window.current
+
+
+class LoopWatch:
+    """Measures how long the event loop goes without running a 10 ms timer (a stall shows as a long gap)."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._last = time.perf_counter()
+        self._timer = QTimer()
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def __enter__(self) -> LoopWatch:
+        self._last = time.perf_counter()
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._timer.stop()
+
+    def p95(self) -> float:
+        gaps = sorted(self.gaps) or [0.0]
+        return gaps[int(len(gaps) * 0.95)]
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.gaps)} ticks, p95 gap {self.p95() * 1000:.0f} ms, max {max(self.gaps, default=0) * 1000:.0f} ms"
+        )
+
+
+def roles_and_texts(messages: list[Any]) -> list[tuple[str, str]]:
+    return [(m.role, m.text) for m in messages]
+
+
+# --- sending and streaming ------------------------------------------------------------------------------------
+
+
+async def test_typed_message_streams_into_the_view_token_by_token_and_is_stored(
+    qtbot: Any, cairn: Cairn, server: ModelServer
+) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        view = window.view
+        text = "tell me about cairns on the ridge"
+        tokens = tokenize("Echo: " + text)
+        assert len(tokens) >= 6
+
+        server.pause(after_tokens=2)
+        type_and_send(qtbot, window, text)
+        assert window.composer.text() == ""  # handed over
+        await until(lambda: window.composer.button.text() == "Stop", "the Send button to turn into Stop")
+        await server.wait_for_paused_async(timeout=WAIT)
+        first_two = "".join(tokens[:2])
+        await until(lambda: view.stream_text() == first_two, "the first two tokens in the view")
+        await until(lambda: first_two.strip() in view.toPlainText(), "the first two tokens drawn")
+        assert "".join(tokens[:3]).strip() not in view.toPlainText()
+        assert [m.role for m in view.messages()] == ["user"]  # shown at once, before any reply
+
+        server.pause(after_tokens=4)  # let two more through, then hold again
+        first_four = "".join(tokens[:4])
+        await until(lambda: first_four.strip() in view.toPlainText(), "four tokens drawn")
+        assert view.stream_text() == first_four
+
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        server.resume()
+        await until(lambda: bool(finished), "the reply to finish")
+        thread = window.current
+        assert thread is not None
+        assert roles_and_texts(view.messages()) == [("user", text), ("assistant", "".join(tokens))]
+        assert window.composer.button.text() == "Send" and not window.composer.button.isEnabled()
+        assert not view.streaming and not view.has_error()
+        assert all(not m.id.startswith("pending:") for m in view.messages())  # real ids once stored
+
+        stored = await app.service.load(thread)  # type: ignore[union-attr]
+        assert roles_and_texts(stored.messages) == [("user", text), ("assistant", "".join(tokens))]
+        await until(lambda: window.sidebar.thread_ids() == [thread], "the conversation in the list")
+        assert window.sidebar.titles() == [text]
+        assert window.windowTitle().startswith(text)
+
+
+async def test_tokens_are_coalesced_and_the_loop_stays_responsive_while_streaming(
+    qtbot: Any, cairn: Cairn, server: ModelServer
+) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        server.token_count = 400
+        server.token_delay = 0.004  # ~250 tokens/s
+        with LoopWatch() as watch:
+            await send_and_wait(qtbot, window, "stream a lot")
+        reply = window.view.messages()[-1]
+        assert reply.text.endswith("tok399")
+        assert window.view.flush_count < 400 / 3, window.view.flush_count  # never one render per token
+        assert watch.p95() < 0.1, watch.summary()
+
+
+async def test_stop_mid_stream_keeps_the_partial_reply(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        text = "one two three four five six seven"
+        tokens = tokenize("Echo: " + text)
+        server.pause(after_tokens=3)
+        type_and_send(qtbot, window, text)
+        await server.wait_for_paused_async(timeout=WAIT)
+        partial = "".join(tokens[:3])
+        await until(lambda: window.view.stream_text() == partial, "three tokens")
+
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        qtbot.keyClick(window.composer.edit, Qt.Key.Key_Escape)  # Esc stops
+        await until(lambda: bool(finished), "the stopped reply")
+        server.resume()
+
+        last = window.view.messages()[-1]
+        assert (last.role, last.text, last.stopped) == ("assistant", partial, True)
+        assert "stopped" in window.view.toPlainText()
+        assert window.composer.button.text() == "Send"
+        stored = await app.service.load(window.current)  # type: ignore[union-attr, arg-type]
+        assert roles_and_texts(stored.messages) == [("user", text), ("assistant", partial)]
+        assert stored.messages[-1].stopped
+
+
+async def test_stop_button_stops_the_reply(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        server.pause(after_tokens=1)
+        type_and_send(qtbot, window, "hello there")
+        await server.wait_for_paused_async(timeout=WAIT)
+        await until(lambda: window.view.stream_text() == "Echo: ", "the first token")
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        assert window.composer.button.text() == "Stop"
+        window.composer.button.click()
+        await until(lambda: bool(finished), "the stopped reply")
+        server.resume()
+        assert window.view.messages()[-1].stopped
+        assert app.service is not None and not app.service.is_running(window.current or "")
+
+
+async def test_regenerate_replaces_the_last_reply(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    answers = iter(["The first answer.", "A better second answer."])
+    server.reply = lambda _messages: next(answers)
+    async with cairn() as app:
+        window = window_of(app)
+        thread = await send_and_wait(qtbot, window, "question")
+        assert window.view.messages()[-1].text == "The first answer."
+        assert action_href("regenerate") in window.view.hrefs()
+
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        click_link(window.view, action_href("regenerate"))
+        await until(lambda: bool(finished), "the regenerated reply")
+        expected = [("user", "question"), ("assistant", "A better second answer.")]
+        assert roles_and_texts(window.view.messages()) == expected
+        assert "The first answer." not in window.view.toPlainText()
+        stored = await app.service.load(thread)  # type: ignore[union-attr]
+        assert roles_and_texts(stored.messages) == [("user", "question"), ("assistant", "A better second answer.")]
+
+
+async def test_edit_and_resend_branches_from_the_edited_message(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        thread = await send_and_wait(qtbot, window, "first question")
+        await send_and_wait(qtbot, window, "second question")
+        first = window.view.messages()[0]
+        assert first.text == "first question"
+
+        click_link(window.view, action_href("edit", first.id))
+        assert window.composer.editing_id == first.id
+        assert window.composer.text() == "first question"
+        assert window.composer.button.text().replace("&&", "&") == "Save & send"
+        window.composer.edit.selectAll()
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        type_and_send(qtbot, window, "first question, edited")
+        await until(lambda: bool(finished), "the reply to the edited message")
+        expected = [("user", "first question, edited"), ("assistant", "Echo: first question, edited")]
+        assert roles_and_texts(window.view.messages()) == expected
+        assert window.composer.editing_id is None
+        stored = await app.service.load(thread)  # type: ignore[union-attr]
+        assert roles_and_texts(stored.messages) == expected
+
+
+# --- failures -------------------------------------------------------------------------------------------------
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+FAILURES = {
+    "401": ("refused the API key", lambda server, app: server.fail_next(401)),
+    "404 model": ("model was not found", None),
+    "500": ("model server failed", lambda server, app: server.fail_next(500)),
+    "refused": ("Cannot reach the model server", None),
+    "timeout": ("did not answer in time", lambda server, app: server.hang_next()),
+    "disconnect": ("", lambda server, app: server.disconnect_next(after_tokens=2)),
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+async def test_a_failed_reply_shows_an_inline_error_keeps_the_message_and_retry_works(
+    qtbot: Any, cairn: Cairn, server: ModelServer, failure: str
+) -> None:
+    expected, script = FAILURES[failure]
+    async with cairn(model_timeout=1.0 if failure == "timeout" else None) as app:
+        window = window_of(app)
+        assert app.service is not None
+        good = app.service.endpoint
+        if failure == "404 model":
+            app.service.set_endpoint(Endpoint(good.base_url, "no-such-model", timeout=good.timeout))
+        elif failure == "refused":
+            app.service.set_endpoint(Endpoint(closed_port_url(), good.model, timeout=good.timeout))
+        elif script is not None:
+            script(server, app)
+
+        text = "please answer this"
+        thread = await send_and_wait(qtbot, window, text)
+        view = window.view
+        assert view.has_error(), failure
+        assert "The reply failed." in view.error_text()
+        assert expected in view.error_text()
+        if failure == "disconnect":
+            assert "What arrived before the failure" in view.error_text()
+        assert roles_and_texts(view.messages()) == [("user", text)]  # the user's message stays
+        assert action_href("retry") in view.hrefs()
+        stored = await app.service.load(thread)
+        assert roles_and_texts(stored.messages) == [("user", text)] and stored.awaiting_reply
+
+        app.service.set_endpoint(good)  # the user fixed the cause (or it went away by itself)
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        click_link(view, action_href("retry"))
+        await until(lambda: bool(finished), "the retried reply")
+        assert not view.has_error()
+        assert roles_and_texts(view.messages()) == [("user", text), ("assistant", "Echo: " + text)]
+        stored = await app.service.load(thread)
+        assert roles_and_texts(stored.messages) == [("user", text), ("assistant", "Echo: " + text)]
+
+
+async def test_a_send_that_fails_before_storing_gives_the_draft_back(
+    qtbot: Any, cairn: Cairn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        assert app.service is not None
+
+        async def broken_send(_thread_id: str, _text: str) -> AsyncIterator[Any]:
+            raise RuntimeError("the database is read-only")
+            yield  # pragma: no cover - makes this an async generator like the real one
+
+        monkeypatch.setattr(app.service, "send", broken_send)
+        await send_and_wait(qtbot, window, "words worth keeping")
+        assert window.composer.text() == "words worth keeping"
+        assert "the database is read-only" in window.view.error_text()
+
+
+# --- the composer ---------------------------------------------------------------------------------------------
+
+
+async def test_enter_sends_and_shift_enter_adds_a_line(qtbot: Any, cairn: Cairn) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        composer = window.composer
+        assert not composer.button.isEnabled()  # nothing to send
+        qtbot.keyClicks(composer.edit, "   ")
+        assert not composer.button.isEnabled()  # blanks are nothing either
+        qtbot.keyClick(composer.edit, Qt.Key.Key_Return)
+        assert window.view.messages() == []
+        composer.edit.clear()
+        qtbot.keyClicks(composer.edit, "line one")
+        qtbot.keyClick(composer.edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+        qtbot.keyClicks(composer.edit, "line two")
+        assert composer.text() == "line one\nline two"
+        assert composer.button.isEnabled()
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        qtbot.keyClick(composer.edit, Qt.Key.Key_Enter, Qt.KeyboardModifier.KeypadModifier)
+        await until(lambda: bool(finished), "the reply")
+        assert window.view.messages()[0].text == "line one\nline two"
+
+
+# --- the conversation view ------------------------------------------------------------------------------------
+
+
+async def test_code_blocks_have_a_copy_button_and_links_open_only_when_clicked(
+    qtbot: Any, cairn: Cairn, server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.reply = (
+        "Here:\n\n```python\nprint('hi')\n```\n\n![tracker](http://127.0.0.1:9/pixel.png) "
+        "and [the docs](https://example.com/docs)"
+    )
+    opened: list[str] = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toString()) or True)
+    async with cairn() as app:
+        window = window_of(app)
+        await send_and_wait(qtbot, window, "code please")
+        view = window.view
+        reply = view.messages()[-1]
+        assert "print('hi')" in view.toPlainText()
+        assert opened == []  # nothing was opened or fetched by showing the reply
+        assert view.loadResource(0, QUrl("http://127.0.0.1:9/pixel.png")) is None
+
+        click_link(view, action_href("code", reply.id, "0"))
+        assert QGuiApplication.clipboard().text() == "print('hi')"
+        click_link(view, action_href("copy", reply.id))
+        assert QGuiApplication.clipboard().text() == reply.text
+        click_link(view, "https://example.com/docs")
+        assert opened == ["https://example.com/docs"]
+        assert view.source().isEmpty()  # the browser itself never navigated
+        click_link(view, "http://127.0.0.1:9/pixel.png")  # an image is only a link, opened only when clicked
+        assert opened[-1] == "http://127.0.0.1:9/pixel.png"
+
+
+async def test_a_1000_message_conversation_opens_fast_and_pages_in_older_messages(
+    qtbot: Any, cairn: Cairn, server: ModelServer
+) -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from chat.graph import MODEL_NODE
+
+    async with cairn() as app:
+        window = window_of(app)
+        service = app.service
+        assert service is not None
+        thread = service.new_thread_id()
+        history = []
+        for i in range(500):
+            history.append(HumanMessage(f"Question {i}: how does **this** work?", id=f"u{i}"))
+            history.append(AIMessage(f"Answer {i}:\n\n```python\nprint({i})\n```\n\nThat is all.", id=f"a{i}"))
+        await service.graph.aupdate_state(
+            {"configurable": {"thread_id": thread}}, {"messages": history}, as_node=MODEL_NODE
+        )
+        await service.rename(thread, "A long conversation")
+        await window.refresh_list()
+
+        shown: list[str] = []
+        window.conversationShown.connect(shown.append)
+        item = window.sidebar.item_for(thread)
+        assert item is not None
+        rect = window.sidebar.list.visualItemRect(item)
+        click_at(window.sidebar.list.viewport(), rect.center())
+        await until(lambda: shown == [thread], "the conversation to open")
+        load_ms, render_ms = window.last_open_timing
+        print(f"\n1,000 messages: load {load_ms:.0f} ms, render {render_ms:.0f} ms")
+        assert render_ms < 150
+        view = window.view
+        assert len(view.messages()) == 1000
+        assert view.shown_count() < 1000
+        assert "Answer 499" in view.toPlainText() and "Question 0:" not in view.toPlainText()
+        bar = view.verticalScrollBar()
+        assert bar.value() == bar.maximum()  # opened at the newest message
+
+        before = view.shown_count()
+        click_link(view, action_href("earlier"))
+        assert view.shown_count() > before
+        while view.load_earlier():
+            pass
+        assert view.shown_count() == 1000 and "Question 0:" in view.toPlainText()
+
+        # and a reply streams into it at ~200 tokens/s without re-rendering the conversation or stalling the loop
+        server.token_count = 200
+        server.token_delay = 0.005
+        flushes = view.flush_count
+        with LoopWatch() as watch:
+            await send_and_wait(qtbot, window, "one more")
+        print(f"streaming 200 tokens into it: {view.flush_count - flushes} renders, loop {watch.summary()}")
+        assert view.messages()[-1].text.endswith("tok199")
+        assert len(view.messages()) == 1002
+        assert view.flush_count - flushes < 200 / 3
+        assert watch.p95() < 0.1, watch.summary()
+
+
+# --- the conversation list ------------------------------------------------------------------------------------
+
+
+async def test_list_context_menu_renames_pins_exports_and_deletes(qtbot: Any, cairn: Cairn, tmp_path: Path) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        first = await send_and_wait(qtbot, window, "first conversation")
+        window.new_chat()
+        second = await send_and_wait(qtbot, window, "second conversation")
+        sidebar = window.sidebar
+        await until(lambda: sidebar.thread_ids() == [second, first], "newest first")
+
+        def action(thread: str, text: str) -> Any:
+            return next(a for a in sidebar.context_menu(thread).actions() if a.text() == text)
+
+        action(first, "Rename…").trigger()
+        editor = sidebar.list.viewport().findChild(QLineEdit) or sidebar.list.findChild(QLineEdit)
+        assert editor is not None
+        editor.setText("Renamed by hand")
+        qtbot.keyClick(editor, Qt.Key.Key_Return)
+        await until(lambda: "Renamed by hand" in sidebar.titles(), "the new title in the list")
+
+        async def stored_title() -> bool:
+            conversations = await app.service.conversations()  # type: ignore[union-attr]
+            return {c.thread_id: c.title for c in conversations}[first] == "Renamed by hand"
+
+        await eventually(stored_title, WAIT, "the new title stored")
+        await window.tasks.drain()
+        assert "Renamed by hand" in sidebar.titles()  # and still there after the list refreshed
+
+        action(first, "Pin to top").trigger()
+        await until(lambda: sidebar.pinned_ids() == [first], "the pinned conversation")
+        assert sidebar.thread_ids() == [first, second]  # pinned first
+        assert action(first, "Unpin") is not None
+
+        target = tmp_path / "export.md"
+        await window.export(first, "markdown", target)
+        exported = target.read_text(encoding="utf-8")
+        assert "# Renamed by hand" in exported and "Echo: first conversation" in exported
+        json_target = tmp_path / "export.json"
+        dialog = window.ask_export(first, "json")
+        assert dialog is not None
+        dialog.selectFile(str(json_target))
+        dialog.accept()
+        await until(json_target.exists, "the JSON export")
+        await window.tasks.drain()
+        assert json.loads(json_target.read_text(encoding="utf-8"))["title"] == "Renamed by hand"
+
+        window.open_conversation(second)
+        action(second, "Delete…").trigger()
+        box = window.findChild(QWidget, "deleteConfirmation")
+        assert box is not None and box.isVisible()
+        delete_button = next(b for b in box.buttons() if b.text() == "Delete")  # type: ignore[attr-defined]
+        delete_button.click()
+        await until(lambda: sidebar.thread_ids() == [first], "the deleted conversation gone")
+        assert window.current is None and window.view.messages() == []  # the open one was deleted: a new chat
+        assert second not in {c.thread_id for c in await app.service.conversations()}  # type: ignore[union-attr]
+
+
+async def test_search_finds_conversations_by_title_and_by_message(qtbot: Any, cairn: Cairn) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        apples = await send_and_wait(qtbot, window, "apples and pears")
+        window.new_chat()
+        await send_and_wait(qtbot, window, "weather report")
+        window.new_chat()
+        await send_and_wait(qtbot, window, "something else\nmentioning zebras in the body")
+        sidebar = window.sidebar
+        await until(lambda: len(sidebar.thread_ids()) == 3, "three conversations")
+
+        qtbot.keyClicks(sidebar.search, "APPLES")
+        await until(lambda: sidebar.thread_ids() == [apples], "the search by title")
+        sidebar.search.clear()
+        qtbot.keyClicks(sidebar.search, "zebras")
+        await until(lambda: sidebar.titles() == ["something else"], "the search by message text")
+        sidebar.search.setText("nothing like this")
+        await until(lambda: sidebar.thread_ids() == [] and sidebar.empty_label.isVisible(), "no match")
+        sidebar.search.clear()
+        await until(lambda: len(sidebar.thread_ids()) == 3, "all conversations again")
+
+
+# --- storage state -------------------------------------------------------------------------------------------
+
+
+async def test_the_badge_opens_the_storage_details(qtbot: Any, cairn: Cairn) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        assert window.badge.text().startswith("Local")
+        assert window.badge.isVisible() and not window.banner.isVisible()
+        window.badge.click()
+        dialog = window.details_dialog
+        assert dialog is not None and dialog.isVisible()
+        assert "Active tier:   sqlite" in dialog.report_text()
+        dialog.close()
+
+
+async def test_when_nothing_is_saved_a_red_banner_offers_an_export(qtbot: Any, cairn: Cairn, tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("a file where the data folder should be", encoding="utf-8")
+    async with cairn() as app:
+        window = window_of(app)
+        assert app.storage is not None and app.storage.manager.status().active_tier == "memory"
+        assert window.banner.isVisible() and "Nothing is being saved" in window.banner.message.text()
+        assert window.badge.text() == "Not saved"
+        await send_and_wait(qtbot, window, "keep these words")
+        window.banner.export_button.click()
+        dialog = window.findChild(QWidget, "exportDialog")
+        assert dialog is not None and dialog.isVisible()
+        target = tmp_path / "saved.md"
+        dialog.selectFile(str(target))  # type: ignore[attr-defined]
+        dialog.accept()  # type: ignore[attr-defined]
+        await until(target.exists, "the export")
+        await window.tasks.drain()
+        assert "Echo: keep these words" in target.read_text(encoding="utf-8")
+
+
+# --- shortcuts ------------------------------------------------------------------------------------------------
+
+
+async def test_shortcuts(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        window.activateWindow()
+        await until(lambda: QApplication.activeWindow() is window, "the window to be active")
+        thread = await send_and_wait(qtbot, window, "remember this")
+        edit = window.composer.edit
+
+        QGuiApplication.clipboard().clear()
+        qtbot.keyClick(edit, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+        assert QGuiApplication.clipboard().text() == "Echo: remember this"
+
+        qtbot.keyClick(edit, Qt.Key.Key_K, Qt.KeyboardModifier.ControlModifier)
+        assert window.sidebar.search.hasFocus()
+
+        qtbot.keyClick(window.sidebar.search, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
+        assert window.current is None and window.view.messages() == []
+        assert window.sidebar.current_thread() is None
+        assert edit.hasFocus()
+
+        window.open_conversation(thread)
+        await until(lambda: window.view.thread_id == thread and len(window.view.messages()) == 2, "reopened")
+        server.pause(after_tokens=1)
+        type_and_send(qtbot, window, "and stop")
+        await server.wait_for_paused_async(timeout=WAIT)
+        await until(lambda: window.view.stream_text() == "Echo: ", "the first token")
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        qtbot.keyClick(window.view, Qt.Key.Key_Escape)  # Esc from the conversation stops too
+        await until(lambda: bool(finished), "the stopped reply")
+        server.resume()
+        assert window.view.messages()[-1].stopped
+
+        qtbot.keyClick(edit, Qt.Key.Key_Comma, Qt.KeyboardModifier.ControlModifier)
+        dialog = window.settings_dialog
+        assert dialog is not None and dialog.isVisible()
+        dialog.close()
+
+
+# --- settings without a restart -------------------------------------------------------------------------------
+
+
+async def test_settings_apply_without_restart(qtbot: Any, cairn: Cairn, server: ModelServer, tmp_path: Path) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        thread = await send_and_wait(qtbot, window, "before the change")
+        dialog = window.open_settings()
+        dialog.model.setCurrentText("other-model")  # type: ignore[attr-defined]
+        assert dialog.save() is not None  # type: ignore[attr-defined]
+        dialog.close()
+        await until(lambda: app.service is not None and app.service.endpoint.model == "other-model", "the new model")
+        assert "other-model" in window.model_label.text()
+        await send_and_wait(qtbot, window, "after the change")
+        assert server.requests[-1].model == "other-model"
+
+        # A storage setting: a Postgres URL (one that refuses connections). Storage is reopened in place: the
+        # conversations stay (SQLite is the same file), Postgres is tried in the background, nothing restarts.
+        old_storage = app.storage
+        dialog = window.open_settings()
+        dialog.use_postgres.setChecked(True)  # type: ignore[attr-defined]
+        dialog.postgres_url.setText(closed_port_url().replace("http://", "postgresql://").replace("/v1", "/cairn"))  # type: ignore[attr-defined]
+        dialog.connect_timeout.setValue(1.0)  # type: ignore[attr-defined]
+        assert dialog.save() is not None  # type: ignore[attr-defined]
+        dialog.close()
+        await until(lambda: app.storage is not old_storage and window.service is app.service, "storage reopened")
+        assert app.storage is not None and app.storage.manager.target is not None
+        assert old_storage is not None and old_storage.manager._closed
+        await until(lambda: window.sidebar.thread_ids() == [thread], "the same conversations")
+        await until(
+            lambda: (
+                window.badge.status() is not None
+                and window.badge.status().active_tier == "sqlite"  # type: ignore[union-attr]
+                and window.badge.status().tiers["postgres"].state in ("down", "connecting")
+            ),  # type: ignore[union-attr]
+            "the badge showing the new storage",
+        )
+        window.new_chat()
+        second = await send_and_wait(qtbot, window, "after reopening storage")
+        await until(lambda: set(window.sidebar.thread_ids()) == {thread, second}, "both conversations")
+
+
+# --- quit and start again -------------------------------------------------------------------------------------
+
+
+async def test_quit_and_start_again_brings_everything_back(qtbot: Any, cairn: Cairn) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        first = await send_and_wait(qtbot, window, "the first conversation")
+        await send_and_wait(qtbot, window, "a follow-up")
+        window.new_chat()
+        second = await send_and_wait(qtbot, window, "the second conversation")
+        window.rename(second, "Second, renamed")
+        window.set_pinned(first, True)
+        await until(
+            lambda: window.sidebar.pinned_ids() == [first] and "Second, renamed" in window.sidebar.titles(),
+            "rename and pin applied",
+        )
+        window.open_conversation(first)
+        await until(lambda: window.view.thread_id == first, "the first conversation open")
+        window.resize(700, 520)  # within the offscreen screen (800 x 600)
+        expected_first = roles_and_texts(window.view.messages())
+    # the block's end quit Cairn: aboutToQuit, then shutdown (storage closed)
+
+    async with cairn() as again:
+        window2 = window_of(again)
+        assert window2 is not window
+        assert window2.sidebar.thread_ids() == [first, second]  # pinned first
+        assert window2.sidebar.titles() == ["the first conversation", "Second, renamed"]
+        assert window2.sidebar.pinned_ids() == [first]
+        await until(lambda: window2.view.thread_id == first and bool(window2.view.messages()), "the last open one")
+        assert window2.current == first
+        assert roles_and_texts(window2.view.messages()) == expected_first
+        assert (window2.width(), window2.height()) == (700, 520)
+        stored = await again.service.load(second)  # type: ignore[union-attr]
+        assert roles_and_texts(stored.messages) == [
+            ("user", "the second conversation"),
+            ("assistant", "Echo: the second conversation"),
+        ]
+
+
+async def test_quitting_while_a_reply_streams_keeps_what_arrived(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    async with cairn() as app:
+        window = window_of(app)
+        server.pause(after_tokens=2)
+        type_and_send(qtbot, window, "quit during this")
+        await server.wait_for_paused_async(timeout=WAIT)
+        await until(lambda: window.view.stream_text() == "Echo: quit ", "two tokens")
+        thread = window.current
+    server.resume()  # the reply was stopped by quitting; the server may go on, nobody listens
+
+    async with cairn() as again:
+        stored = await again.service.load(thread)  # type: ignore[union-attr, arg-type]
+        assert roles_and_texts(stored.messages) == [("user", "quit during this"), ("assistant", "Echo: quit ")]
+        assert stored.messages[-1].stopped
+
+
+# --- the process ----------------------------------------------------------------------------------------------
+
+
+def test_main_py_starts_the_window_and_quits_cleanly(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "offscreen",
+        "CAIRN_CONFIG_DIR": str(tmp_path / "config"),
+        "CAIRN_DATA_DIR": str(tmp_path / "data"),
+        "MODEL_BASE_URL": "http://127.0.0.1:9/v1",
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "-v", "--quit-after", "0.2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [line.split("startup ", 1)[1].split(" (")[0] for line in result.stderr.splitlines() if "startup " in line]
+    assert steps == ["1/5: settings", "2/5: secrets", "3/5: storage", "4/5: window", "5/5: chat engine"]
+    assert "shut down cleanly" in result.stderr
+    assert (tmp_path / "config" / "window.ini").is_file()
