@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import shutil
 import sqlite3
 import time
@@ -58,6 +59,21 @@ class Conversation:
     meta_changed: float = 0.0
     pinned: bool = False
     deleted: bool = False
+
+    def __post_init__(self) -> None:
+        # Every way a row is made (a rename on any tier, a merge, a sync) passes here, so every tier agrees.
+        # Postgres text cannot hold NUL: a NUL in a thread id is refused (a changed id would be another
+        # conversation); in a title or model name it is dropped, so a pasted title cannot stop the sync.
+        if not isinstance(self.thread_id, str) or not self.thread_id:
+            raise ValueError(f"thread_id must be a non-empty string, got {self.thread_id!r}")
+        if "\x00" in self.thread_id:
+            raise ValueError("thread_id must not contain NUL characters")
+        for name in ("title", "model"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+            if "\x00" in value:
+                object.__setattr__(self, name, value.replace("\x00", ""))
 
 
 def _conversation(row: Sequence[Any]) -> Conversation:
@@ -519,7 +535,7 @@ def check_postgres_url(url: str) -> None:
     whatever the network does: libpq cannot parse it, the scheme is not Postgres', or a port is not a port.
     The message never carries a password."""
     scheme, sep, _ = url.partition("://")
-    if sep and scheme.lower() not in POSTGRES_SCHEMES:
+    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme) and scheme.lower() not in POSTGRES_SCHEMES:
         raise ValueError(f"not a valid Postgres URL: it must start with postgresql://, not {scheme[:20]}://")
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)

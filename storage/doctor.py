@@ -44,7 +44,7 @@ def report_text(settings: Settings, secrets: SecretStore, status: StorageStatus)
     lines += [
         "",
         f"Active tier:   {status.active_tier} ({status.reason})",
-        f"Pending sync:  {status.pending_sync} checkpoint(s) not yet in Postgres",
+        f"Pending sync:  {status.pending_sync} change(s) not yet in Postgres",
         f"Keyring:       {secrets.backend_name}" + (f" ({secrets.warning})" if secrets.warning else ""),
     ]
     if status.last_sync_error:

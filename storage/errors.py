@@ -31,6 +31,11 @@ _SQLITE_ENVIRONMENT_MESSAGES = (
 _SQLITE_CORRUPTION_MESSAGES = ("disk image is malformed", "file is not a database")
 
 
+# libpq's answer to an option it cannot use ("invalid sslmode value", "invalid integer value ... port"), given before
+# any connection is attempted: a wrong setting, not a network that may come back.
+_POSTGRES_SETTINGS_MESSAGES = ("connection is bad: invalid",)
+
+
 class StorageUnavailable(Exception):
     """No tier could take a write. Raised only when even memory failed, which is a bug."""
 
@@ -39,6 +44,8 @@ def is_environment_error(exc: BaseException) -> bool:
     """True when ``exc`` comes from the machine or the network, not from our code."""
     if isinstance(exc, psycopg.errors.UntranslatableCharacter | psycopg.errors.CharacterNotInRepertoire):
         return False  # bad input, not a bad network: the caller must hear about it
+    if isinstance(exc, psycopg.OperationalError) and any(m in str(exc) for m in _POSTGRES_SETTINGS_MESSAGES):
+        return False  # a URL libpq rejects before touching the network: waiting will not fix it
     if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
         return True
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction | psycopg.errors.InsufficientResources):

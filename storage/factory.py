@@ -5,12 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import psycopg
-
-from storage.backends import PostgresTarget
-from storage.errors import describe
+from storage.backends import PostgresTarget, check_postgres_url
 from storage.manager import StorageManager
-from storage.secrets import SecretStore, resolve_password, split_password, store_url_password
+from storage.secrets import SecretStore, mask_secrets, resolve_password, split_password, store_url_password
 from storage.settings import Settings
 from storage.tiered import TieredSaver
 
@@ -33,11 +30,12 @@ def postgres_target(settings: Settings, secrets: SecretStore) -> tuple[PostgresT
         return None, "no Postgres URL is configured"
     if not settings.use_postgres:
         return None, "Postgres is switched off (USE_POSTGRES_CHECKPOINTER=false)"
-    clean, inline_password = split_password(url)
     try:
-        psycopg.conninfo.conninfo_to_dict(clean)
-    except psycopg.ProgrammingError as exc:
-        return None, f"POSTGRES_DATABASE_URL is not a valid Postgres URL: {describe(exc)}"
+        # Before anything is stored: a URL that cannot work leaves no password behind. The message is masked.
+        check_postgres_url(url)
+        clean, inline_password = split_password(url)
+    except ValueError as exc:
+        return None, f"POSTGRES_DATABASE_URL is {mask_secrets(str(exc))}"
     if inline_password is not None:
         store_url_password(url, secrets)
     password = inline_password if inline_password is not None else resolve_password(clean, secrets)

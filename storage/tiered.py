@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -40,6 +42,28 @@ def _thread_of(config: RunnableConfig) -> str:
     return check_thread_id(config["configurable"].get("thread_id"))
 
 
+@dataclass(eq=False)
+class _Record:
+    """One write call of the graph: ``aput`` (put=True) or ``aput_writes``, and the tiers that hold it."""
+
+    key: tuple[str, str, str]
+    args: tuple[Any, ...]
+    put: bool
+    tiers: set[str] = field(default_factory=set)
+
+
+def _all_versions(backend: Backend, key: tuple[str, str, str], checkpoint: Checkpoint) -> ChannelVersions:
+    """Every channel's version, so the tier stores every blob of the checkpoint (as sync's copies do).
+
+    The in-memory saver overwrites a blob it already has, and writes an empty one for a channel the checkpoint
+    holds no value of: keep the blobs it has rather than blank them."""
+    versions = dict(checkpoint["channel_versions"])
+    if isinstance(backend, MemoryBackend):
+        blobs = backend.saver.blobs
+        versions = {k: v for k, v in versions.items() if (key[0], key[1], k, v) not in blobs}
+    return versions
+
+
 class TieredSaver(BaseCheckpointSaver[str]):
     """A LangGraph checkpointer over Postgres, SQLite and memory, local-first."""
 
@@ -47,6 +71,9 @@ class TieredSaver(BaseCheckpointSaver[str]):
         super().__init__(serde=serde)
         self.manager = manager
         self.loop = asyncio.get_running_loop()
+        # thread -> its recent write calls, oldest first (see _catch_up). Mutated in place, never replaced:
+        # compile() may hand the graph a shallow copy of this saver, and both must share it.
+        self._journal: OrderedDict[str, list[_Record]] = OrderedDict()
 
     # --- writes ---------------------------------------------------------------------------------------------
     async def aput(
@@ -57,11 +84,22 @@ class TieredSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         thread_id = _thread_of(config)
+        c = config["configurable"]
+        key = (thread_id, c.get("checkpoint_ns", ""), checkpoint["id"])
+        parent = (thread_id, c.get("checkpoint_ns", ""), c.get("checkpoint_id"))
 
         async def put(backend: Backend) -> RunnableConfig:
-            result = await backend.saver.aput(config, checkpoint, metadata, new_versions)
+            await self._catch_up(backend, thread_id)
+            # Only the channels that changed carry blobs; the others were stored with an earlier checkpoint. If that
+            # one is not in this tier for sure (first write of the thread this session, a fork, a tier change),
+            # store every channel, or the tier would hold a checkpoint whose unchanged channels read as empty.
+            here = any(r.put and r.key == parent and backend.tier in r.tiers for r in self._journal.get(thread_id, ()))
+            versions = new_versions if here else _all_versions(backend, key, checkpoint)
+            result = await backend.saver.aput(config, checkpoint, metadata, versions)
             if isinstance(backend, MemoryBackend):
-                backend.record_put((thread_id, config["configurable"].get("checkpoint_ns", ""), checkpoint["id"]))
+                backend.record_put(key)
+            self._remember(thread_id, _Record(key, (config, checkpoint, metadata), put=True), backend)
+            await self._catch_up(backend, thread_id)
             return result
 
         return await self.manager.write(thread_id, put)
@@ -70,24 +108,82 @@ class TieredSaver(BaseCheckpointSaver[str]):
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
         thread_id = _thread_of(config)
+        c = config["configurable"]
+        key = (thread_id, c.get("checkpoint_ns", ""), c["checkpoint_id"])
 
         async def put_writes(backend: Backend) -> None:
+            await self._catch_up(backend, thread_id)
             await backend.saver.aput_writes(config, writes, task_id, task_path)
             if isinstance(backend, MemoryBackend):
-                c = config["configurable"]
-                backend.record_put((thread_id, c.get("checkpoint_ns", ""), c["checkpoint_id"]))
+                backend.record_put(key)
+            self._remember(thread_id, _Record(key, (config, writes, task_id, task_path), put=False), backend)
+            await self._catch_up(backend, thread_id)
 
         await self.manager.write(thread_id, put_writes)
 
+    # A checkpoint and the writes made on it must live in one tier: each tier's saver reads a checkpoint's pending
+    # writes only from its own tables. When the tier changes in the middle of a run (SQLite fills up between a
+    # checkpoint and the writes of its tasks, and LangGraph issues both concurrently), the calls of the thread's
+    # recent checkpoints are replayed into the tier that takes the writes now, so the new tier alone holds the run
+    # so far. Replays are idempotent in every saver. Only recent checkpoints are kept: writes go to the newest.
+    JOURNAL_CHECKPOINTS = 8
+    JOURNAL_RECORDS = 256
+    JOURNAL_THREADS = 64
+
+    def _remember(self, thread_id: str, record: _Record, backend: Backend) -> None:
+        journal = self._journal.setdefault(thread_id, [])
+        self._journal.move_to_end(thread_id)
+        record.tiers.add(backend.tier)
+        journal.append(record)
+        keys: list[tuple[str, str, str]] = []
+        for r in reversed(journal):
+            if r.key not in keys:
+                keys.append(r.key)
+        if len(keys) > self.JOURNAL_CHECKPOINTS:
+            keep = set(keys[: self.JOURNAL_CHECKPOINTS])
+            journal[:] = [r for r in journal if r.key in keep]
+        del journal[: -self.JOURNAL_RECORDS]
+        while len(self._journal) > self.JOURNAL_THREADS:
+            self._journal.popitem(last=False)
+
+    async def _catch_up(self, backend: Backend, thread_id: str) -> None:
+        """Replay into ``backend`` the thread's recent calls that went to another tier."""
+        for record in list(self._journal.get(thread_id, ())):
+            if backend.tier in record.tiers:
+                continue
+            if record.put:
+                config, checkpoint, metadata = record.args
+                versions = _all_versions(backend, record.key, checkpoint)
+                await backend.saver.aput(config, checkpoint, metadata, versions)
+            else:
+                config, writes, task_id, task_path = record.args
+                await backend.saver.aput_writes(config, writes, task_id, task_path)
+            if isinstance(backend, MemoryBackend):
+                backend.record_put(record.key)
+            record.tiers.add(backend.tier)
+
     async def adelete_thread(self, thread_id: str) -> None:
-        await self.manager.delete_thread(check_thread_id(thread_id))
+        self._journal.pop(check_thread_id(thread_id), None)  # nothing deleted may be replayed anywhere
+        await self.manager.delete_thread(thread_id)
 
     # --- reads ----------------------------------------------------------------------------------------------
+    def _targets(self, thread_id: str | None) -> Iterator[Backend]:
+        """The tiers to read a thread from, each once. Asked again after every read: a read that fails moves the
+        tier (SQLite lost mid-session), and the tier that takes over must be read too, or the thread would look
+        empty and the next turn would start it afresh."""
+        tried: list[Backend] = []
+        while True:
+            backend = next((b for b in self.manager.read_targets(thread_id) if all(b is not t for t in tried)), None)
+            if backend is None:
+                return
+            tried.append(backend)
+            yield backend
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id = _thread_of(config)
         wanted = get_checkpoint_id(config)
         best: CheckpointTuple | None = None
-        for backend in self.manager.read_targets(thread_id):
+        for backend in self._targets(thread_id):
             found = await self.manager.read(backend, lambda b: b.saver.aget_tuple(config))
             if found is None:
                 continue
@@ -106,16 +202,18 @@ class TieredSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         thread_id = _thread_of(config) if config and config["configurable"].get("thread_id") is not None else None
-        targets = self.manager.read_targets(thread_id)
-        if len(targets) == 1:
-            # Materialised first: the SQLite saver holds its lock while it iterates.
-            items = await self.manager.read(targets[0], lambda b: _collect(b, config, filter, before, limit))
-            for item in items or []:
+        # Materialised first: the SQLite saver holds its lock while it iterates.
+        results = [
+            await self.manager.read(backend, lambda b: _collect(b, config, filter, before, limit))
+            for backend in self._targets(thread_id)
+        ]
+        if len(results) == 1:
+            for item in results[0] or []:
                 yield item
             return
         merged: dict[tuple[str, str, str], CheckpointTuple] = {}
-        for backend in targets:
-            for item in await self.manager.read(backend, lambda b: _collect(b, config, filter, before, limit)) or []:
+        for items in results:
+            for item in items or []:
                 c = item.config["configurable"]
                 merged.setdefault((c["thread_id"], c.get("checkpoint_ns", ""), c["checkpoint_id"]), item)
         ordered = sorted(merged.values(), key=lambda t: t.checkpoint["id"], reverse=True)
