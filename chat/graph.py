@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import SystemMessage
+from langchain_core.messages import BaseMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from chat.offload import model_thread
 from chat.state import ChatState, with_id
 
 MODEL_NODE = "model"
@@ -30,6 +31,9 @@ class ChatContext:
     """Gives the conversation's model; called inside the node, so a missing model fails after the user's message is
     stored (and Retry can answer it once one is chosen)."""
     system_prompt: str = ""
+    offload: bool = True
+    """Make the model call on the model thread (``chat.offload``), not on the loop running the graph: building the
+    request from a long history and parsing the stream take the loop away for a visible moment otherwise."""
 
 
 async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[ChatContext]) -> dict[str, Any]:
@@ -38,7 +42,11 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
     history = list(state["messages"])
     if context.system_prompt:
         history = [SystemMessage(context.system_prompt), *history]
-    reply = await context.model().ainvoke(history, config)
+
+    async def ask() -> BaseMessage:
+        return await context.model().ainvoke(history, config)
+
+    reply = await (model_thread().run(ask()) if context.offload else ask())
     return {"messages": [with_id(reply)]}
 
 

@@ -135,9 +135,11 @@ class ConversationService:
             )
         if not endpoint.model:
             raise LookupError("No model is chosen: pick one in Settings → Model")
-        if endpoint not in self._models:
-            self._models[endpoint] = self._model_factory(endpoint)
-        return self._models[endpoint]
+        # Called on the model thread (chat.offload) while set_endpoint may clear the cache on the loop's thread.
+        model = self._models.get(endpoint)
+        if model is None:
+            model = self._models[endpoint] = self._model_factory(endpoint)
+        return model
 
     # --- listing --------------------------------------------------------------------------------------------
     @staticmethod

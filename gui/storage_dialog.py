@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 
 from gui.badge import TIER_LOOKS, badge_text
 from gui.bridge import StorageBridge
-from storage.doctor import report_text
+from storage.doctor import report_text, status_text
 from storage.secrets import SecretStore
 from storage.settings import Settings
 from storage.status import StorageStatus
@@ -42,20 +42,7 @@ def _detail_text(detail: dict[str, Any]) -> str:
 
 def status_report(status: StorageStatus) -> str:
     """The storage half of the doctor's text, for when the settings are not at hand."""
-    lines = ["Storage tiers:"]
-    for name, tier in status.tiers.items():
-        lines.append(f"  {name:<9} {tier.state:<11} {tier.reason}".rstrip())
-        for key, value in tier.detail.items():
-            lines.append(f"  {'':<9} {key}: {value}")
-    lines += [
-        "",
-        f"Active tier:   {status.active_tier} ({status.reason})",
-        f"Pending sync:  {status.pending_sync} checkpoint(s) not yet in Postgres",
-        f"Keyring:       {status.keyring or 'unknown'}",
-    ]
-    if status.last_sync_error:
-        lines.append(f"Last sync error: {status.last_sync_error}")
-    return "\n".join(lines)
+    return status_text(status, status.keyring or "unknown")
 
 
 class StorageDetailsDialog(QDialog):

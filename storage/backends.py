@@ -582,31 +582,23 @@ class PostgresBackend(Backend):
         finally:
             await probe.close()
         use_async = target.prefer_async and async_allowed(asyncio.get_running_loop())
-        if use_async:
-            apool = AsyncConnectionPool(
-                target.url,
-                min_size=1,
-                max_size=target.pool_size,
-                kwargs=kwargs,
-                open=False,
-                timeout=target.connect_timeout,
-                check=AsyncConnectionPool.check_connection,
-                name="cairn",
-            )
-            await apool.open(wait=True, timeout=target.connect_timeout + 0.5)
-            return cls(AsyncPostgresSaver(apool), apool, is_async=True)
-        spool = ConnectionPool(
+        pool_class = AsyncConnectionPool if use_async else ConnectionPool
+        pool = pool_class(
             target.url,
             min_size=1,
             max_size=target.pool_size,
             kwargs=kwargs,
             open=False,
             timeout=target.connect_timeout,
-            check=ConnectionPool.check_connection,
-            name="cairn-sync",
+            check=pool_class.check_connection,
+            name="cairn",
         )
-        await asyncio.to_thread(spool.open, wait=True, timeout=target.connect_timeout + 0.5)
-        return cls(ThreadedSaver(PostgresSaver(spool)), spool, is_async=False)
+        opening = target.connect_timeout + 0.5
+        if isinstance(pool, AsyncConnectionPool):
+            await pool.open(wait=True, timeout=opening)
+            return cls(AsyncPostgresSaver(pool), pool, is_async=True)
+        await asyncio.to_thread(pool.open, wait=True, timeout=opening)
+        return cls(ThreadedSaver(PostgresSaver(pool)), pool, is_async=False)
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         if isinstance(self.pool, AsyncConnectionPool):

@@ -36,7 +36,13 @@ def report_text(settings: Settings, secrets: SecretStore, status: StorageStatus)
         lines.append(f"  {key:<{width}}  {shown or '(empty)'}  [{source}]")
     for problem in settings.problems:
         lines.append(f"  ! {problem}")
-    lines += ["", "Storage tiers:"]
+    keyring = secrets.backend_name + (f" ({secrets.warning})" if secrets.warning else "")
+    return "\n".join([*lines, "", status_text(status, keyring)])
+
+
+def status_text(status: StorageStatus, keyring: str) -> str:
+    """The storage half of the report: each tier, the active one, what waits for Postgres, the keyring."""
+    lines = ["Storage tiers:"]
     for name, tier in status.tiers.items():
         lines.append(f"  {name:<9} {tier.state:<11} {tier.reason}".rstrip())
         for key, value in tier.detail.items():
@@ -45,7 +51,7 @@ def report_text(settings: Settings, secrets: SecretStore, status: StorageStatus)
         "",
         f"Active tier:   {status.active_tier} ({status.reason})",
         f"Pending sync:  {status.pending_sync} change(s) not yet in Postgres",
-        f"Keyring:       {secrets.backend_name}" + (f" ({secrets.warning})" if secrets.warning else ""),
+        f"Keyring:       {keyring}",
     ]
     if status.last_sync_error:
         lines.append(f"Last sync error: {status.last_sync_error}")
