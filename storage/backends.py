@@ -364,6 +364,7 @@ async def _migrate_sqlite(conn: aiosqlite.Connection) -> None:
     for v in range(version + 1, len(schema.SQLITE_MIGRATIONS)):
         await conn.executescript(schema.SQLITE_MIGRATIONS[v])
         await conn.execute("INSERT INTO cairn_migrations (v) VALUES (?)", (v,))
+    await conn.execute(schema.SQLITE_RECONCILE_INDEX)
     await conn.commit()
 
 
@@ -699,3 +700,4 @@ async def _migrate_postgres(conn: psycopg.AsyncConnection[Any]) -> None:
         for v in range(version + 1, len(schema.POSTGRES_MIGRATIONS)):
             await conn.execute(schema.POSTGRES_MIGRATIONS[v])  # type: ignore[arg-type]
             await conn.execute("INSERT INTO cairn_migrations (v) VALUES (%s)", (v,))
+        await conn.execute(schema.POSTGRES_RECONCILE_INDEX)

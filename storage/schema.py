@@ -82,3 +82,17 @@ POSTGRES_MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS cairn_migrations (v INTE
 POSTGRES_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(6361726110)"
 
 INDEX_COLUMNS = "thread_id, title, model, created, updated, meta_changed, pinned, deleted"
+
+# Run at every open: threads whose checkpoints predate Cairn's tables or trigger (a database written by plain
+# LangGraph) get their index row, so a thread with checkpoints is never missing from the list.
+SQLITE_RECONCILE_INDEX = f"""
+    INSERT INTO cairn_conversations (thread_id, created, updated)
+    SELECT DISTINCT thread_id, {_SQLITE_NOW}, {_SQLITE_NOW} FROM checkpoints
+    WHERE checkpoint_ns = '' AND thread_id NOT IN (SELECT thread_id FROM cairn_conversations)
+"""
+POSTGRES_RECONCILE_INDEX = """
+    INSERT INTO cairn_conversations (thread_id, created, updated)
+    SELECT DISTINCT thread_id, extract(epoch from clock_timestamp()), extract(epoch from clock_timestamp())
+    FROM checkpoints WHERE checkpoint_ns = ''
+    ON CONFLICT (thread_id) DO NOTHING
+"""
