@@ -41,6 +41,11 @@ if [ -z "${TEST_POSTGRES_URL:-}" ] && ! find_pg_bindir >/dev/null; then
     apt_packages+=(postgresql)
 fi
 
+# PyInstaller, which tests/test_bundle.py runs to build the Linux bundle, needs objdump.
+if ! command -v objdump >/dev/null 2>&1; then
+    apt_packages+=(binutils)
+fi
+
 python=""
 if [ ! -x .venv/bin/python ]; then
     python="$(command -v python3.11 || command -v python3 || true)"

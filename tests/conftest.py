@@ -29,15 +29,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pg_cluster():
     """The session's PostgreSQL: `ExternalPg` from TEST_POSTGRES_URL, else a private `PgCluster`.
 
-    Without PostgreSQL the dependent tests are skipped, or fail when CI=true.
+    Without PostgreSQL the dependent tests are skipped, or fail when CI=true, unless CAIRN_ALLOW_NO_POSTGRES=1 says
+    that this CI runner may lack it (set only by .github/workflows/tests.yml, on Windows and macOS runners).
     """
     try:
         server: PgServer = open_test_server()
     except PostgresUnavailable as exc:
         message = f"PostgreSQL is not available: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
+        allowed = os.environ.get("CAIRN_ALLOW_NO_POSTGRES") == "1"
+        if os.environ.get("CI", "").lower() == "true" and not allowed:
             pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        pytest.skip(message + (" (CAIRN_ALLOW_NO_POSTGRES=1)" if allowed else ""))
     try:
         yield server
     finally:

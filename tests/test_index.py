@@ -22,7 +22,7 @@ async def test_threads_written_before_cairn_are_listed_at_start(tmp_path: Path, 
     storage = await open_storage(tmp_path)
     listed = [c.thread_id for c in await storage.manager.conversations()]
     assert listed == ["older-thread"]
-    assert [m.content for m in await messages(build_graph(storage.saver), "older-thread")][0] == "written before Cairn"
+    assert next(m.content for m in await messages(build_graph(storage.saver), "older-thread")) == "written before Cairn"
 
 
 async def test_postgres_threads_written_before_cairn_get_index_rows(tmp_path: Path, pg_url: str) -> None:
