@@ -44,6 +44,10 @@ RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 STATE_FILE_NAME = "window.ini"
 HEAVY_MODULES = ("chat.service", "langchain_openai")
 FIRST_PAINT_TIMEOUT = 1.0
+SWITCH_INTERVAL = 0.001
+"""Seconds a busy worker thread (the chat engine's import, the model call: ``chat.offload``) may keep the interpreter
+lock while the loop's thread waits for it. Python's default, 5 ms, is paid again at each of the loop's many entries
+into Python in one turn, so a busy worker made the window stall for tens of milliseconds."""
 SHUTDOWN_TIMEOUT = 10.0
 
 
@@ -80,6 +84,7 @@ class CairnApp(QObject):
         log.info("startup %d/5: %s (%.0f ms)", number, name, elapsed)
 
     async def start(self) -> MainWindow:
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self._step(1, "settings")
         settings = self.settings if self.settings is not None else load_settings(strict=False)
         self.settings = settings

@@ -4,6 +4,10 @@ Why this shape: opening a conversation must take well under 150 ms even at 1,000
 never stall the loop. So a conversation opens with only its last page of messages rendered (older pages are put in
 front when the user scrolls to the top), each message lives in its own ``QTextFrame`` that is replaced or removed
 on its own, and a streaming reply re-renders only its frame, at most once per ``FLUSH_MS`` however fast tokens come.
+Within that frame only the reply's unfinished tail is rendered again: the Markdown blocks before the last point
+where nothing that follows can change them (``StableSplit``) are rendered once and kept. Re-rendering a whole
+long reply at every flush cost 20–30 ms per flush at 20–30 KB. When the reply is complete it is rendered once more
+as a whole, like any stored message.
 
 Nothing is ever fetched: links are never followed by the browser (``setOpenLinks(False)``), the Markdown renderer
 emits no ``<img>``, and ``loadResource`` returns nothing. A link opens in the system browser only when clicked, and
@@ -14,6 +18,7 @@ each code block's Copy); they are reachable with Tab and Enter like any link.
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -28,7 +33,10 @@ from PySide6.QtGui import (
     QGuiApplication,
     QKeyEvent,
     QPalette,
+    QTextBlockFormat,
+    QTextCharFormat,
     QTextCursor,
+    QTextDocument,
     QTextFrame,
     QTextFrameFormat,
 )
@@ -47,6 +55,7 @@ CACHE_SIZE = 4_000
 EXTERNAL_SCHEMES = frozenset({"http", "https", "mailto"})
 STREAM_KEY = "stream"
 ROLE_NAMES = {"user": "You", "assistant": "Assistant", "system": "System"}
+_WAITING = '<p style="color:{muted}">…</p>'
 
 
 class MessageLike(Protocol):
@@ -78,6 +87,65 @@ def action_href(action: str, *args: str) -> str:
     return f"{SCHEME}:" + "/".join([action, *(quote(a, safe="") for a in args)])
 
 
+_FENCE = re.compile(r"(`{3,}|~{3,})")
+_LIST_ITEM = re.compile(r"(?:[-*+]|\d{1,9}[.)])(?:\s|$)")
+
+
+class StableSplit:
+    """Where a Markdown text that is still growing can be cut, so that what is before the cut renders the same
+    whatever is appended: the start of a line that follows a blank line outside any code fence, begins at column 0
+    and does not begin a list item (a blank line then such a line closes every open block; a list item would join
+    the list before it). Only complete lines are looked at, each once: ``advance`` costs what was added.
+
+    Link reference definitions further down can still change a link before the cut; models practically never write
+    them, and the complete reply is rendered again as a whole anyway.
+    """
+
+    def __init__(self) -> None:
+        self.split = 0
+        self._scanned = 0
+        self._fence = ""
+        self._blank_before = False
+
+    def advance(self, text: str) -> int:
+        """The last cut in ``text`` (which extends the text of earlier calls)."""
+        pos = self._scanned
+        while (end := text.find("\n", pos)) >= 0:
+            line = text[pos:end]
+            stripped = line.strip()
+            if self._fence:
+                if stripped and set(stripped) == {self._fence[0]} and len(stripped) >= len(self._fence):
+                    self._fence = ""
+                self._blank_before = False
+            else:
+                if self._blank_before and line[:1] and not line[0].isspace() and not _LIST_ITEM.match(line):
+                    self.split = pos
+                fence = _FENCE.match(stripped)
+                self._fence = fence.group(1) if fence else ""
+                self._blank_before = not stripped
+            pos = end + 1
+        self._scanned = pos
+        return self.split
+
+
+_OPENING_TAG = re.compile(r"\s*<(\w+)[^>]*>")
+_NEW_BLOCKS = frozenset({"ul", "ol", "table", "hr"})
+"""HTML that starts with these makes its own blocks when inserted at the end of a block; anything else is merged
+into the block the cursor is in."""
+
+
+def _leading_tags(html_text: str) -> tuple[str, ...]:
+    """The tags opened before the first text (``<blockquote>\n<p>`` → blockquote, p): what the first block is."""
+    tags: list[str] = []
+    pos = 0
+    while (found := _OPENING_TAG.match(html_text, pos)) is not None:
+        tags.append(found.group(1).lower())
+        pos = found.end()
+        if tags[-1] in ("hr", "br"):
+            break
+    return tuple(tags)
+
+
 class ChatView(QTextBrowser):
     """Shows one conversation; emits what the user asks for, does the copying itself."""
 
@@ -107,6 +175,10 @@ class ChatView(QTextBrowser):
         self._regenerate_on: int | None = None  # index of the message showing "Regenerate"
         self._stream_parts: list[str] = []
         self._stream_rendered_len = 0
+        self._stream_split = StableSplit()
+        self._stream_stable_code: list[str] = []  # the code blocks of the part of the reply rendered for good
+        self._stream_tail_len = 0  # document positions from the end of that part to the end of the frame
+        self._block_formats: dict[tuple[str, ...], tuple[QTextBlockFormat, QTextCharFormat]] = {}
         self._code: dict[str, tuple[str, ...]] = {}
         self._cache: OrderedDict[tuple[str, str, bool], Rendered] = OrderedDict()
         self._theme = self._read_theme()
@@ -234,6 +306,22 @@ class ChatView(QTextBrowser):
             self._stream_frame = cursor.insertFrame(self._frame_format("assistant"))
         self._stream_parts = [text] if text else []
         self._stream_rendered_len = -1
+        # The header, then the tail (only the tail is rendered again): an ellipsis until the first token.
+        frame = self._stream_frame
+        muted = self._theme.muted
+        cursor = frame.firstCursorPosition()
+        cursor.setPosition(frame.lastPosition(), QTextCursor.MoveMode.KeepAnchor)
+        cursor.removeSelectedText()
+        cursor.setBlockFormat(QTextBlockFormat())  # as in a new frame, which is what a finished reply is shown in
+        cursor.setBlockCharFormat(QTextCharFormat())
+        cursor.insertHtml(
+            f'<p style="margin-bottom:4px"><b>Assistant</b> <span style="color:{muted}">· writing</span>'
+            f' &nbsp;<a href="{action_href("stop")}">Stop</a></p>{_WAITING.format(muted=muted)}'
+        )
+        header = frame.firstCursorPosition().block()
+        self._stream_tail_len = frame.lastPosition() - (header.position() + header.length() - 1)
+        self._stream_split = StableSplit()
+        self._stream_stable_code = []
         self._flush_stream()
         self._stick_to_bottom = True
         self._scroll_to_bottom()
@@ -256,7 +344,9 @@ class ChatView(QTextBrowser):
         if frame is None:
             self._insert_frames(len(self._messages) - 1, len(self._messages), self._insert_position())
         else:
+            # Once: the reply takes its Regenerate (if it gets it) before its frame is rendered, not after.
             self._frames.append(frame)
+            self._update_regenerate(skip=len(self._messages) - 1)
             self._render_into(frame, len(self._messages) - 1)
         self._code.pop(STREAM_KEY, None)
         self._update_regenerate()
@@ -408,6 +498,7 @@ class ChatView(QTextBrowser):
         )
 
     def _apply_document_style(self) -> None:
+        self._block_formats.clear()
         fixed = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
         self.document().setDefaultStyleSheet(
             f"pre, code {{ font-family: '{fixed}'; }}"
@@ -462,20 +553,33 @@ class ChatView(QTextBrowser):
         header = f"<b>{name}</b>"
         if message.stopped:
             header += f' <span style="color:{muted}">· stopped</span>'
+        return f'<p style="margin-bottom:4px">{header}</p>{rendered.html}{self._actions_html(index)}'
+
+    def _actions_html(self, index: int) -> str:
+        """The message's last paragraph: its actions."""
+        message = self._messages[index]
         actions = [f'<a href="{action_href("copy", message.id)}">Copy</a>']
         if message.role == "user" and not message.id.startswith("pending:"):
             actions.append(f'<a href="{action_href("edit", message.id)}">Edit</a>')
         if index == self._regenerate_on:
             actions.append(f'<a href="{action_href("regenerate")}">Regenerate</a>')
-        return (
-            f'<p style="margin-bottom:4px">{header}</p>{rendered.html}'
-            f'<p style="font-size:small; margin-bottom:0">{" &nbsp;·&nbsp; ".join(actions)}</p>'
-        )
+        return f'<p style="font-size:small; margin-bottom:0">{" &nbsp;·&nbsp; ".join(actions)}</p>'
 
     def _render_into(self, frame: QTextFrame, index: int) -> None:
+        """Render the message again into its frame, exactly as into a new frame (replacing the content in one
+        insertion gave the header another margin than a new frame gives it: the text moved on a reload)."""
         cursor = frame.firstCursorPosition()
         cursor.setPosition(frame.lastPosition(), QTextCursor.MoveMode.KeepAnchor)
+        cursor.removeSelectedText()
+        cursor.setBlockFormat(QTextBlockFormat())
+        cursor.setBlockCharFormat(QTextCharFormat())
         cursor.insertHtml(self._message_html(index))
+
+    def _render_actions_into(self, frame: QTextFrame, index: int) -> None:
+        """Replace only the actions paragraph (the frame's last block): a long reply is not laid out again."""
+        cursor = QTextCursor(self.document().findBlock(frame.lastPosition()))
+        cursor.setPosition(frame.lastPosition(), QTextCursor.MoveMode.KeepAnchor)
+        cursor.insertHtml(self._actions_html(index))
 
     def _insert_frames(self, start: int, stop: int, cursor: QTextCursor, *, front: bool = False) -> None:
         """Insert frames for messages[start:stop] at ``cursor`` (which must sit between frames)."""
@@ -500,22 +604,67 @@ class ChatView(QTextBrowser):
         started = time.perf_counter()
         self._stream_rendered_len = len(text)
         self.flush_count += 1
-        rendered = render_markdown(text, self._theme, code_href=lambda i: action_href("code", STREAM_KEY, str(i)))
-        self._code[STREAM_KEY] = rendered.code_blocks
-        muted = self._theme.muted
-        body = rendered.html if text else f'<p style="color:{muted}">…</p>'
-        content = (
-            f'<p style="margin-bottom:4px"><b>Assistant</b> <span style="color:{muted}">· writing</span>'
-            f' &nbsp;<a href="{action_href("stop")}">Stop</a></p>{body}'
-        )
-        cursor = frame.firstCursorPosition()
+        # The frame holds the header, the part rendered for good, then the tail: only the tail is replaced.
+        done = self._stream_split.split
+        split = self._stream_split.advance(text)
+        cursor = QTextCursor(self.document())
+        cursor.setPosition(frame.lastPosition() - self._stream_tail_len)
+        kept = cursor.blockFormat(), cursor.blockCharFormat()  # removing the tail's first separator changes them
         cursor.setPosition(frame.lastPosition(), QTextCursor.MoveMode.KeepAnchor)
-        cursor.insertHtml(content)
+        cursor.removeSelectedText()
+        cursor.setBlockFormat(kept[0])
+        cursor.setBlockCharFormat(kept[1])
+        if split > done:
+            stable = self._render_stream_part(text[done:split])
+            self._stream_stable_code.extend(stable.code_blocks)
+            self._append_html(frame, stable.html)
+        stable_end = frame.lastPosition()
+        if text:
+            tail = self._render_stream_part(text[split:])
+        else:
+            tail = Rendered(_WAITING.format(muted=self._theme.muted), ())
+        self._append_html(frame, tail.html)
+        self._stream_tail_len = frame.lastPosition() - stable_end
+        self._code[STREAM_KEY] = (*self._stream_stable_code, *tail.code_blocks)
         # A long reply costs more to render: space the renders out so they never take over the loop.
         spent_ms = (time.perf_counter() - started) * 1000
         self._flush_timer.setInterval(max(FLUSH_MS, round(spent_ms * 3)))
         if self._stick_to_bottom:
             self._scroll_to_bottom()
+
+    def _render_stream_part(self, text: str) -> Rendered:
+        """Markdown of a piece of the streaming reply; its code blocks are numbered after those already shown."""
+        offset = len(self._stream_stable_code)
+        rendered = render_markdown(
+            text, self._theme, code_href=lambda i: action_href("code", STREAM_KEY, str(offset + i))
+        )
+        return Rendered(rendered.html.strip(), rendered.code_blocks)
+
+    def _append_html(self, frame: QTextFrame, html_text: str) -> None:
+        """Add blocks at the end of ``frame`` exactly as if they had been part of one ``insertHtml`` with what is
+        there. Inserted at the end of a block, HTML that starts with a paragraph or a heading is merged into that
+        block and keeps the block's format, so it goes into a new block that has the format it would have had."""
+        if not html_text:
+            return
+        cursor = QTextCursor(self.document())
+        cursor.setPosition(frame.lastPosition())
+        tags = _leading_tags(html_text)
+        if not tags or tags[0] not in _NEW_BLOCKS:
+            cursor.insertBlock(*self._first_block_format(tags))
+        cursor.insertHtml(html_text)
+
+    def _first_block_format(self, tags: tuple[str, ...]) -> tuple[QTextBlockFormat, QTextCharFormat]:
+        """The formats the first block of HTML opening with ``tags`` gets in this document (style sheet included)."""
+        found = self._block_formats.get(tags)
+        if found is None:
+            scratch = QTextDocument()
+            scratch.setDefaultFont(self.document().defaultFont())
+            scratch.setDefaultStyleSheet(self.document().defaultStyleSheet())
+            text = "" if tags[-1:] in (("hr",), ("br",)) else "x"
+            scratch.setHtml("".join(f"<{t}>" for t in tags) + text + "".join(f"</{t}>" for t in reversed(tags)))
+            block = scratch.firstBlock()
+            found = self._block_formats[tags] = (block.blockFormat(), block.charFormat())
+        return found
 
     def _rebuild(self) -> None:
         """Render everything again (the palette changed)."""
@@ -611,8 +760,9 @@ class ChatView(QTextBrowser):
         if self._regenerate_on is not None and self._regenerate_on >= index:
             self._regenerate_on = None
 
-    def _update_regenerate(self) -> None:
-        """Only the last reply offers Regenerate, and only when nothing streams or failed after it."""
+    def _update_regenerate(self, *, skip: int | None = None) -> None:
+        """Only the last reply offers Regenerate, and only when nothing streams or failed after it. The frames
+        concerned get their actions line again (``skip``: one that is about to be rendered whole anyway)."""
         want: int | None = None
         last = len(self._messages) - 1
         if (
@@ -627,10 +777,10 @@ class ChatView(QTextBrowser):
             return
         previous, self._regenerate_on = self._regenerate_on, want
         for index in (previous, want):
-            if index is not None and self._first_shown <= index < len(self._messages):
+            if index is not None and index != skip and self._first_shown <= index < len(self._messages):
                 position = index - self._first_shown
                 if position < len(self._frames):
-                    self._render_into(self._frames[position], index)
+                    self._render_actions_into(self._frames[position], index)
 
     # --- scrolling ------------------------------------------------------------------------------------------
     def _scroll_to_bottom(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -49,6 +50,16 @@ def _when(timestamp: float) -> str:
     if time.time() - timestamp < 86_400 and moment.date() == datetime.now().date():
         return moment.strftime("today %H:%M")
     return moment.strftime("%Y-%m-%d %H:%M")
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What one item of the list shows."""
+
+    thread_id: str
+    title: str
+    pinned: bool
+    tooltip: str
 
 
 class ConversationList(QListWidget):
@@ -125,6 +136,8 @@ class Sidebar(QWidget):
         self._filling = False
         self._deferred: tuple[list[ConversationLike], bool] | None = None
         self._renamed: dict[str, tuple[str, float]] = {}
+        self._rows: list[_Row] = []  # what the list shows, in order
+        self._by_thread: dict[str, QListWidgetItem] = {}
         self._selected: str | None = None
         self.list.itemDelegate().closeEditor.connect(lambda *_args: QTimer.singleShot(0, self._apply_deferred))
         self.menu: QMenu | None = None  # the last context menu (kept so tests and accessibility tools can reach it)
@@ -139,35 +152,61 @@ class Sidebar(QWidget):
             self._deferred = (list(conversations), searching)
             return
         self._deferred = None
+        rows = [self._row(c) for c in conversations]
+        if [(r.thread_id, r.pinned) for r in rows] == [(r.thread_id, r.pinned) for r in self._rows]:
+            # The same conversations in the same order (a refresh after a reply, a rename, a tier change): only
+            # what changed is updated. Rebuilding 1,000 items took the loop away for about 20 ms every time.
+            self._filling = True
+            try:
+                for row, old in zip(rows, self._rows, strict=True):
+                    if row != old:
+                        item = self._by_thread[row.thread_id]
+                        item.setText(row.title)
+                        item.setData(TITLE_ROLE, row.title)
+                        item.setToolTip(row.tooltip)
+            finally:
+                self._filling = False
+            self._rows = rows
+        else:
+            self._rebuild(rows)
+        empty = not conversations
+        self.empty_label.setText("No conversation matches." if searching else "No conversations yet.")
+        self.empty_label.setVisible(empty)
+
+    def _row(self, conversation: ConversationLike) -> _Row:
+        title = self._title(conversation)
+        when = _when(conversation.updated)
+        tooltip = f"{title}\n{'Pinned · ' if conversation.pinned else ''}Last message {when}".strip()
+        return _Row(conversation.thread_id, title, conversation.pinned, tooltip)
+
+    def _rebuild(self, rows: list[_Row]) -> None:
         self._filling = True
+        self._rows = rows
+        self._by_thread = {}
         try:
             self.list.clear()
             header_font = QFont(self.list.font())
             header_font.setBold(True)
             header_font.setPointSizeF(max(6.0, header_font.pointSizeF() * 0.85))
-            any_pinned = any(c.pinned for c in conversations)
+            any_pinned = any(r.pinned for r in rows)
             section: bool | None = None
-            for conversation in conversations:
-                if any_pinned and conversation.pinned != section:
-                    section = conversation.pinned
+            for row in rows:
+                if any_pinned and row.pinned != section:
+                    section = row.pinned
                     self._add_header("Pinned" if section else "Conversations", header_font)
-                title = self._title(conversation)
-                item = QListWidgetItem(title)
-                item.setData(THREAD_ROLE, conversation.thread_id)
-                item.setData(TITLE_ROLE, title)
-                item.setData(PINNED_ROLE, conversation.pinned)
-                when = _when(conversation.updated)
-                item.setToolTip(f"{title}\n{'Pinned · ' if conversation.pinned else ''}Last message {when}".strip())
+                item = QListWidgetItem(row.title)
+                item.setData(THREAD_ROLE, row.thread_id)
+                item.setData(TITLE_ROLE, row.title)
+                item.setData(PINNED_ROLE, row.pinned)
+                item.setToolTip(row.tooltip)
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
                 self.list.addItem(item)
-                if conversation.thread_id == self._selected:
+                self._by_thread[row.thread_id] = item
+                if row.thread_id == self._selected:
                     item.setSelected(True)
                     self.list.setCurrentItem(item)
         finally:
             self._filling = False
-        empty = not conversations
-        self.empty_label.setText("No conversation matches." if searching else "No conversations yet.")
-        self.empty_label.setVisible(empty)
 
     def _title(self, conversation: ConversationLike) -> str:
         """The stored title, or the one just typed while the list read from storage is older than that rename."""
@@ -206,7 +245,7 @@ class Sidebar(QWidget):
         return [item.data(THREAD_ROLE) for item in self._items() if item.data(PINNED_ROLE)]
 
     def item_for(self, thread_id: str) -> QListWidgetItem | None:
-        return next((item for item in self._items() if item.data(THREAD_ROLE) == thread_id), None)
+        return self._by_thread.get(thread_id)
 
     def select(self, thread_id: str | None) -> None:
         """Mark the open conversation (None: a new one, not in the list yet)."""
@@ -300,6 +339,8 @@ class Sidebar(QWidget):
             if new and new != old:
                 item.setData(TITLE_ROLE, new)
                 self._renamed[thread_id] = (new, time.monotonic())
+                # What the item shows now: a refresh that brings another title back must not take it for unchanged.
+                self._rows = [replace(r, title=new) if r.thread_id == thread_id else r for r in self._rows]
                 self.renameRequested.emit(thread_id, new)
             else:
                 new = old
