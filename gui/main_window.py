@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import shiboken6
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
     from chat.events import ChatEvent
     from chat.service import ConversationService
+    from gui.model_picker import ModelMenu
     from storage.factory import Storage
 
 log = logging.getLogger("cairn.gui")
@@ -113,6 +115,11 @@ class MainWindow(QMainWindow):
         self._pending_counter = 0
         self.details_dialog: StorageDetailsDialog | None = None
         self.settings_dialog: QWidget | None = None
+        self.model_menu: ModelMenu | None = None
+        self._thread_models: dict[str, str] = {}  # thread id -> its chosen model ("" = the default), as known here
+        self._new_chat_model = ""  # chosen for the new conversation: stored with it at its first send
+        self._model_writes: dict[str, asyncio.Task[None]] = {}  # a choice being stored, per thread
+        self._model_fresh_after: dict[str, float] = {}  # list refreshes up to this generation may predate a choice
         self.last_open_timing: tuple[float, float] = (0.0, 0.0)  # (load ms, render ms) of the last open
 
         self.setWindowTitle(APP_TITLE)
@@ -143,7 +150,7 @@ class MainWindow(QMainWindow):
         self.model_label = QLabel()
         self.model_label.setObjectName("modelLabel")
         self.model_label.setTextFormat(Qt.TextFormat.RichText)
-        self.model_label.linkActivated.connect(lambda _link: self.open_settings())
+        self.model_label.linkActivated.connect(lambda _link: self.open_model_menu())
         self.statusBar().addPermanentWidget(self.model_label)
         self.statusBar().addPermanentWidget(self.badge)
         self._show_model()
@@ -175,6 +182,9 @@ class MainWindow(QMainWindow):
         self.settings_action = self._action("S&ettings…", self.open_settings, "Ctrl+,")
         self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
         self.copy_action = self._action("Copy last &reply", self.copy_last_reply, "Ctrl+Shift+C")
+        self.model_action = self._action(
+            "&Model…", self.open_model_menu, "Ctrl+M", "Choose the model that answers in this conversation"
+        )
         # Esc is handled in keyPressEvent so an open editor (a rename, a dialog) still gets it first.
         self.stop_action = self._action("S&top reply\tEsc", self.stop_reply)
         self.regenerate_action = self._action("Re&generate reply", self.regenerate)
@@ -197,6 +207,8 @@ class MainWindow(QMainWindow):
         chat_menu = menus.addMenu("&Conversation")
         for action in (self.stop_action, self.regenerate_action, self.retry_action):
             chat_menu.addAction(action)
+        chat_menu.addSeparator()
+        chat_menu.addAction(self.model_action)
 
     def _connect(self) -> None:
         self.sidebar.newChatRequested.connect(self.new_chat)
@@ -263,13 +275,86 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self._show_model()
 
+    def default_model(self) -> str:
+        """The model of the settings (or the server's first when none is set): what "Default" means."""
+        return self.service.endpoint.model if self.service is not None else self.settings.model_name
+
+    def model_choice(self, thread_id: str | None = None) -> str:
+        """The model chosen for a conversation (the open one by default; None: the new one), "" for the default."""
+        thread = self.current if thread_id is None else thread_id
+        return self._thread_models.get(thread, "") if thread is not None else self._new_chat_model
+
     def _show_model(self) -> None:
-        model = self.service.endpoint.model if self.service is not None else self.settings.model_name
-        if model:
-            self.model_label.setText(f'Model: <a href="settings">{_escape(model)}</a>')
+        chosen = self.model_choice()
+        model = chosen or self.default_model()
+        if not model:
+            self.model_label.setText('Model: <a href="model">choose one…</a>')
         else:
-            self.model_label.setText('Model: <a href="settings">choose one…</a>')
-        self.model_label.setToolTip(f"Model server: {self.settings.model_base_url}\nClick to change (Ctrl+,)")
+            self.model_label.setText(f'Model: <a href="model">{_escape(model)}</a>' + ("" if chosen else " (default)"))
+        self.model_label.setToolTip(
+            f"Model server: {self.settings.model_base_url}\nClick to choose the model for this conversation (Ctrl+M)"
+        )
+
+    # --- the model of a conversation ------------------------------------------------------------------------
+    def open_model_menu(self) -> ModelMenu:
+        """The menu of models for the open conversation, above the status bar's label; the list loads meanwhile."""
+        from chat.endpoints import api_key_name
+        from gui.model_picker import ModelMenu  # imported when asked for: it pulls in httpx
+
+        if self.model_menu is not None and shiboken6.isValid(self.model_menu):
+            self.model_menu.close()
+            self.model_menu.deleteLater()
+        thread = self.current
+        menu = ModelMenu(self.default_model(), self.model_choice(thread), self)
+        menu.chosen.connect(lambda model: self.choose_model(thread, model))
+        menu.settingsRequested.connect(self.open_settings)
+        self.model_menu = menu
+        if self.service is not None:
+            base_url, api_key = self.service.endpoint.base_url, self.service.endpoint.api_key
+        else:
+            base_url = self.settings.model_base_url
+            api_key = self.secrets.get(api_key_name(base_url))
+        self.tasks.spawn(menu.load(base_url, api_key), "Listing the server's models")
+        menu.popup_above(self.model_label if self.model_label.isVisible() else self.statusBar())
+        return menu
+
+    def choose_model(self, thread_id: str | None, model: str) -> None:
+        """Use ``model`` ("" for the default) for the replies in this conversation (None: the new one).
+
+        A new conversation is not stored until its first message: the choice waits here until then."""
+        if thread_id is None:
+            self._new_chat_model = model
+        else:
+            self._thread_models[thread_id] = model
+            self._model_fresh_after[thread_id] = float("inf")  # a list read before the write is stored is stale
+            previous = self._model_writes.get(thread_id)
+            self._model_writes[thread_id] = self.tasks.spawn(
+                self._store_model(thread_id, model, previous), "Choosing the model"
+            )
+        if thread_id == self.current:
+            self._show_model()
+        self.show_status(f"Replies here will come from {model or 'the default model'}.")
+
+    async def _store_model(self, thread_id: str, model: str, previous: asyncio.Task[None] | None) -> None:
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])  # choices are stored in the order they were made
+            await (await self._ready()).set_model(thread_id, model)
+        finally:
+            if self._model_writes.get(thread_id) is asyncio.current_task():
+                del self._model_writes[thread_id]
+                self._model_fresh_after[thread_id] = self._list_generation
+            self.request_list_refresh(0)  # also after a failure: the list says what is stored
+
+    async def _model_stored(self, thread_id: str) -> None:
+        """Wait until the model chosen for this conversation is stored: the reply about to start must use it."""
+        while (write := self._model_writes.get(thread_id)) is not None:
+            await asyncio.wait([write])
+
+    def _learn_models(self, conversations: list[Any], generation: int) -> None:
+        for conversation in conversations:
+            if generation > self._model_fresh_after.get(conversation.thread_id, -1):
+                self._thread_models[conversation.thread_id] = conversation.model
 
     # --- state across runs ----------------------------------------------------------------------------------
     def restore_state(self) -> str | None:
@@ -312,6 +397,8 @@ class MainWindow(QMainWindow):
         if generation < self._list_applied:
             return  # a newer refresh finished first: this answer is older
         self._list_applied = generation
+        self._learn_models(conversations, generation)
+        self._show_model()
         self.sidebar.set_conversations(conversations, searching=bool(query))
         self.sidebar.select(self.current)
         if self.current is not None:
@@ -337,6 +424,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_TITLE)
         self.composer.set_text(self._drafts.pop(None, ""))
         self.composer.set_streaming(False)
+        self._show_model()
         self.composer.edit.setFocus()
         self.conversationShown.emit("")
 
@@ -349,6 +437,7 @@ class MainWindow(QMainWindow):
             self.composer.set_text(self._drafts.pop(thread_id, ""))
         self.current = thread_id
         self.sidebar.select(thread_id)
+        self._show_model()
         self.composer.set_streaming(thread_id in self._runs)
         if self.service is None:
             self.view.show_note("Loading…")
@@ -365,8 +454,12 @@ class MainWindow(QMainWindow):
         started = time.perf_counter()
         loaded = await service.load(thread_id)
         load_ms = (time.perf_counter() - started) * 1000
+        if thread_id not in self._thread_models:  # not in the list yet (opened before it was read)
+            conversation = await service.conversation(thread_id)
+            self._thread_models.setdefault(thread_id, conversation.model if conversation is not None else "")
         if generation != self._load_generation or self.current != thread_id:
             return  # the user went elsewhere meanwhile
+        self._show_model()
         render_ms = self.view.show_conversation(thread_id, loaded.messages)
         self.last_open_timing = (load_ms, render_ms)
         log.info(
@@ -427,11 +520,15 @@ class MainWindow(QMainWindow):
     async def _send(self, text: str) -> None:
         thread = self.current
         service = await self._ready()
+        model = ""
         if thread is None:
             thread = service.new_thread_id()
+            model, self._new_chat_model = self._new_chat_model, ""  # the new conversation's choice goes with it
+            self._thread_models[thread] = model
             if self.current is None:
                 self.current = thread
                 self.view.thread_id = thread
+                self._show_model()
         if thread in self._runs:
             self.composer.restore_draft(text)
             self.show_status("A reply is still streaming in this conversation: stop it first (Esc).")
@@ -439,7 +536,26 @@ class MainWindow(QMainWindow):
         self._failures.pop(thread, None)
         if self.current == thread:
             self.view.append_message(self._pending(text))
-        await self._run(thread, service.send(thread, text), draft=text)
+        events = self._first_send(service, thread, text, model) if model else service.send(thread, text)
+        await self._run(thread, events, draft=text)
+
+    async def _first_send(
+        self, service: ConversationService, thread: str, text: str, model: str
+    ) -> AsyncIterator[ChatEvent]:
+        """The first message of a new conversation whose model was chosen before it existed.
+
+        The conversation is stored as ``send`` stores it (its title first, so the list never shows an empty one),
+        then its model, then the message: the first reply already comes from the chosen model."""
+        from chat.service import make_title  # loaded with the chat engine already
+
+        self._model_fresh_after[thread] = float("inf")  # a list read between the two writes would say "default"
+        try:
+            await service.rename(thread, make_title(text))
+            await service.set_model(thread, model)
+        finally:
+            self._model_fresh_after[thread] = self._list_generation
+        async for event in service.send(thread, text):
+            yield event
 
     async def _edit_and_resend(self, message_id: str, text: str) -> None:
         thread = self.current
@@ -493,6 +609,7 @@ class MainWindow(QMainWindow):
         outcome: ReplyDone | Failure | None = None
         received = False
         try:
+            await self._model_stored(thread)
             async for event in events:
                 received = True
                 if isinstance(event, Token):
@@ -613,6 +730,7 @@ class MainWindow(QMainWindow):
             await service.delete(thread_id)
             self._failures.pop(thread_id, None)
             self._drafts.pop(thread_id, None)
+            self._thread_models.pop(thread_id, None)
             if self.current == thread_id:
                 self.new_chat()
             self.request_list_refresh(0)
