@@ -64,6 +64,10 @@ Cairn = Callable[..., AbstractAsyncContextManager[CairnApp]]
 
 @pytest.fixture
 def cairn(tmp_path: Path, server: ModelServer) -> Cairn:
+    return cairn_factory(tmp_path, server)
+
+
+def cairn_factory(tmp_path: Path, server: ModelServer) -> Cairn:
     """``async with cairn() as app``: Cairn started on folders under ``tmp_path`` (the same ones every time), and
     quit at the end of the block, inside the test, so nothing of it is left running when the test's loop stops."""
     keyring = MemoryKeyring()

@@ -7,40 +7,32 @@ and signals with deadlines; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PySide6.QtCore import QPoint, Qt
-from PySide6.QtWidgets import QApplication
 
 from chat.endpoints import Endpoint
-from gui.app import CairnApp, guard_none_refcount
 from gui.main_window import MainWindow
 from gui.model_picker import LOADING_TEXT, ModelMenu
-from storage.secrets import SecretStore
-from storage.settings import load_settings, save_settings
 from tests.gui.conftest import wait_signal
-from tests.gui.test_main_window import click_at, closed_port_url, quit_app, send_and_wait, until, window_of
-from tests.keyring_backend import MemoryKeyring
+from tests.gui.test_main_window import (  # noqa: F401 - _app_setup is this module's autouse fixture too
+    Cairn,
+    _app_setup,
+    cairn_factory,
+    click_at,
+    closed_port_url,
+    quit_app,
+    send_and_wait,
+    until,
+    window_of,
+)
 from tests.model_server import ModelServer
 
 WAIT = 10.0
 MODELS = ["test-model", "other-model"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _app_setup(qapp: QApplication) -> Iterator[None]:
-    timer = guard_none_refcount(qapp)  # PySide6 6.12.0 on Python 3.11 leaks references to None (see gui/app.py)
-    quits = qapp.quitOnLastWindowClosed()
-    qapp.setQuitOnLastWindowClosed(False)  # closing a test's window must not end the test's event loop
-    yield
-    qapp.setQuitOnLastWindowClosed(quits)
-    if timer is not None:
-        timer.stop()
 
 
 @pytest.fixture
@@ -49,33 +41,9 @@ def server() -> Iterator[ModelServer]:
         yield model_server
 
 
-Cairn = Callable[[], AbstractAsyncContextManager[CairnApp]]
-
-
 @pytest.fixture
 def cairn(tmp_path: Path, server: ModelServer) -> Cairn:
-    """``async with cairn() as app``: Cairn on the same folders under ``tmp_path`` each time, quit at the end."""
-    keyring = MemoryKeyring()
-    config_dir = tmp_path / "config"
-    save_settings(
-        {"MODEL_BASE_URL": server.base_url, "MODEL_NAME": "test-model", "CAIRN_DATA_DIR": str(tmp_path / "data")},
-        config_dir=config_dir,
-        secrets=SecretStore(backend=keyring),
-    )
-
-    @contextlib.asynccontextmanager
-    async def run() -> AsyncIterator[CairnApp]:
-        settings = load_settings(environ={}, cwd=tmp_path, config_dir=config_dir, strict=False)
-        assert not settings.problems
-        app = CairnApp(QApplication.instance(), settings=settings, secrets=SecretStore(backend=keyring))  # type: ignore[arg-type]
-        try:
-            window = await app.start()
-            window.activateWindow()
-            yield app
-        finally:
-            await quit_app(app)
-
-    return run
+    return cairn_factory(tmp_path, server)
 
 
 def click_model_label(window: MainWindow) -> ModelMenu:
