@@ -38,12 +38,9 @@ import asyncio
 import contextlib
 import datetime
 import gc
-import importlib.metadata
 import logging
 import os
-import platform
 import random
-import re
 import shutil
 import statistics
 import sys
@@ -65,6 +62,9 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+
+from bench.report import machine, write_section
+from bench.report import versions as report_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/storage.py` as well as `python -m bench.storage`
@@ -601,24 +601,9 @@ def targets_table(found: Sequence[Target]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    system = f"{platform.system()} {platform.release()}"
-    return f"{os.cpu_count()} cores ({cpu}), {system}, Python {platform.python_version()}"
-
-
 def versions() -> str:
-    names = ("langgraph", "langgraph-checkpoint", "langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres")
-    found = []
-    for name in (*names, "aiosqlite", "psycopg"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found.append(f"{name} {importlib.metadata.version(name)}")
-    return ", ".join(found)
+    savers = ("langgraph", "langgraph-checkpoint", "langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres")
+    return report_versions((*savers, "aiosqlite", "psycopg"))
 
 
 def report(
@@ -670,14 +655,7 @@ def report(
 
 def write_docs(section: str) -> None:
     """Replace the "## Storage" section of docs/PERFORMANCE.md (other sections are kept)."""
-    text = DOCS.read_text() if DOCS.exists() else "# Performance\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
+    write_section(SECTION, section)
 
 
 async def bench(server: PgServer, histories: Sequence[int], timed: int, log: Callable[[str], None]) -> list[Series]:

@@ -35,12 +35,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import json
 import os
-import platform
-import re
 import shutil
 import socket
 import statistics
@@ -52,6 +49,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.report import machine, write_section
+from bench.report import versions as report_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/ui.py` as well as `python -m bench.ui`
@@ -674,25 +674,9 @@ def run_app(
 # --- the report -------------------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    system = f"{platform.system()} {platform.release()}"
-    return f"{os.cpu_count()} cores ({cpu}), {system}, Python {platform.python_version()}"
-
-
 def versions() -> str:
-    import importlib.metadata
-
-    found = []
-    for name in ("PySide6-Essentials", "qasync", "langgraph", "langchain-openai", "openai", "markdown-it-py"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found.append(f"{name} {importlib.metadata.version(name)}")
-    return ", ".join(found)
+    names = ("PySide6-Essentials", "qasync", "langgraph", "langchain-openai", "openai", "markdown-it-py")
+    return report_versions(names)
 
 
 def row(key: str, value: float, detail: str, suffix: str = "") -> str:
@@ -853,17 +837,8 @@ def comparison(app: AppResults, processes: Sequence[ProcessRun]) -> str:
 
 def write_docs(section: str) -> None:
     """Replace the "## UI" section of docs/PERFORMANCE.md (other sections are kept)."""
-    if DOCS.exists():
-        text = DOCS.read_text()
-    else:  # the other sections' headings, for their own benchmarks to fill in
-        text = "# Performance\n\n" + "".join(f"{heading}\n\n{note}\n\n" for heading, note in OTHER_SECTIONS)
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
+    headings = "".join(f"{heading}\n\n{note}\n\n" for heading, note in OTHER_SECTIONS)
+    write_section(SECTION, section, new_file="# Performance\n\n" + headings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
