@@ -8,14 +8,18 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
-from collections.abc import Sequence
+import time
 
-from storage import loop
-from storage.secrets import SecretStore, install_log_masking
-from storage.settings import load_settings
+STARTED = time.monotonic()  # before the imports: `doctor` counts its connect timeout from here
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from storage import loop  # noqa: E402
+from storage.secrets import SecretStore, install_log_masking  # noqa: E402
+from storage.settings import load_settings  # noqa: E402
 
 log = logging.getLogger("cairn")
 
@@ -34,7 +38,7 @@ def run_doctor(as_json: bool) -> int:
 
     settings = load_settings(strict=False)
     secrets = SecretStore()
-    status = loop.run(diagnose(settings, secrets))
+    status = loop.run(diagnose(settings, secrets, started=STARTED))
     print(report_json(settings, secrets, status) if as_json else report_text(settings, secrets, status))
     return 0
 

@@ -574,8 +574,11 @@ class PostgresBackend(Backend):
         A URL that can never work raises ValueError (not an environment error: retrying will not help)."""
         check_postgres_url(target.url)
         kwargs = target.connect_kwargs()
-        async with asyncio.timeout(target.connect_timeout):
-            probe = await psycopg.AsyncConnection.connect(target.url, **kwargs)
+        try:
+            async with asyncio.timeout(target.connect_timeout):
+                probe = await psycopg.AsyncConnection.connect(target.url, **kwargs)
+        except TimeoutError:
+            raise TimeoutError(f"the server did not answer within {target.connect_timeout:.1f} s") from None
         try:
             async with asyncio.timeout(max(30.0, target.connect_timeout * 3)):
                 await AsyncPostgresSaver(probe).setup()
