@@ -257,6 +257,11 @@ class SqliteBackend(LocalBackend):
             many=True,
         )
 
+    async def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits to the file; not for our own commits."""
+        rows = await self._fetch("PRAGMA data_version")
+        return int(rows[0][0])
+
     async def pending(self, limit: int) -> tuple[list[Key], int]:
         rows = await self._fetch(
             "SELECT thread_id, checkpoint_ns, checkpoint_id, max(seq) FROM cairn_outbox "

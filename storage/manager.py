@@ -30,6 +30,7 @@ from storage.backends import (
     PostgresTarget,
     SqliteBackend,
 )
+from storage.cache import CheckpointCache
 from storage.errors import describe, is_environment_error
 from storage.secrets import mask_secrets, mask_url
 from storage.status import StorageStatus, TierEvent, TierName, TierStatus
@@ -71,6 +72,8 @@ class StorageManager:
         self.sqlite_failed = ""  # why SQLite takes no writes; empty while it works
         self.memory = MemoryBackend()
         self.remote: PostgresBackend | None = None
+        self.cache = CheckpointCache()
+        self._data_version: int | None = None  # SQLite's, when the cache last looked (see cached)
         self._postgres = TierStatus("off", postgres_reason or "no Postgres URL is configured")
         self._pending = 0
         self._last_sync_error = ""
@@ -105,6 +108,8 @@ class StorageManager:
                     raise
                 self.sqlite_failed = f"cannot use {self.data_dir}: {describe(exc)}"
                 log.error("SQLite unavailable: %s", self.sqlite_failed)
+        if self.sqlite is not None:
+            self._data_version = await self.read(self.sqlite, lambda b: b.data_version())
         self._active = self._compute_active()
         loop = asyncio.get_running_loop()
         if self.target is not None:
@@ -152,6 +157,24 @@ class StorageManager:
         ]
         return [primary, *others]
 
+    async def cached(self, thread_id: str, *, latest: bool) -> CheckpointCache | None:
+        """The cache, when it may answer a read of ``thread_id``: the thread lives in SQLite only. (It mirrors what
+        the SQLite saver answers; the memory saver rebuilds a checkpoint's values from its blobs, which answers
+        differently, and Postgres is written by other machines too.) ``latest``: the read asks for the newest
+        checkpoint, which another process writing the same file (a second Cairn on one data folder) may have
+        changed; SQLite's ``data_version`` tells, and everything cached is dropped if it did."""
+        sqlite = self.sqlite
+        if sqlite is None or self.sqlite_failed or self.read_targets(thread_id) != [sqlite]:
+            return None
+        if latest:
+            version = await self.read(sqlite, lambda b: b.data_version())
+            if version is None:  # SQLite failed just now
+                return None
+            if version != self._data_version:
+                self._data_version = version
+                self.cache.clear()
+        return self.cache
+
     async def write(self, thread_id: str, op: Callable[[Backend], Awaitable[T]]) -> T:
         """Run a write on the current tier; on an environment error move down a tier and write there."""
         while True:
@@ -180,6 +203,7 @@ class StorageManager:
             return None
 
     def _fail(self, backend: Backend, exc: BaseException) -> None:
+        self.cache.bump()  # a read in flight may have found nothing because of this, not because nothing is there
         reason = mask_secrets(describe(exc))
         if backend is self.remote:
             self._lose_remote(reason)
@@ -234,6 +258,7 @@ class StorageManager:
         if self.write_target() is self.remote and self.remote is not None:
             await self.write(thread_id, lambda b: b.delete_thread(thread_id))
         self._homes.pop(thread_id, None)
+        self.cache.forget(thread_id)
         self._sync_wake.set()
 
     # --- status ---------------------------------------------------------------------------------------------
@@ -284,7 +309,7 @@ class StorageManager:
                 return report
             try:
                 for local in self._locals():
-                    part = await self._against(remote, sync.reconcile(local, remote))
+                    part = await self._against(remote, sync.reconcile(local, remote, self.cache.forget))
                     report.uploaded += part.uploaded
                     report.downloaded += part.downloaded
                     report.deleted_threads += part.deleted_threads
@@ -497,7 +522,7 @@ class StorageManager:
                     try:
                         for local in self._locals():
                             if self._reconcile_due:
-                                await self._against(remote, sync.reconcile(local, remote))
+                                await self._against(remote, sync.reconcile(local, remote, self.cache.forget))
                             else:
                                 await self._against(remote, sync.push(local, remote))
                         self._reconcile_due = False

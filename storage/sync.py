@@ -9,7 +9,7 @@ writes once per task, in the order live execution wrote them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from langchain_core.runnables import RunnableConfig
@@ -88,11 +88,14 @@ async def push_index(local: LocalBackend, remote: PostgresBackend, report: SyncR
     report.index_rows += len(dirty)
 
 
-async def reconcile(local: LocalBackend, remote: PostgresBackend) -> SyncReport:
+async def reconcile(
+    local: LocalBackend, remote: PostgresBackend, changed: Callable[[str], None] = lambda thread_id: None
+) -> SyncReport:
     """Compare both sides key by key: queue what Postgres lacks, bring down what only Postgres has.
 
     Run when Postgres (re)appears and now and then while it is up, so conversations continued on another machine
-    arrive, and anything an interrupted sync missed is found again.
+    arrive, and anything an interrupted sync missed is found again. ``changed`` hears of each thread written
+    locally here (brought down or deleted), as soon as it is.
     """
     report = SyncReport()
     remote_rows = {c.thread_id: c for c in await remote.conversations()}
@@ -105,6 +108,7 @@ async def reconcile(local: LocalBackend, remote: PostgresBackend) -> SyncReport:
             await local.merge_conversations([remote_rows[thread_id]])
         if await local.checkpoint_keys(thread_id):
             await local.delete_thread(thread_id)
+            changed(thread_id)
             report.deleted_threads += 1
     await push_index(local, remote, report)
 
@@ -130,8 +134,11 @@ async def reconcile(local: LocalBackend, remote: PostgresBackend) -> SyncReport:
         log.info("reconcile: %d checkpoints to download", len(download))
         mark = await local.outbox_mark()
         for key in sorted(download):
-            if await copy_checkpoint(remote, local, key):
-                report.downloaded += 1
+            try:
+                if await copy_checkpoint(remote, local, key):
+                    report.downloaded += 1
+            finally:
+                changed(key[0])  # also when the copy failed half-way: its checkpoint may be there without writes
         # They came from Postgres: no need to send them back.
         await local.forget_after(download, mark)
 

@@ -1,7 +1,9 @@
 """``TieredSaver``: the one checkpointer the graph sees, routing every call through the storage manager.
 
 Writes go to the current tier (local first) and move down a tier on an environment error; reads come from the tier
-that holds the thread. The manager's background tasks carry what was written locally to Postgres.
+that holds the thread, or from the manager's ``CheckpointCache`` (``storage/cache.py``) when the thread lives in
+SQLite and the cache knows the answer: a chat turn then reads nothing back that it wrote. The manager's background
+tasks carry what was written locally to Postgres.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,8 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from storage.backends import Backend, MemoryBackend
+from storage.backends import Backend, MemoryBackend, SqliteBackend
+from storage.cache import MISS, CheckpointCache, as_stored, stored_checkpoint
 from storage.manager import StorageManager
 
 
@@ -84,6 +87,9 @@ class TieredSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         thread_id = _thread_of(config)
+        # Taken now: LangGraph goes on with the next step meanwhile, and may append to a list this checkpoint
+        # holds (a Topic channel) before a later tier, the journal's replay or the cache looks at it.
+        checkpoint, metadata = stored_checkpoint(checkpoint, self.serde), dict(metadata)
         c = config["configurable"]
         key = (thread_id, c.get("checkpoint_ns", ""), checkpoint["id"])
         parent = (thread_id, c.get("checkpoint_ns", ""), c.get("checkpoint_id"))
@@ -100,6 +106,7 @@ class TieredSaver(BaseCheckpointSaver[str]):
                 backend.record_put(key)
             self._remember(thread_id, _Record(key, (config, checkpoint, metadata), put=True), backend)
             await self._catch_up(backend, thread_id)
+            self._cache_put(backend, thread_id, lambda cache: cache.put(config, checkpoint, metadata))
             return result
 
         return await self.manager.write(thread_id, put)
@@ -108,6 +115,7 @@ class TieredSaver(BaseCheckpointSaver[str]):
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
         thread_id = _thread_of(config)
+        writes = [(channel, as_stored(value, self.serde)) for channel, value in writes]  # as for aput's checkpoint
         c = config["configurable"]
         key = (thread_id, c.get("checkpoint_ns", ""), c["checkpoint_id"])
 
@@ -118,8 +126,17 @@ class TieredSaver(BaseCheckpointSaver[str]):
                 backend.record_put(key)
             self._remember(thread_id, _Record(key, (config, writes, task_id, task_path), put=False), backend)
             await self._catch_up(backend, thread_id)
+            self._cache_put(backend, thread_id, lambda cache: cache.put_writes(config, writes, task_id, task_path))
 
         await self.manager.write(thread_id, put_writes)
+
+    def _cache_put(self, backend: Backend, thread_id: str, put: Callable[[CheckpointCache], None]) -> None:
+        """Tell the cache what SQLite took. A thread written to another tier is read from the tiers from now on
+        (``StorageManager.cached``)."""
+        if isinstance(backend, SqliteBackend):
+            put(self.manager.cache)
+        else:
+            self.manager.cache.forget(thread_id)
 
     # A checkpoint and the writes made on it must live in one tier: each tier's saver reads a checkpoint's pending
     # writes only from its own tables. When the tier changes in the middle of a run (SQLite fills up between a
@@ -182,6 +199,18 @@ class TieredSaver(BaseCheckpointSaver[str]):
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id = _thread_of(config)
         wanted = get_checkpoint_id(config)
+        cache = await self.manager.cached(thread_id, latest=wanted is None)
+        if cache is not None:
+            hit = cache.get_tuple(config)
+            if hit is not MISS:
+                return hit  # type: ignore[return-value]
+            token = cache.token()
+        found = await self._read_tuple(thread_id, config, wanted)
+        if cache is not None:
+            cache.remember_tuple(token, config, found)
+        return found
+
+    async def _read_tuple(self, thread_id: str, config: RunnableConfig, wanted: str | None) -> CheckpointTuple | None:
         best: CheckpointTuple | None = None
         for backend in self._targets(thread_id):
             found = await self.manager.read(backend, lambda b: b.saver.aget_tuple(config))
@@ -223,7 +252,22 @@ class TieredSaver(BaseCheckpointSaver[str]):
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
-        targets = self.manager.read_targets(_thread_of(config))
+        thread_id = _thread_of(config)
+        cache = await self.manager.cached(thread_id, latest=get_checkpoint_id(config) is None)
+        if cache is not None:
+            hit = cache.delta_history(config, channels)
+            if hit is not MISS:
+                return hit  # type: ignore[return-value]
+            token = cache.token()
+        found = await self._read_delta_history(thread_id, config, channels)
+        if cache is not None:
+            cache.remember_history(token, config, found)
+        return found
+
+    async def _read_delta_history(
+        self, thread_id: str, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        targets = self.manager.read_targets(thread_id)
         if len(targets) == 1:
             result = await self.manager.read(
                 targets[0], lambda b: b.saver.aget_delta_channel_history(config=config, channels=channels)
