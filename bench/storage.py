@@ -11,7 +11,8 @@ deterministic model node (user message ~200 characters, reply ~300, both word-li
 flatter anyone). At 10, 100 and 1,000 turns of history, N more turns (``--timed``, 15) are timed one by one:
 ``ainvoke`` (all the checkpoint writes of the turn) plus the ``aget_state`` read that follows, as the app does after
 each reply. All conversations are built to each length first and the timed turns then go round-robin across the
-configurations, so whatever else the machine does is spread evenly over them.
+configurations, so whatever else the machine does is spread evenly over them. Then ``OPENS`` cold reads ("open"):
+``aget_state`` with Cairn's checkpoint cache cleared, what opening the conversation after a start costs.
 
 - Cairn: ``TieredSaver`` (local SQLite, Postgres configured and reachable, the sync task running) with
   ``chat.state.ChatState`` (messages as a ``DeltaChannel``). Before each timed turn the sync is let drain, as it is
@@ -87,6 +88,7 @@ USER_CHARS = 200
 REPLY_CHARS = 300
 DELAY_HISTORY = 100
 DELAY_MS = 50
+OPENS = 5  # cold reads timed at each history length
 KB = 1024
 MB = 1024 * 1024
 
@@ -241,6 +243,9 @@ class Subject:
         """Wait until background work caused by the last turn is done; the seconds it took."""
         return 0.0
 
+    def forget(self) -> None:
+        """Drop what the saver keeps in memory, as when the app starts and opens the conversation."""
+
     async def payload(self) -> dict[str, int]:
         raise NotImplementedError
 
@@ -266,6 +271,9 @@ class Tiered(Subject):
         if self.manager.remote is None or self.manager.sqlite is None:
             raise RuntimeError(f"tiered storage did not come up: {self.manager.status()}")
         self.graph = chat_graph(ChatState, TieredSaver(self.manager))
+
+    def forget(self) -> None:
+        self.manager.cache.clear()
 
     @property
     def sqlite(self) -> AsyncSqliteSaver:
@@ -379,6 +387,7 @@ class Point:
     turn_ms: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
     read_ms: list[float] = field(default_factory=list)  # the aget_state part of the turn
+    open_ms: list[float] = field(default_factory=list)  # aget_state with nothing cached: opening the conversation
     lag_ms: list[float] = field(default_factory=list)
     written: dict[str, list[int]] = field(default_factory=dict)
     on_disk: dict[str, int] = field(default_factory=dict)
@@ -426,6 +435,16 @@ async def timed_turn(subject: Subject, i: int, point: Point) -> None:
         point.written.setdefault(store, []).append(after[store] - before[store])
 
 
+async def timed_open(subject: Subject, point: Point) -> None:
+    """Read the conversation with nothing cached, as the app does when it opens it after a start."""
+    await subject.settle()
+    subject.forget()
+    gc.collect()
+    start = time.perf_counter()
+    await subject.graph.aget_state(CONFIG)
+    point.open_ms.append((time.perf_counter() - start) * 1000)
+
+
 async def build(series: Series, history: int) -> None:
     """Untimed turns up to ``history``; for Cairn, note the turn that wrote most (a snapshot turn)."""
     subject = series.subject
@@ -463,6 +482,9 @@ async def measure_all(
             for series in order:
                 await timed_turn(series.subject, series.turns, points[id(series)])
                 series.turns += 1
+        for _ in range(OPENS):
+            for series in all_series:
+                await timed_open(series.subject, points[id(series)])
         for series in all_series:
             point = points[id(series)]
             await series.subject.settle()
@@ -531,17 +553,19 @@ def fmt_stores(values: dict[str, int]) -> str:
 def results_table(series: Sequence[Series]) -> str:
     lines = [
         "| configuration | history (turns) | turn p50 | of which aget_state | turn min–max | CPU p50 "
-        "| written per turn (p50) | stored | sync lag p50 |",
-        "|---|---:|---:|---:|---:|---:|---|---|---:|",
+        "| open p50 | written per turn (p50) | stored | sync lag p50 |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for s in series:
         for p in s.points:
             written = {store: int(statistics.median(v)) for store, v in p.written.items()}
             lag = f"{statistics.median(p.lag_ms):.0f} ms" if p.lag_ms else "–"
+            opened = f"{statistics.median(p.open_ms):.1f} ms" if p.open_ms else "–"
             lines.append(
                 f"| {p.label} | {p.history:,} | {p.median:.1f} ms | {statistics.median(p.read_ms):.1f} ms "
                 f"| {min(p.turn_ms):.1f}–{max(p.turn_ms):.1f} ms "
-                f"| {statistics.median(p.cpu_ms):.1f} ms | {fmt_stores(written)} | {fmt_stores(p.on_disk)} | {lag} |"
+                f"| {statistics.median(p.cpu_ms):.1f} ms | {opened} | {fmt_stores(written)} | {fmt_stores(p.on_disk)} "
+                f"| {lag} |"
             )
     return "\n".join(lines)
 
@@ -639,7 +663,8 @@ def report(
             " the Postgres server's). Written per turn: growth of the stored payload (for Postgres: what the turn"
             " uploads, before TOAST compression). Stored: on disk (SQLite file + WAL after a checkpoint; Postgres"
             " `pg_total_relation_size` of all tables) or, for memory, the saver's serialized bytes. Sync lag: from"
-            " the end of a Cairn turn until Postgres holds all of it (the turn does not wait for it).",
+            " the end of a Cairn turn until Postgres holds all of it (the turn does not wait for it). Open: one"
+            f" `aget_state` with nothing cached (Cairn's checkpoint cache cleared), as after a start; {OPENS} each.",
             "",
             results_table(series),
             "",
