@@ -199,8 +199,9 @@ class SqliteBackend(LocalBackend):
             return cls(await _open_sqlite_saver(path), path, note)
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self.saver.lock, self.saver.conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        async with self.saver.lock:
+            # One trip to aiosqlite's thread (a cursor's execute, fetch and close are three).
+            return list(await self.saver.conn.execute_fetchall(sql, params))
 
     async def _execute(self, sql: str, params: Sequence[Any] = (), *, many: bool = False) -> None:
         conn = self.saver.conn

@@ -55,9 +55,25 @@ def is_environment_error(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         text = str(exc).lower()
         return any(message in text for message in _SQLITE_ENVIRONMENT_MESSAGES)
-    if isinstance(exc, ValueError) and "no active connection" in str(exc).lower():
-        return True  # aiosqlite after its worker thread stopped
+    if isinstance(exc, ValueError) and str(exc).lower() in ("no active connection", "connection closed"):
+        return True  # aiosqlite after its connection was closed or its worker thread stopped
     return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError | ConnectionError)
+
+
+# SQLSTATE classes 28 (invalid authorization: wrong password, no such role, pg_hba.conf refuses) and 3D000 (no such
+# database): the server answered, and said no to these credentials.
+_LOGIN_REJECTED_SQLSTATES = ("28", "3D000")
+_LOGIN_REJECTED_MESSAGES = ("password authentication failed", "no password supplied", "does not exist", "pg_hba.conf")
+
+
+def is_login_rejected(exc: BaseException) -> bool:
+    """True when the Postgres server refused the login: retrying soon with the same settings cannot help."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    sqlstate = exc.sqlstate or ""
+    if sqlstate.startswith(_LOGIN_REJECTED_SQLSTATES):
+        return True
+    return not sqlstate and any(m in str(exc).lower() for m in _LOGIN_REJECTED_MESSAGES)
 
 
 def is_corruption(exc: BaseException) -> bool:

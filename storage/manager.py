@@ -31,7 +31,7 @@ from storage.backends import (
     SqliteBackend,
 )
 from storage.cache import CheckpointCache
-from storage.errors import describe, is_environment_error
+from storage.errors import describe, is_environment_error, is_login_rejected
 from storage.secrets import mask_secrets, mask_url
 from storage.status import StorageStatus, TierEvent, TierName, TierStatus
 
@@ -48,6 +48,10 @@ RECONCILE_INTERVAL_SECONDS = 60.0
 # GIL in the middle of a turn: measured in bench/storage.py, that contention made a short turn 1.9x slower.
 WRITE_QUIET_SECONDS = 0.05
 WRITE_QUIET_MAX_SECONDS = 0.5
+# The server answered and refused the login (wrong password, no such user or database): that will not change by
+# itself within seconds, and a wrong password sent every few seconds fills the server's log or locks the account.
+# Retry now, or new settings, try at once.
+REJECTED_RETRY_SECONDS = 60.0
 
 
 class StorageManager:
@@ -366,10 +370,14 @@ class StorageManager:
                         self._first_attempt.set()
                         self._changed(reason)
                         return
-                    self._postgres = TierStatus("down", reason, {"retry_in": round(delay, 2)})
+                    wait = delay
+                    if is_login_rejected(exc):
+                        reason = f"{reason} (check the user, password and database in Settings)"
+                        wait = max(delay, REJECTED_RETRY_SECONDS)
+                    self._postgres = TierStatus("down", reason, {"retry_in": round(wait, 2)})
                     self._first_attempt.set()
                     self._changed(reason)
-                    await self._pause(self._retry, delay)
+                    await self._pause(self._retry, wait)
                     delay = min(delay * 2, self.retry_max_seconds)
                     continue
                 self.remote = backend

@@ -17,12 +17,15 @@ import pytest
 import qasync
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from storage import loop as loop_factory
 from storage.backends import SQLITE_FILE_NAME, SqliteBackend
 from storage.factory import Storage, postgres_target
 from storage.factory import open_storage as open_storage_from_settings
+from storage.manager import REJECTED_RETRY_SECONDS
 from storage.secrets import SecretStore
 from storage.settings import load_settings
 from storage.threaded import ThreadedSaver
@@ -326,6 +329,39 @@ async def test_wrong_password_gives_sqlite_and_never_shows_the_password(
     logged = caplog.text + "".join(str(r.args) + str(r.exc_info) for r in caplog.records)
     assert wrong not in logged
     assert PW_PASSWORD not in logged
+
+
+async def test_wrong_password_is_retried_slowly_and_says_what_to_check(
+    tmp_path: Path, pg_cluster: PgServer, open_storage: Any
+) -> None:
+    storage = await open_storage(tmp_path / "data", _password_url(pg_cluster, "wr0ng-Pa55-7f3a"))
+    postgres = storage.manager.status().tiers["postgres"]
+    assert postgres.state == "down"
+    assert "password authentication failed" in postgres.reason
+    assert "check the user, password and database in Settings" in postgres.reason
+    assert postgres.detail["retry_in"] == REJECTED_RETRY_SECONDS
+
+
+async def test_missing_database_is_retried_slowly_and_at_once_on_retry_now(
+    tmp_path: Path, pg_cluster: PgServer, open_storage: Any
+) -> None:
+    url = pg_cluster.create_database()
+    pg_cluster.drop_database(url)  # the URL now names a database the server does not have
+    storage = await open_storage(tmp_path / "data", url)
+    status = storage.manager.status()
+    assert status.active_tier == "sqlite"
+    assert "does not exist" in status.reason and "check the user, password and database" in status.reason
+    assert status.tiers["postgres"].detail["retry_in"] == REJECTED_RETRY_SECONDS
+
+    name = conninfo_to_dict(url)["dbname"]
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_cluster.url(), autocommit=True) as conn:
+            await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        storage.manager.retry_now()  # the user created it: Retry now does not wait out the minute
+        await wait_for_status(storage.manager, lambda s: s.active_tier == "postgres", timeout=5)
+    finally:
+        await storage.close()
+        pg_cluster.drop_database(url)
 
 
 @pytest.mark.parametrize(
