@@ -406,18 +406,22 @@ class MemoryBackend(LocalBackend):
         self._index: dict[str, Conversation] = {}
         self._dirty: set[str] = set()
 
-    def _touch(self, thread_id: str, checkpoint_ns: str) -> None:
+    def _touch(self, key: Key) -> None:
+        thread_id, checkpoint_ns, checkpoint_id = key
         if checkpoint_ns:
             return
         now = time.time()
-        current = self._index.get(thread_id) or Conversation(thread_id, created=now)
-        self._index[thread_id] = replace(current, updated=now)
+        made = min(now, schema.checkpoint_time(checkpoint_id) or now)
+        current = self._index.get(thread_id) or Conversation(thread_id, created=made, updated=made)
+        self._index[thread_id] = replace(
+            current, updated=max(current.updated, made), created=min(current.created, made)
+        )
 
     def record_put(self, key: Key) -> None:
         """What the SQLite triggers do, done by the caller after each write into memory."""
         self._seq += 1
         self._outbox[key] = self._seq
-        self._touch(key[0], key[1])
+        self._touch(key)
 
     async def checkpoint_keys(self, thread_id: str | None = None) -> set[Key]:
         keys: set[Key] = set()

@@ -3,7 +3,8 @@
 Two things live here for each database:
 - ``cairn_conversations``: the conversation index (title, created, updated, pinned, model, deleted tombstone).
   A trigger on LangGraph's ``checkpoints`` table creates the row of a new thread and moves ``updated`` on each new
-  root checkpoint, so a thread with checkpoints is never missing from the list, whoever wrote it.
+  root checkpoint (to the time the checkpoint was made, read from its id), so a thread with checkpoints is never
+  missing from the list, whoever wrote it, and the list is in the order of the conversations' last turns.
 - SQLite only, ``cairn_outbox``: an append-only log of the checkpoint keys written locally, filled by triggers in
   the same transaction as the write; the sync task drains it into Postgres. It survives restarts and needs
   Postgres for nothing, so the pending count is true offline too.
@@ -11,8 +12,42 @@ Two things live here for each database:
 
 from __future__ import annotations
 
+import uuid
+
 # SQLite has no clock function in seconds with a fraction before 3.42: derive it from julianday.
 _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+# A checkpoint id is a UUID version 6 made from the clock of the machine that wrote the checkpoint: its 60-bit
+# timestamp counts 100 ns since 1582-10-15, in hex digits 1-8, 10-13 and 16-18. A conversation's ``updated`` is the
+# time of its newest turn read from there, so a conversation brought down from Postgres keeps its place in the list
+# instead of rising to the top at the moment it arrived. (Clamped to now: a machine whose clock runs ahead must not
+# pin its conversations to the top.)
+_UUID6_EPOCH = 0x01B21DD213814000  # 1970-01-01 in those units
+_UUID6_TIME_DIGITS = (*range(1, 9), *range(10, 14), *range(16, 19))
+
+
+def checkpoint_time(checkpoint_id: str) -> float | None:
+    """Seconds since the epoch at which a checkpoint was made, from its id; None if the id is not a UUID v6."""
+    try:
+        value = uuid.UUID(checkpoint_id)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if value.version != 6:
+        return None
+    stamp = ((value.int >> 80) << 12) | ((value.int >> 64) & 0x0FFF)
+    return (stamp - _UUID6_EPOCH) / 1e7
+
+
+def _sqlite_checkpoint_time(checkpoint_id: str) -> str:
+    """``checkpoint_time`` in SQLite's SQL (no hex parsing there: one digit at a time), or now."""
+    digits = " + ".join(
+        f"(instr('0123456789abcdef', lower(substr({checkpoint_id}, {pos}, 1))) - 1) * {16 ** (14 - i)}"
+        for i, pos in enumerate(_UUID6_TIME_DIGITS)
+    )
+    return (
+        f"(CASE WHEN length({checkpoint_id}) = 36 AND substr({checkpoint_id}, 15, 1) = '6' "
+        f"THEN min({_SQLITE_NOW}, ({digits} - {_UUID6_EPOCH}) / 1e7) ELSE {_SQLITE_NOW} END)"
+    )
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -49,6 +84,23 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
         ON CONFLICT (thread_id) DO UPDATE SET updated = excluded.updated;
     END;
     """,
+    # 1: ``created`` and ``updated`` from the checkpoints' own times, not from when they arrived here.
+    f"""
+    DROP TRIGGER IF EXISTS cairn_touch_conversation;
+    CREATE TRIGGER cairn_touch_conversation AFTER INSERT ON checkpoints
+    WHEN NEW.checkpoint_ns = '' BEGIN
+        INSERT INTO cairn_conversations (thread_id, created, updated)
+        VALUES (NEW.thread_id, {_sqlite_checkpoint_time("NEW.checkpoint_id")},
+                {_sqlite_checkpoint_time("NEW.checkpoint_id")})
+        ON CONFLICT (thread_id) DO UPDATE SET
+            updated = max(updated, excluded.updated), created = min(created, excluded.created);
+    END;
+    UPDATE cairn_conversations SET updated = min(updated, coalesce((
+        SELECT {_sqlite_checkpoint_time("newest")} FROM (
+            SELECT max(checkpoint_id) AS newest FROM checkpoints
+            WHERE thread_id = cairn_conversations.thread_id AND checkpoint_ns = ''
+        ) WHERE newest IS NOT NULL), updated));
+    """,
 )
 
 POSTGRES_MIGRATIONS: tuple[str, ...] = (
@@ -74,6 +126,33 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER cairn_touch_conversation AFTER INSERT ON checkpoints
         FOR EACH ROW WHEN (NEW.checkpoint_ns = '') EXECUTE FUNCTION cairn_touch_conversation();
     """,
+    # 1: ``created`` and ``updated`` from the checkpoints' own times (as SQLite's migration 1).
+    f"""
+    CREATE OR REPLACE FUNCTION cairn_checkpoint_time(id text) RETURNS double precision
+    LANGUAGE sql IMMUTABLE AS $$
+        SELECT CASE WHEN id ~ '^[0-9a-fA-F]{{8}}-[0-9a-fA-F]{{4}}-6[0-9a-fA-F]{{3}}-'
+            THEN (('x' || substr(id, 1, 8) || substr(id, 10, 4) || substr(id, 16, 3))::bit(60)::bigint
+                  - {_UUID6_EPOCH}) / 1e7
+        END
+    $$;
+    CREATE OR REPLACE FUNCTION cairn_touch_conversation() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        clock double precision := extract(epoch from clock_timestamp());
+        made double precision := least(clock, coalesce(cairn_checkpoint_time(NEW.checkpoint_id), clock));
+    BEGIN
+        INSERT INTO cairn_conversations AS cur (thread_id, created, updated)
+        VALUES (NEW.thread_id, made, made)
+        ON CONFLICT (thread_id) DO UPDATE SET
+            updated = greatest(cur.updated, excluded.updated), created = least(cur.created, excluded.created);
+        RETURN NULL;
+    END $$;
+    UPDATE cairn_conversations AS cur SET updated = least(cur.updated, newest.made)
+    FROM (
+        SELECT thread_id, cairn_checkpoint_time(max(checkpoint_id)) AS made FROM checkpoints
+        WHERE checkpoint_ns = '' GROUP BY thread_id
+    ) AS newest
+    WHERE newest.thread_id = cur.thread_id AND newest.made IS NOT NULL;
+    """,
 )
 
 SQLITE_MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS cairn_migrations (v INTEGER PRIMARY KEY)"
@@ -87,12 +166,22 @@ INDEX_COLUMNS = "thread_id, title, model, created, updated, meta_changed, pinned
 # LangGraph) get their index row, so a thread with checkpoints is never missing from the list.
 SQLITE_RECONCILE_INDEX = f"""
     INSERT INTO cairn_conversations (thread_id, created, updated)
-    SELECT DISTINCT thread_id, {_SQLITE_NOW}, {_SQLITE_NOW} FROM checkpoints
-    WHERE checkpoint_ns = '' AND thread_id NOT IN (SELECT thread_id FROM cairn_conversations)
+    SELECT thread_id, {_sqlite_checkpoint_time("oldest")}, {_sqlite_checkpoint_time("newest")} FROM (
+        SELECT thread_id, min(checkpoint_id) AS oldest, max(checkpoint_id) AS newest FROM checkpoints
+        WHERE checkpoint_ns = '' AND thread_id NOT IN (SELECT thread_id FROM cairn_conversations)
+        GROUP BY thread_id
+    )
 """
 POSTGRES_RECONCILE_INDEX = """
     INSERT INTO cairn_conversations (thread_id, created, updated)
-    SELECT DISTINCT thread_id, extract(epoch from clock_timestamp()), extract(epoch from clock_timestamp())
-    FROM checkpoints WHERE checkpoint_ns = ''
+    SELECT thread_id,
+           least(extract(epoch from clock_timestamp()),
+                 coalesce(cairn_checkpoint_time(min(checkpoint_id)), extract(epoch from clock_timestamp()))),
+           least(extract(epoch from clock_timestamp()),
+                 coalesce(cairn_checkpoint_time(max(checkpoint_id)), extract(epoch from clock_timestamp())))
+    FROM checkpoints
+    WHERE checkpoint_ns = ''
+      AND NOT EXISTS (SELECT 1 FROM cairn_conversations c WHERE c.thread_id = checkpoints.thread_id)
+    GROUP BY thread_id
     ON CONFLICT (thread_id) DO NOTHING
 """

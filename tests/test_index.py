@@ -1,16 +1,23 @@
-"""The conversation index is reconciled with the checkpointer's threads at start."""
+"""The conversation index: reconciled with the checkpointer's threads at start, in the order of their last turns."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import pytest
+from langgraph.checkpoint.base.id import uuid6
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from storage.backends import SQLITE_FILE_NAME
+from storage import schema
+from storage.backends import SQLITE_FILE_NAME, SqliteBackend
+from storage.schema import checkpoint_time
 from tests.chatgraph import build_graph, messages, turn
+from tests.test_conformance import _unwritable_dir
 
 
 async def test_threads_written_before_cairn_are_listed_at_start(tmp_path: Path, open_storage: Any) -> None:
@@ -35,5 +42,75 @@ async def test_postgres_threads_written_before_cairn_get_index_rows(tmp_path: Pa
     backend = await PostgresBackend.open(PostgresTarget(url=pg_url, connect_timeout=2))
     try:
         assert [c.thread_id for c in await backend.conversations()] == ["remote-older"]
+    finally:
+        await backend.close()
+
+
+async def newest_checkpoint_time(saver: Any, thread_id: str) -> float:
+    found = await saver.aget_tuple({"configurable": {"thread_id": thread_id}})
+    made = checkpoint_time(found.checkpoint["id"])
+    assert made is not None
+    return made
+
+
+def test_checkpoint_time_reads_the_clock_of_the_machine_that_made_the_id() -> None:
+    before = time.time()
+    made = checkpoint_time(str(uuid6()))
+    assert made is not None and before - 0.01 <= made <= time.time() + 0.01
+    assert checkpoint_time(str(uuid.uuid4())) is None
+    assert checkpoint_time("not-a-checkpoint-id") is None
+
+
+@pytest.mark.parametrize("tier", ["sqlite", "memory"])
+async def test_updated_is_the_time_of_the_last_turn(tier: str, tmp_path: Path, open_storage: Any) -> None:
+    storage = await open_storage(_unwritable_dir() if tier == "memory" else tmp_path)
+    graph = build_graph(storage.saver)
+    await turn(graph, "t", "first")
+    await turn(graph, "t", "second")
+    (row,) = await storage.manager.conversations()
+    assert row.updated == pytest.approx(await newest_checkpoint_time(storage.saver, "t"), abs=1e-3)
+    assert row.created < row.updated
+
+
+async def test_conversations_from_another_machine_keep_their_order(
+    pg_url: str, open_storage: Any, tmp_path: Path
+) -> None:
+    a = await open_storage(tmp_path / "a", pg_url)
+    graph_a = build_graph(a.saver)
+    # Written in this order on A; their ids sort the other way, so arriving in id order puts them upside down.
+    await turn(graph_a, "z-older", "first conversation")
+    await turn(graph_a, "a-newer", "second conversation")
+    await a.manager.sync_now()
+    on_a = {c.thread_id: c for c in await a.manager.conversations()}
+    assert list(on_a) == ["a-newer", "z-older"]
+
+    b = await open_storage(tmp_path / "b", pg_url)
+    await b.manager.sync_now()
+    on_b = {c.thread_id: c for c in await b.manager.conversations()}
+    assert list(on_b) == ["a-newer", "z-older"]
+    for thread_id, row in on_b.items():
+        assert row.updated == pytest.approx(on_a[thread_id].updated, abs=1e-3)
+        assert row.created == pytest.approx(on_a[thread_id].created, abs=1e-3)
+
+
+async def test_a_database_from_before_this_version_gets_the_turn_times(tmp_path: Path) -> None:
+    # Migration 0 only: ``updated`` was the time a checkpoint arrived.
+    path = tmp_path / SQLITE_FILE_NAME
+    async with aiosqlite.connect(path) as conn:
+        saver = AsyncSqliteSaver(conn)
+        await saver.setup()
+        await conn.execute(schema.SQLITE_MIGRATIONS_TABLE)
+        await conn.executescript(schema.SQLITE_MIGRATIONS[0])
+        await conn.execute("INSERT INTO cairn_migrations (v) VALUES (0)")
+        await conn.commit()
+        await turn(build_graph(saver), "t", "before the upgrade")
+        made = await newest_checkpoint_time(saver, "t")
+        await conn.execute("UPDATE cairn_conversations SET updated = updated + 3600")  # "arrived" an hour later
+        await conn.commit()
+
+    backend = await SqliteBackend.open(tmp_path)
+    try:
+        (row,) = await backend.conversations()
+        assert row.updated == pytest.approx(made, abs=1e-3)
     finally:
         await backend.close()
