@@ -113,16 +113,18 @@ class _Entry:
     read_writes: list[PendingWrite] = field(default_factory=list)
     """The pending writes as read, when ``writes`` is None."""
 
+    def _ordered(self) -> list[_Write]:
+        """In the order the tiers give them (and live execution applied them)."""
+        assert self.writes is not None
+        return sorted(self.writes.values(), key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
+
     def pending_writes(self) -> list[PendingWrite]:
         if self.writes is None:
             return [(task_id, channel, own(value)) for task_id, channel, value in self.read_writes]
-        ordered = sorted(self.writes.values(), key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
-        return [(w.task_id, w.channel, own(w.value)) for w in ordered]
+        return [(w.task_id, w.channel, own(w.value)) for w in self._ordered()]
 
     def channel_writes(self, channel: str) -> list[PendingWrite]:
-        assert self.writes is not None
-        ordered = sorted(self.writes.values(), key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
-        return [(w.task_id, channel, w.value) for w in ordered if w.channel == channel]
+        return [(w.task_id, channel, w.value) for w in self._ordered() if w.channel == channel]
 
 
 @dataclass(eq=False)
