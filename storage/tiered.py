@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -30,6 +30,8 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from storage.backends import Backend, MemoryBackend, SqliteBackend
 from storage.cache import MISS, CheckpointCache, as_stored, stored_checkpoint
 from storage.manager import StorageManager
+
+T = TypeVar("T")
 
 
 def check_thread_id(thread_id: object) -> str:
@@ -196,23 +198,37 @@ class TieredSaver(BaseCheckpointSaver[str]):
             tried.append(backend)
             yield backend
 
-    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        thread_id = _thread_of(config)
-        wanted = get_checkpoint_id(config)
-        cache = await self.manager.cached(thread_id, latest=wanted is None)
-        if cache is not None:
-            hit = cache.get_tuple(config)
-            if hit is not MISS:
-                return hit  # type: ignore[return-value]
-            token = cache.token()
-        found = await self._read_tuple(thread_id, config, wanted)
-        if cache is not None:
-            cache.remember_tuple(token, config, found)
+    async def _cached_read(
+        self,
+        config: RunnableConfig,
+        ask: Callable[[CheckpointCache], Any],
+        read: Callable[[], Awaitable[T]],
+        remember: Callable[[CheckpointCache, int, T], None],
+    ) -> T:
+        """``read`` from the tiers, unless the cache can answer (``ask``); what was read is ``remember``ed."""
+        cache = await self.manager.cached(_thread_of(config), latest=get_checkpoint_id(config) is None)
+        if cache is None:
+            return await read()
+        hit = ask(cache)
+        if hit is not MISS:
+            return hit  # type: ignore[no-any-return]
+        token = cache.token()
+        found = await read()
+        remember(cache, token, found)
         return found
 
-    async def _read_tuple(self, thread_id: str, config: RunnableConfig, wanted: str | None) -> CheckpointTuple | None:
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._cached_read(
+            config,
+            lambda cache: cache.get_tuple(config),
+            lambda: self._read_tuple(config),
+            lambda cache, token, found: cache.remember_tuple(token, config, found),
+        )
+
+    async def _read_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        wanted = get_checkpoint_id(config)
         best: CheckpointTuple | None = None
-        for backend in self._targets(thread_id):
+        for backend in self._targets(_thread_of(config)):
             found = await self.manager.read(backend, lambda b: b.saver.aget_tuple(config))
             if found is None:
                 continue
@@ -252,22 +268,17 @@ class TieredSaver(BaseCheckpointSaver[str]):
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
-        thread_id = _thread_of(config)
-        cache = await self.manager.cached(thread_id, latest=get_checkpoint_id(config) is None)
-        if cache is not None:
-            hit = cache.delta_history(config, channels)
-            if hit is not MISS:
-                return hit  # type: ignore[return-value]
-            token = cache.token()
-        found = await self._read_delta_history(thread_id, config, channels)
-        if cache is not None:
-            cache.remember_history(token, config, found)
-        return found
+        return await self._cached_read(
+            config,
+            lambda cache: cache.delta_history(config, channels),
+            lambda: self._read_delta_history(config, channels),
+            lambda cache, token, found: cache.remember_history(token, config, found),
+        )
 
     async def _read_delta_history(
-        self, thread_id: str, config: RunnableConfig, channels: Sequence[str]
+        self, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
-        targets = self.manager.read_targets(thread_id)
+        targets = self.manager.read_targets(_thread_of(config))
         if len(targets) == 1:
             result = await self.manager.read(
                 targets[0], lambda b: b.saver.aget_delta_channel_history(config=config, channels=channels)
