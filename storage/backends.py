@@ -332,11 +332,13 @@ class SqliteBackend(LocalBackend):
         return changed
 
     async def search_messages(self, text: str) -> set[str]:
-        # msgpack keeps strings as UTF-8 bytes; lower() folds ASCII case, which covers most searches.
+        if text.isascii():
+            # SQLite's lower() folds ASCII only, in C: all an ASCII needle needs, three times faster than a function.
+            where, needle = "instr(lower(CAST(value AS TEXT)), lower(?)) > 0", text
+        else:
+            where, needle = f"{FOLDED_CONTAINS}(value, ?)", text.casefold()
         rows = await self._fetch(
-            "SELECT DISTINCT thread_id FROM writes WHERE channel = 'messages' "
-            "AND instr(lower(CAST(value AS TEXT)), lower(?)) > 0",
-            (text,),
+            f"SELECT DISTINCT thread_id FROM writes WHERE channel = 'messages' AND {where}", (needle,)
         )
         return {r[0] for r in rows}
 
@@ -349,9 +351,25 @@ class SqliteBackend(LocalBackend):
             await self.saver.conn.close()
 
 
+FOLDED_CONTAINS = "cairn_folded_contains"
+
+
+def folded_contains(serialized: bytes | None, needle: str) -> bool:
+    """Whether serialized messages hold ``needle`` (casefolded), in any case: msgpack keeps strings as UTF-8."""
+    return serialized is not None and needle in bytes(serialized).decode("utf-8", "ignore").casefold()
+
+
+def _escape_bytea(data: bytes) -> str:
+    """``data`` as Postgres's ``encode(data, 'escape')`` writes it."""
+    return "".join(
+        f"\\{b:03o}" if b == 0 or b >= 0x80 else ("\\\\" if b == 0x5C else chr(b)) for b in data
+    )
+
+
 async def _open_sqlite_saver(path: Path) -> AsyncSqliteSaver:
     conn = await aiosqlite.connect(path, timeout=10)
     try:
+        await conn.create_function(FOLDED_CONTAINS, 2, folded_contains, deterministic=True)
         saver = AsyncSqliteSaver(conn)
         await saver.setup()
         async with saver.lock:
@@ -494,12 +512,12 @@ class MemoryBackend(LocalBackend):
         return changed
 
     async def search_messages(self, text: str) -> set[str]:
-        needle = text.lower().encode()
+        needle = text.casefold()
         return {
             key[0]
             for key, writes in list(self.saver.writes.items())
             for w in writes.values()
-            if w[1] == "messages" and needle in bytes(w[2][1]).lower()
+            if w[1] == "messages" and folded_contains(w[2][1], needle)
         }
 
     async def delete_thread(self, thread_id: str) -> None:
@@ -686,10 +704,16 @@ class PostgresBackend(Backend):
         )
 
     async def search_messages(self, text: str) -> set[str]:
+        if text.isascii():
+            # In encode(.., 'escape') every ASCII byte but NUL and the backslash stands for itself: lower() folds it.
+            where, params = "position(lower(%s) in lower(encode(blob, 'escape'))) > 0", [_escape_bytea(text.encode())]
+        else:
+            # Postgres cannot fold the case of bytes that are not text: look for the ways a word is usually written.
+            variants = sorted({text, text.casefold(), text.lower(), text.upper(), text.capitalize(), text.title()})
+            where = "(" + " OR ".join(["position(%s::bytea in blob) > 0"] * len(variants)) + ")"
+            params = [v.encode() for v in variants]
         rows = await self._fetch(
-            "SELECT DISTINCT thread_id FROM checkpoint_writes WHERE channel = 'messages' "
-            "AND position(%s::bytea in blob) > 0",
-            (text.encode(),),
+            f"SELECT DISTINCT thread_id FROM checkpoint_writes WHERE channel = 'messages' AND {where}", params
         )
         return {r["thread_id"] for r in rows}
 

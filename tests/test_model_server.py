@@ -66,6 +66,8 @@ async def test_astream_yields_the_scripted_tokens_in_order(server: ModelServer) 
     assert request.stream is True
     assert request.model == "test-model"
     assert request.messages[-1] == {"role": "user", "content": "hello there  world"}
+    # The server notes the end after the last bytes went out, which the client may have read already.
+    await server.wait_for_event_async("done")
     assert [e.kind for e in server.events][-1] == "done"
     assert server.tokens_sent == 4
 
