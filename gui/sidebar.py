@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Protocol
 
 from PySide6.QtCore import QPoint, Qt, QTimer, Signal
@@ -137,6 +137,7 @@ class Sidebar(QWidget):
         self._deferred: tuple[list[ConversationLike], bool] | None = None
         self._renamed: dict[str, tuple[str, float]] = {}
         self._rows: list[_Row] = []  # what the list shows, in order
+        self._made: dict[str, tuple[tuple[object, ...], _Row]] = {}  # thread -> (what its row was made from, row)
         self._by_thread: dict[str, QListWidgetItem] = {}
         self._selected: str | None = None
         self.list.itemDelegate().closeEditor.connect(lambda *_args: QTimer.singleShot(0, self._apply_deferred))
@@ -152,7 +153,7 @@ class Sidebar(QWidget):
             self._deferred = (list(conversations), searching)
             return
         self._deferred = None
-        rows = [self._row(c) for c in conversations]
+        rows = self._rows_for(conversations)
         if [(r.thread_id, r.pinned) for r in rows] == [(r.thread_id, r.pinned) for r in self._rows]:
             # The same conversations in the same order (a refresh after a reply, a rename, a tier change): only
             # what changed is updated. Rebuilding 1,000 items took the loop away for about 20 ms every time.
@@ -172,6 +173,23 @@ class Sidebar(QWidget):
         empty = not conversations
         self.empty_label.setText("No conversation matches." if searching else "No conversations yet.")
         self.empty_label.setVisible(empty)
+
+    def _rows_for(self, conversations: Sequence[ConversationLike]) -> list[_Row]:
+        """A row per conversation, made again only where what it shows changed: formatting the dates of 1,000
+        conversations took the loop away for 15-40 ms at every refresh (two per reply)."""
+        today = date.today()  # the same time reads "today 14:02" or "2026-11-30 14:02" depending on the day
+        made, self._made = self._made, {}
+        rows = []
+        for conversation in conversations:
+            key = (conversation.title, conversation.updated, conversation.pinned, today)
+            known = made.get(conversation.thread_id)
+            if known is not None and known[0] == key and conversation.thread_id not in self._renamed:
+                row = known[1]
+            else:
+                row = self._row(conversation)
+            self._made[conversation.thread_id] = (key, row)
+            rows.append(row)
+        return rows
 
     def _row(self, conversation: ConversationLike) -> _Row:
         title = self._title(conversation)

@@ -212,6 +212,10 @@ def test_a_list_refresh_with_the_same_conversations_updates_items_in_place(qtbot
     assert [sidebar.item_for(r.thread_id) for r in rows] == items  # the same items: nothing was rebuilt
     assert sidebar.titles()[3] == "Renamed"
     assert "Renamed" in items[3].toolTip()
+    tooltip = items[4].toolTip()
+    rows[4] = Conversation("t4", rows[4].title, updated=2_000_000_000.0)  # a new turn, in 2033
+    sidebar.set_conversations(rows)
+    assert items[4].toolTip() != tooltip and "2033-" in items[4].toolTip()
 
     moved = [rows[5], *rows[:5], *rows[6:]]
     sidebar.set_conversations(moved)
