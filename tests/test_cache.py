@@ -27,7 +27,7 @@ from storage.cache import MISS
 from storage.manager import StorageManager
 from tests.chatgraph import REPLY_FILLER as FILLER
 from tests.chatgraph import build_graph, config, messages, turn
-from tests.test_conformance import _unwritable_dir
+from tests.places import unwritable_dir
 
 
 class State(TypedDict):
@@ -102,7 +102,7 @@ async def same_state_as_tier(graph: Any, manager: StorageManager, thread_id: str
 
 
 async def open_tier(open_storage: Any, tier: str, pg_url: str | None) -> Any:
-    data_dir = _unwritable_dir() if tier == "memory" else Path(tempfile.mkdtemp())
+    data_dir = unwritable_dir() if tier == "memory" else Path(tempfile.mkdtemp())
     storage = await open_storage(data_dir, pg_url if tier == "sqlite+postgres" else None)
     assert storage.manager.status().active_tier == ("postgres" if tier == "sqlite+postgres" else tier)
     return storage

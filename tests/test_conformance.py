@@ -21,15 +21,9 @@ from storage.backends import PostgresTarget
 from storage.manager import StorageManager
 from storage.threaded import ThreadedSaver
 from storage.tiered import TieredSaver
+from tests.places import unwritable_dir
 
 KWARGS = {"autocommit": True, "prepare_threshold": None, "row_factory": dict_row}
-
-
-def _unwritable_dir() -> Path:
-    # A path under a regular file: no process, root included, can create a directory there.
-    blocker = Path(tempfile.mkdtemp()) / "not-a-directory"
-    blocker.write_text("")
-    return blocker / "data"
 
 
 async def _tiered(
@@ -54,11 +48,11 @@ def _variants(pg_cluster: Any) -> dict[str, Callable[[], Any]]:
             yield saver
 
     async def tiered_postgres_direct() -> AsyncIterator[Any]:
-        async for saver in _tiered(_unwritable_dir(), fresh_db(), "postgres"):
+        async for saver in _tiered(unwritable_dir(), fresh_db(), "postgres"):
             yield saver
 
     async def tiered_postgres_sync() -> AsyncIterator[Any]:
-        async for saver in _tiered(_unwritable_dir(), fresh_db(), "postgres", prefer_async=False):
+        async for saver in _tiered(unwritable_dir(), fresh_db(), "postgres", prefer_async=False):
             yield saver
 
     async def tiered_sqlite() -> AsyncIterator[Any]:
@@ -66,7 +60,7 @@ def _variants(pg_cluster: Any) -> dict[str, Callable[[], Any]]:
             yield saver
 
     async def tiered_memory() -> AsyncIterator[Any]:
-        async for saver in _tiered(_unwritable_dir(), None, "memory"):
+        async for saver in _tiered(unwritable_dir(), None, "memory"):
             yield saver
 
     async def raw_sqlite() -> AsyncIterator[Any]:

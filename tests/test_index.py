@@ -17,7 +17,7 @@ from storage import schema
 from storage.backends import SQLITE_FILE_NAME, SqliteBackend
 from storage.schema import checkpoint_time
 from tests.chatgraph import build_graph, messages, turn
-from tests.test_conformance import _unwritable_dir
+from tests.places import unwritable_dir
 
 
 async def test_threads_written_before_cairn_are_listed_at_start(tmp_path: Path, open_storage: Any) -> None:
@@ -63,7 +63,7 @@ def test_checkpoint_time_reads_the_clock_of_the_machine_that_made_the_id() -> No
 
 @pytest.mark.parametrize("tier", ["sqlite", "memory"])
 async def test_updated_is_the_time_of_the_last_turn(tier: str, tmp_path: Path, open_storage: Any) -> None:
-    storage = await open_storage(_unwritable_dir() if tier == "memory" else tmp_path)
+    storage = await open_storage(unwritable_dir() if tier == "memory" else tmp_path)
     graph = build_graph(storage.saver)
     await turn(graph, "t", "first")
     await turn(graph, "t", "second")

@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 
 from storage.factory import Storage
 from tests.chatgraph import build_graph, config, messages, turn
+from tests.places import unwritable_dir
 from tests.waiting import eventually
 
 NUL = "NUL\x00in\x00the\x00middle\x00"
@@ -44,12 +45,6 @@ def one_megabyte() -> str:
 
 
 ODD = [NUL, EMOJI, RTL, CONTROL, one_megabyte(), "\x00", "plain after all that"]
-
-
-def unwritable_dir(tmp_path: Path) -> Path:
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("")
-    return blocker / "data"
 
 
 def new_thread() -> str:

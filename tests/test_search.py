@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.chatgraph import build_graph, turn
-from tests.test_conformance import _unwritable_dir
+from tests.places import unwritable_dir
 
 SAID = {
     "lisbon": "Planning a trip to Lisbon",
@@ -26,9 +26,9 @@ SAID = {
 @pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def manager(request: pytest.FixtureRequest, open_storage: Any) -> Any:
     if request.param == "postgres":  # written straight to Postgres: the data dir cannot be used
-        storage = await open_storage(_unwritable_dir(), request.getfixturevalue("pg_url"))
+        storage = await open_storage(unwritable_dir(), request.getfixturevalue("pg_url"))
     else:
-        storage = await open_storage(_unwritable_dir() if request.param == "memory" else Path(tempfile.mkdtemp()))
+        storage = await open_storage(unwritable_dir() if request.param == "memory" else Path(tempfile.mkdtemp()))
     assert storage.manager.status().active_tier == request.param
     graph = build_graph(storage.saver)
     for thread_id, text in SAID.items():

@@ -33,16 +33,10 @@ from tests.chatgraph import build_graph, config, messages, turn
 from tests.keyring_backend import MemoryKeyring
 from tests.netproxy import TcpProxy
 from tests.pgcluster import PW_PASSWORD, PW_USER, PgServer
+from tests.places import unwritable_dir
 from tests.waiting import eventually, wait_for_status
 
 CORRUPT_NAME = re.compile(re.escape(SQLITE_FILE_NAME) + r"\.corrupt-\d{8}T\d{6}Z(?:-\d+)?$")
-
-
-def unwritable_dir(tmp_path: Path) -> Path:
-    """A data dir nobody can create, root included: a path under a regular file."""
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("")
-    return blocker / "data"
 
 
 def closed_port() -> int:
