@@ -738,7 +738,7 @@ def _list(values: Sequence[float], digits: int = 0) -> str:
 def report(app: AppResults, processes: Sequence[ProcessRun], *, seconds: float, postgres: str, load: tuple) -> str:
     first_tokens = "; ".join(f"{kind}: {_list([s.first_token_ms for s in sends])}" for kind, sends in app.sends.items())
     startup = {}
-    for key in ("settings", "storage", "window", "first paint", "ready"):
+    for key in ("settings", "secrets", "window", "first paint", "storage", "chat engine", "ready"):
         values = [p.timings[key] for p in processes if key in p.timings]
         if values:
             startup[key] = statistics.median(values)

@@ -1,9 +1,11 @@
 """Start and stop the Cairn window: an explicit, ordered sequence with a log line per step.
 
 1. settings (non-strict: problems are shown, never fatal)   2. secrets (the OS keyring, or memory)
-3. storage (SQLite at once; Postgres connects in the background)   4. the window with the conversation list
-5. after the first paint: the chat engine (LangGraph and langchain-openai take ~2 s to import, so they are imported
-   on a worker thread while the window is already usable), then the conversation service.
+3. the window, with the conversation list read straight from the SQLite file (``storage.index``), painted
+4. storage (its savers and psycopg take about a second to import, on a worker thread; SQLite opens at once,
+   Postgres connects in the background), which refreshes the list and the badge
+5. the chat engine (LangGraph and langchain-openai take ~2 s to import, so they are imported on a worker thread
+   while the window is already usable), then the conversation service.
 
 Shutdown hangs off one signal, ``QCoreApplication.aboutToQuit``: the window's state is saved and every streaming reply
 is stopped (its partial text is kept); once the Qt loop has returned, ``CairnApp.shutdown`` waits for those replies
@@ -95,21 +97,17 @@ class CairnApp(QObject):
         secrets = self.secrets if self.secrets is not None else SecretStore()
         self.secrets = secrets
 
-        self._step(3, "storage")
-        from storage.factory import open_storage
-
-        self.storage = await open_storage(settings, secrets)
-
-        self._step(4, "window")
+        self._step(3, "window")
         from gui.main_window import MainWindow
+        from storage.index import read_index
 
         state = QSettings(str(settings.config_dir / STATE_FILE_NAME), QSettings.Format.IniFormat)
         window = MainWindow(settings, secrets, state)
         self.window = window
         window.settingsApplied.connect(self._on_settings_applied)
         last_thread = window.restore_state()
-        window.attach_storage(self.storage)
-        await window.refresh_list()
+        # The list straight from the file: the storage stack takes about a second to import, the window not.
+        window.show_index(await read_index(settings.data_dir))
         if last_thread and last_thread in window.sidebar.thread_ids():
             window.open_conversation(last_thread)  # its messages appear once the chat engine is loaded
         else:
@@ -121,6 +119,15 @@ class CairnApp(QObject):
         window.show_problems(list(settings.problems))
         if secrets.warning:
             window.show_status(secrets.warning, 15_000)
+
+        self._step(4, "storage")
+        # Imported on a worker thread, as the chat engine below: the window answers meanwhile.
+        await asyncio.to_thread(importlib.import_module, "storage.factory")
+        from storage.factory import open_storage
+
+        self.storage = await open_storage(settings, secrets)
+        window.attach_storage(self.storage)
+        await window.refresh_list()
 
         self._step(5, "chat engine")
         await asyncio.to_thread(_load_chat_engine)  # on a worker thread: the window stays responsive meanwhile
@@ -187,6 +194,7 @@ class CairnApp(QObject):
         self.window.set_settings(settings)
         if _storage_key(old, self.secrets) == _storage_key(settings, self.secrets):
             return
+        await self.ready.wait()  # applied in the first seconds: the storage being opened is the one to replace
         await self.reopen_storage(settings)
 
     async def reopen_storage(self, settings: Settings) -> None:

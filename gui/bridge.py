@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import shiboken6
 from PySide6.QtCore import QObject, Qt, QThread, Signal
 
-from storage.manager import StorageManager
 from storage.status import StorageStatus, TierEvent
+
+if TYPE_CHECKING:  # the window is built before the storage stack is imported
+    from storage.manager import StorageManager
 
 
 class _Subscription:

@@ -379,6 +379,12 @@ class MainWindow(QMainWindow):
         if not self._list_timer.isActive() or delay_ms < self._list_timer.remainingTime():
             self._list_timer.start(delay_ms)
 
+    def show_index(self, conversations: list[Any]) -> None:
+        """The list as the local file has it, shown before storage is open; ``attach_storage`` refreshes it."""
+        if self.storage is None:
+            self._learn_models(conversations, self._list_generation)
+            self.sidebar.set_conversations(conversations)
+
     async def refresh_list(self) -> None:
         self._list_generation += 1
         generation = self._list_generation

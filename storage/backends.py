@@ -33,7 +33,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from storage import schema
+from storage.conversations import Conversation, merge_conversations, row_to_conversation
 from storage.errors import describe, is_corruption
+from storage.schema import SQLITE_FILE_NAME
 from storage.secrets import mask_secrets
 from storage.threaded import ThreadedSaver
 
@@ -44,57 +46,6 @@ Key = tuple[str, str, str]
 WriteKey = tuple[str, str, str, str, int]
 """(thread_id, checkpoint_ns, checkpoint_id, task_id, idx): how every saver keys a pending write."""
 
-SQLITE_FILE_NAME = "cairn.sqlite"
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """One row of the conversation index."""
-
-    thread_id: str
-    title: str = ""
-    model: str = ""
-    created: float = 0.0
-    updated: float = 0.0
-    meta_changed: float = 0.0
-    pinned: bool = False
-    deleted: bool = False
-
-    def __post_init__(self) -> None:
-        # Every way a row is made (a rename on any tier, a merge, a sync) passes here, so every tier agrees.
-        # Postgres text cannot hold NUL: a NUL in a thread id is refused (a changed id would be another
-        # conversation); in a title or model name it is dropped, so a pasted title cannot stop the sync.
-        if not isinstance(self.thread_id, str) or not self.thread_id:
-            raise ValueError(f"thread_id must be a non-empty string, got {self.thread_id!r}")
-        if "\x00" in self.thread_id:
-            raise ValueError("thread_id must not contain NUL characters")
-        for name in ("title", "model"):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise ValueError(f"{name} must be a string, got {type(value).__name__}")
-            if "\x00" in value:
-                object.__setattr__(self, name, value.replace("\x00", ""))
-
-
-def _conversation(row: Sequence[Any]) -> Conversation:
-    thread_id, title, model, created, updated, meta_changed, pinned, deleted = row
-    return Conversation(
-        thread_id, title, model, float(created), float(updated), float(meta_changed), bool(pinned), bool(deleted)
-    )
-
-
-def merge_conversations(mine: Conversation | None, theirs: Conversation) -> Conversation:
-    """The merge both databases apply: newest metadata wins, a deletion is forever, times widen."""
-    if mine is None:
-        return theirs
-    newer = theirs if theirs.meta_changed > mine.meta_changed else mine
-    return replace(
-        newer,
-        created=min(mine.created, theirs.created) if mine.created and theirs.created else mine.created,
-        updated=max(mine.updated, theirs.updated),
-        meta_changed=max(mine.meta_changed, theirs.meta_changed),
-        deleted=mine.deleted or theirs.deleted,
-    )
 
 
 class Backend(ABC):
@@ -234,7 +185,7 @@ class SqliteBackend(LocalBackend):
 
     async def conversations(self) -> list[Conversation]:
         rows = await self._fetch(f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations")
-        return [_conversation(r) for r in rows]
+        return [row_to_conversation(r) for r in rows]
 
     async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
         if not rows:
@@ -306,7 +257,7 @@ class SqliteBackend(LocalBackend):
 
     async def dirty_conversations(self) -> list[Conversation]:
         rows = await self._fetch(f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations WHERE dirty = 1")
-        return [_conversation(r) for r in rows]
+        return [row_to_conversation(r) for r in rows]
 
     async def mark_clean(self, conversation: Conversation) -> None:
         await self._execute(
@@ -319,7 +270,7 @@ class SqliteBackend(LocalBackend):
             f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations WHERE thread_id = ?", (thread_id,)
         )
         now = time.time()
-        current = _conversation(rows[0]) if rows else Conversation(thread_id, created=now, updated=now)
+        current = row_to_conversation(rows[0]) if rows else Conversation(thread_id, created=now, updated=now)
         changed = replace(current, **changes, meta_changed=max(now, current.meta_changed + 1e-6))
         c = changed
         await self._execute(
@@ -683,7 +634,7 @@ class PostgresBackend(Backend):
 
     async def conversations(self) -> list[Conversation]:
         rows = await self._fetch(f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations")
-        return [_conversation(tuple(r.values())) for r in rows]
+        return [row_to_conversation(tuple(r.values())) for r in rows]
 
     async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
         if not rows:

@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from storage.factory import open_storage
 from storage.secrets import SecretStore
 from storage.settings import Settings
 from storage.status import StorageStatus
@@ -26,6 +25,8 @@ async def diagnose(settings: Settings, secrets: SecretStore, *, started: float |
     if started is not None:
         left = settings.connect_timeout - (time.monotonic() - started)
         settings = replace(settings, connect_timeout=max(MIN_ATTEMPT_SECONDS, left))
+    from storage.factory import open_storage  # here: the storage dialog shows these reports without the stack
+
     storage = await open_storage(settings, secrets, wait_for_postgres=True)
     try:
         await storage.manager.refresh_pending()

@@ -31,6 +31,7 @@ from storage.backends import (
     SqliteBackend,
 )
 from storage.cache import CheckpointCache
+from storage.conversations import listed
 from storage.errors import describe, is_environment_error, is_login_rejected
 from storage.secrets import mask_secrets, mask_url
 from storage.status import StorageStatus, TierEvent, TierName, TierStatus
@@ -227,8 +228,7 @@ class StorageManager:
         if self.memory is not self.write_target():
             for row in await self.memory.conversations():
                 rows[row.thread_id] = sync_merge(rows[row.thread_id], row) if row.thread_id in rows else row
-        alive = [r for r in rows.values() if not r.deleted]
-        return sorted(alive, key=lambda r: (not r.pinned, -r.updated))
+        return listed(rows.values())
 
     async def search_messages(self, text: str) -> set[str]:
         """Threads with a message containing ``text``, in every tier that holds conversations now."""

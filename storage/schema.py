@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import uuid
 
+SQLITE_FILE_NAME = "cairn.sqlite"
+"""The local database, in the data folder."""
+
 # SQLite has no clock function in seconds with a fraction before 3.42: derive it from julianday.
 _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 

@@ -15,6 +15,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from storage import schema
 from storage.backends import SQLITE_FILE_NAME, SqliteBackend
+from storage.index import read_index
 from storage.schema import checkpoint_time
 from tests.chatgraph import build_graph, messages, turn
 from tests.places import unwritable_dir
@@ -114,3 +115,24 @@ async def test_a_database_from_before_this_version_gets_the_turn_times(tmp_path:
         assert row.updated == pytest.approx(made, abs=1e-3)
     finally:
         await backend.close()
+
+
+async def test_the_list_is_read_from_the_file_before_the_storage_stack(tmp_path: Path, open_storage: Any) -> None:
+    assert await read_index(tmp_path) == []  # no file yet
+    storage = await open_storage(tmp_path)
+    graph = build_graph(storage.saver)
+    for thread_id in ("older", "newer", "gone"):
+        await turn(graph, thread_id, f"{thread_id} conversation")
+    await storage.manager.update_conversation("older", title="Pinned and older", pinned=True)
+    await storage.saver.adelete_thread("gone")
+    expected = await storage.manager.conversations()
+    assert [c.thread_id for c in expected] == ["older", "newer"]
+    assert await read_index(tmp_path) == expected  # while the stack has the file open, too
+    await storage.close()
+    assert await read_index(tmp_path) == expected
+
+
+async def test_an_unreadable_file_lists_nothing_and_raises_nothing(tmp_path: Path) -> None:
+    (tmp_path / SQLITE_FILE_NAME).write_bytes(b"this is not a database" * 100)
+    assert await read_index(tmp_path) == []
+    assert await read_index(None) == []
