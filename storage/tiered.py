@@ -111,7 +111,7 @@ class TieredSaver(BaseCheckpointSaver[str]):
             self._cache_put(backend, thread_id, lambda cache: cache.put(config, checkpoint, metadata))
             return result
 
-        return await self.manager.write(thread_id, put)
+        return await self._write(thread_id, put)
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
@@ -130,7 +130,16 @@ class TieredSaver(BaseCheckpointSaver[str]):
             await self._catch_up(backend, thread_id)
             self._cache_put(backend, thread_id, lambda cache: cache.put_writes(config, writes, task_id, task_path))
 
-        await self.manager.write(thread_id, put_writes)
+        await self._write(thread_id, put_writes)
+
+    async def _write(self, thread_id: str, op: Callable[[Backend], Awaitable[T]]) -> T:
+        try:
+            return await self.manager.write(thread_id, op)
+        except BaseException:
+            # Cancelled (Stop) or failed on the way: the tier may have stored the write all the same (aiosqlite
+            # finishes a statement it has started), so what the cache knows of the thread may be short of it.
+            self.manager.cache.forget(thread_id)
+            raise
 
     def _cache_put(self, backend: Backend, thread_id: str, put: Callable[[CheckpointCache], None]) -> None:
         """Tell the cache what SQLite took. A thread written to another tier is read from the tiers from now on

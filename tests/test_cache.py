@@ -6,6 +6,8 @@ never touches, and compares it with what the cache answers for the same question
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -251,3 +253,29 @@ async def test_many_conversations_beyond_the_cache_stay_right(open_storage: Any,
             f"{thread_id} round 0",
             f"{thread_id} round 1",
         ]
+
+
+async def test_a_write_cancelled_after_it_was_stored_is_not_hidden(open_storage: Any, tmp_path: Path) -> None:
+    # Stop pressed while SQLite stores a checkpoint: aiosqlite finishes the statement, the caller sees the cancel.
+    storage = await open_storage(tmp_path)
+    graph = build_graph(storage.saver)
+    await turn(graph, "t", "first")
+    assert len(await messages(graph, "t")) == 2  # the cache knows the thread now
+    sqlite_saver = storage.manager.sqlite.saver
+    stored_then_cancelled = sqlite_saver.aput
+
+    async def aput(*args: Any, **kwargs: Any) -> Any:
+        await stored_then_cancelled(*args, **kwargs)
+        raise asyncio.CancelledError
+
+    sqlite_saver.aput = aput  # type: ignore[method-assign]
+    try:
+        with contextlib.suppress(asyncio.CancelledError):  # LangGraph may or may not pass the cancel on
+            await turn(graph, "t", "second, stopped at once")
+    finally:
+        del sqlite_saver.aput
+    newest = await sqlite_saver.aget_tuple(config("t"))
+    shown = await storage.saver.aget_tuple(config("t"))
+    assert shown is not None and newest is not None
+    assert shown.checkpoint["id"] == newest.checkpoint["id"]
+    assert await cache_agrees_with_tier(storage.manager, "t") > 0
