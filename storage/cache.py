@@ -230,11 +230,8 @@ class CheckpointCache:
         if ns in thread.latest:
             newest = thread.latest[ns]
             thread.latest[ns] = cid if newest is None or cid > newest else newest
-        try:
-            stored_metadata = json.dumps(get_checkpoint_metadata(config, metadata), ensure_ascii=False)
-        except (TypeError, ValueError):  # the memory tier stores what JSON cannot: leave it to the tier
-            thread.entries.pop(slot, None)
-            return
+        # As the SQLite saver stores it (which has just done the same without an error).
+        stored_metadata = json.dumps(get_checkpoint_metadata(config, metadata), ensure_ascii=False)
         old = thread.entries.get(slot)
         if old is not None:
             thread.anchors.clear()  # put again, with another parent or other values: no history through it holds
@@ -294,7 +291,7 @@ class CheckpointCache:
         if cid is None:
             self.hits += 1
             return None  # known: the thread has no checkpoint here
-        entry = thread.entries.get((ns, cid)) if thread is not None and isinstance(cid, str) else None
+        entry = thread.entries.get((ns, cid)) if isinstance(cid, str) and thread is not None else None
         if entry is None:
             self.misses += 1
             return MISS
@@ -333,10 +330,7 @@ class CheckpointCache:
             thread.latest[ns] = cid
         if (ns, cid) in thread.entries:
             return
-        try:
-            metadata = json.dumps(found.metadata, ensure_ascii=False)
-        except (TypeError, ValueError):
-            return
+        metadata = json.dumps(found.metadata, ensure_ascii=False)  # the SQLite saver's own json.loads of it
         parent_id = found.parent_config["configurable"].get("checkpoint_id") if found.parent_config else None
         pending = [(task_id, channel, own(value)) for task_id, channel, value in found.pending_writes or ()]
         entry = _Entry(own_checkpoint(found.checkpoint), metadata, parent_id, None if pending else {}, pending)
