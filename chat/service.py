@@ -51,6 +51,9 @@ class ConversationView:
     messages: list[ChatMessage]
     awaiting_reply: bool
     """The last user message has no reply (the model call failed or was stopped before any token): offer Retry."""
+    other_branches: int = 0
+    """Other versions of the conversation, kept and not shown: an edit or a regenerate, or turns taken on two
+    devices at once while they could not reach each other."""
 
 
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
@@ -188,7 +191,9 @@ class ConversationService:
         ]
         conversation = await self.conversation(thread_id)
         awaiting = bool(messages) and messages[-1].role == "user"
-        return ConversationView(thread_id, conversation.title if conversation else "", messages, awaiting)
+        shown = state.config.get("configurable", {}).get("checkpoint_id") if state.config else None
+        others = len((await self.manager.leaves(thread_id)) - {shown}) if shown else 0
+        return ConversationView(thread_id, conversation.title if conversation else "", messages, awaiting, others)
 
     # --- replies --------------------------------------------------------------------------------------------
     def is_running(self, thread_id: str) -> bool:
@@ -298,12 +303,19 @@ class ConversationService:
         queue: asyncio.Queue[ChatEvent | None],
     ) -> None:
         parts: list[str] = []
+        # The run's own newest checkpoint: what the window shows after the run comes from there, never from "the
+        # thread's latest", which a turn from another device may be by then.
+        last: dict[str, Any] | None = None
         try:
             conversation = await self.conversation(thread_id)
             model = conversation.model if conversation else ""
             context = ChatContext(lambda: self._model_for(model), self.endpoint.system_prompt)
-            stream = self.graph.astream(graph_input, config, context=context, stream_mode=["tasks", "messages"])
+            modes = ["tasks", "messages", "checkpoints"]
+            stream = self.graph.astream(graph_input, config, context=context, stream_mode=modes)
             async for mode, data in stream:
+                if mode == "checkpoints":
+                    last = data
+                    continue
                 if mode == "tasks":
                     if data.get("name") == MODEL_NODE and "input" in data:
                         # The model call begins; the graph has the user's message and keeps it if stopped now.
@@ -320,14 +332,14 @@ class ConversationService:
                 if piece:
                     parts.append(piece)
                     queue.put_nowait(Token(piece))
-            state = await self.graph.aget_state(self._thread_config(thread_id))
-            messages = state.values.get("messages", [])
-            if state.next or not messages or not isinstance(messages[-1], AIMessage):
+            messages = last["values"].get("messages", []) if last else []
+            if last is None or last["next"] or not messages or not isinstance(messages[-1], AIMessage):
                 queue.put_nowait(ReplyFailed("The model gave no reply", "unknown", "".join(parts)))
             else:
                 queue.put_nowait(ReplyDone(str(messages[-1].id), _text(messages[-1])))
         except asyncio.CancelledError:
-            queue.put_nowait(await self._keep_partial(thread_id, "".join(parts)))
+            at = last["config"] if last is not None else None
+            queue.put_nowait(await self._keep_partial(thread_id, "".join(parts), at))
         except Exception as exc:
             message, kind = describe_model_error(exc)
             if kind == "bug":
@@ -336,9 +348,10 @@ class ConversationService:
         finally:
             queue.put_nowait(None)
 
-    async def _keep_partial(self, thread_id: str, partial: str) -> ChatEvent:
-        """After Stop: store what arrived as the reply (unless the full reply made it in first)."""
-        thread = self._thread_config(thread_id)
+    async def _keep_partial(self, thread_id: str, partial: str, at: RunnableConfig | None = None) -> ChatEvent:
+        """After Stop: store what arrived as the reply (unless the full reply made it in first), continuing the
+        run's own newest checkpoint ``at`` (the thread's latest when the run stored none)."""
+        thread = at or self._thread_config(thread_id)
         state = await self.graph.aget_state(thread)
         messages = state.values.get("messages", [])
         if not state.next and messages and isinstance(messages[-1], AIMessage):

@@ -46,13 +46,13 @@ if TYPE_CHECKING:
     from chat.events import ChatEvent
     from chat.service import ConversationService
     from gui.model_picker import ModelMenu
+    from storage.changes import Changes
     from storage.factory import Storage
 
 log = logging.getLogger("cairn.gui")
 
 APP_TITLE = "Cairn"
 LIST_REFRESH_MS = 60
-STATUS_REFRESH_MS = 400
 STATUS_MESSAGE_MS = 5000
 
 
@@ -134,6 +134,12 @@ class MainWindow(QMainWindow):
         column.setContentsMargins(0, 0, 0, 0)
         column.setSpacing(0)
         column.addWidget(self.banner)
+        self.branch_note = QLabel()
+        self.branch_note.setObjectName("branchNote")
+        self.branch_note.setWordWrap(True)
+        self.branch_note.setContentsMargins(10, 4, 10, 4)
+        self.branch_note.hide()
+        column.addWidget(self.branch_note)
         column.addWidget(self.view, 1)
         column.addWidget(self.composer)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -238,7 +244,8 @@ class MainWindow(QMainWindow):
         self.bridge = StorageBridge(storage.manager, self)
         self.bridge.statusChanged.connect(self.badge.show_status)
         self.bridge.statusChanged.connect(self.banner.show_status)
-        self.bridge.statusChanged.connect(lambda _status: self.request_list_refresh(STATUS_REFRESH_MS))
+        self.bridge.tierChanged.connect(lambda _event: self.request_list_refresh(0))  # another tier, another list
+        self.bridge.changed.connect(self._on_storage_changes)
         status = self.bridge.status()
         self.badge.show_status(status)
         self.banner.show_status(status)
@@ -413,6 +420,22 @@ class MainWindow(QMainWindow):
                 self.setWindowTitle(f"{title} — {APP_TITLE}" if title else APP_TITLE)
         self.listRefreshed.emit()
 
+    def _on_storage_changes(self, change: Changes) -> None:
+        """Storage changed (this window's own writes, the sync, another process on this data folder): redraw what
+        the change names: the list, and the open conversation when its thread changed elsewhere."""
+        self.request_list_refresh(0 if change.source != "local" else LIST_REFRESH_MS)
+        thread = self.current
+        if thread is None or change.source == "local" or thread not in change.threads:
+            return
+        if thread in change.removed:
+            self._failures.pop(thread, None)
+            self._drafts.pop(thread, None)
+            self.new_chat()
+            self.view.show_note("This conversation was deleted on another device.")
+            self.show_status("The open conversation was deleted on another device.")
+        elif thread not in self._runs:
+            self.tasks.spawn(self._reload(thread), "Showing the conversation's new turns")
+
     def _on_search(self, text: str) -> None:
         self._query = text
         self.request_list_refresh(0)
@@ -423,6 +446,7 @@ class MainWindow(QMainWindow):
     # --- opening conversations ------------------------------------------------------------------------------
     def new_chat(self) -> None:
         self._leave_current()
+        self.branch_note.hide()
         self.current = None
         self.composer.cancel_edit()
         self.view.show_note("")
@@ -475,6 +499,7 @@ class MainWindow(QMainWindow):
             render_ms,
         )
         self.setWindowTitle(f"{loaded.title} — {APP_TITLE}" if loaded.title else APP_TITLE)
+        self._show_branches(loaded.other_branches)
         self._show_tail(thread_id, awaiting=loaded.awaiting_reply)
         self.state.setValue("session/open_thread", thread_id)
         self.conversationShown.emit(thread_id)
@@ -494,6 +519,19 @@ class MainWindow(QMainWindow):
         elif awaiting:
             self.view.show_error("This message has no reply yet.", title="No reply.")
 
+    def _show_branches(self, others: int) -> None:
+        """Say that other versions of the open conversation are kept (an edit, a regenerate, or turns taken on two
+        devices while they could not reach each other): the newest is shown."""
+        if not others:
+            self.branch_note.hide()
+            return
+        versions = "another version" if others == 1 else f"{others} other versions"
+        self.branch_note.setText(
+            f"This conversation has {versions}, kept: edited or regenerated here, or continued on two devices "
+            "at once. The newest is shown."
+        )
+        self.branch_note.show()
+
     def _show_failure(self, failure: Failure) -> None:
         title = "Stopped." if failure.kind == "stopped" else "The reply failed."
         self.view.show_error(failure.message, failure.partial, title=title)
@@ -505,6 +543,7 @@ class MainWindow(QMainWindow):
         if self.current != thread_id:
             return
         self.view.set_messages(thread_id, loaded.messages)
+        self._show_branches(loaded.other_branches)
         if loaded.title:
             self.setWindowTitle(f"{loaded.title} — {APP_TITLE}")
         if not self.view.has_error() and not self.view.streaming:
@@ -688,15 +727,13 @@ class MainWindow(QMainWindow):
     # --- conversation metadata ------------------------------------------------------------------------------
     def rename(self, thread_id: str, title: str) -> None:
         async def rename() -> None:
-            await (await self._ready()).rename(thread_id, title)
-            self.request_list_refresh(0)
+            await (await self._ready()).rename(thread_id, title)  # the change feed redraws the list
 
         self.tasks.spawn(rename(), "Renaming the conversation")
 
     def set_pinned(self, thread_id: str, pinned: bool) -> None:
         async def pin() -> None:
             await (await self._ready()).set_pinned(thread_id, pinned)
-            self.request_list_refresh(0)
 
         self.tasks.spawn(pin(), "Pinning the conversation")
 
@@ -739,7 +776,6 @@ class MainWindow(QMainWindow):
             self._thread_models.pop(thread_id, None)
             if self.current == thread_id:
                 self.new_chat()
-            self.request_list_refresh(0)
             self.show_status("Conversation deleted.")
 
         self.tasks.spawn(delete(), "Deleting the conversation")

@@ -68,12 +68,22 @@ class Backend(ABC):
     async def conversations(self) -> list[Conversation]:
         """Every index row, tombstones included."""
 
+    async def conversation(self, thread_id: str) -> Conversation | None:
+        """One index row (a tombstone too), or None."""
+        return next((c for c in await self.conversations() if c.thread_id == thread_id), None)
+
     @abstractmethod
     async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
         """Insert or merge rows by ``merge_conversations``; ``dirty`` marks them for upload (local backends)."""
 
     async def delete_thread(self, thread_id: str) -> None:
         await self.saver.adelete_thread(thread_id)
+
+    async def leaves(self, thread_id: str) -> set[str]:
+        """The ids of the thread's checkpoints that nothing continues: one per branch (root namespace)."""
+        items = [t async for t in self.saver.alist({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})]
+        parents = {t.parent_config["configurable"]["checkpoint_id"] for t in items if t.parent_config}
+        return {t.checkpoint["id"] for t in items} - parents
 
     @abstractmethod
     async def search_messages(self, text: str) -> set[str]:
@@ -187,6 +197,12 @@ class SqliteBackend(LocalBackend):
         rows = await self._fetch(f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations")
         return [row_to_conversation(r) for r in rows]
 
+    async def conversation(self, thread_id: str) -> Conversation | None:
+        rows = await self._fetch(
+            f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations WHERE thread_id = ?", (thread_id,)
+        )
+        return row_to_conversation(rows[0]) if rows else None
+
     async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
         if not rows:
             return
@@ -208,6 +224,28 @@ class SqliteBackend(LocalBackend):
             ],
             many=True,
         )
+
+    async def leaves(self, thread_id: str) -> set[str]:
+        rows = await self._fetch(
+            "SELECT checkpoint_id FROM checkpoints c WHERE thread_id = ? AND checkpoint_ns = '' AND NOT EXISTS ("
+            "SELECT 1 FROM checkpoints k WHERE k.thread_id = c.thread_id AND k.checkpoint_ns = '' "
+            "AND k.parent_checkpoint_id = c.checkpoint_id)",
+            (thread_id,),
+        )
+        return {r[0] for r in rows}
+
+    async def device_id(self) -> str:
+        rows = await self._fetch("SELECT id FROM cairn_device LIMIT 1")
+        return str(rows[0][0])
+
+    async def changes_since(self, seq: int) -> list[tuple[str, int]]:
+        """(thread, position) of the threads changed after position ``seq`` of the change log, in order."""
+        rows = await self._fetch("SELECT thread_id, seq FROM cairn_changes WHERE seq > ? ORDER BY seq", (seq,))
+        return [(r[0], int(r[1])) for r in rows]
+
+    async def newest_checkpoint_id(self) -> str | None:
+        rows = await self._fetch("SELECT max(checkpoint_id) FROM checkpoints")
+        return rows[0][0] if rows else None
 
     async def data_version(self) -> int:
         """Changes whenever another connection (another process) commits to the file; not for our own commits."""
@@ -493,6 +531,9 @@ class PostgresTarget:
     pool_size: int = 5
     connect_timeout: float = 5.0
     prefer_async: bool = True
+    device: str = ""
+    """This data folder's device id: sent as the connections' application_name, so Postgres's triggers record
+    which device wrote a change and a device ignores the echo of its own."""
 
     def connect_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -501,6 +542,7 @@ class PostgresTarget:
             "row_factory": dict_row,
             # libpq counts whole seconds and treats anything below 2 as 2; our own bound is the exact one.
             "connect_timeout": max(2, math.ceil(self.connect_timeout)),
+            "application_name": schema.APP_NAME_PREFIX + self.device,
         }
         if self.password:
             kwargs["password"] = self.password
@@ -612,6 +654,27 @@ class PostgresBackend(Backend):
     async def probe(self) -> None:
         await self._fetch("SELECT 1")
 
+    async def changes_since(self, seq: int) -> list[tuple[str, int, str]]:
+        """(thread, position, writing device) of the threads changed after position ``seq``, in order."""
+        rows = await self._fetch(
+            "SELECT thread_id, seq, device FROM cairn_changes WHERE seq > %s ORDER BY seq", (seq,)
+        )
+        return [(r["thread_id"], int(r["seq"]), r["device"]) for r in rows]
+
+    async def leaves(self, thread_id: str) -> set[str]:
+        rows = await self._fetch(
+            "SELECT checkpoint_id FROM checkpoints c WHERE thread_id = %s AND checkpoint_ns = '' AND NOT EXISTS ("
+            "SELECT 1 FROM checkpoints k WHERE k.thread_id = c.thread_id AND k.checkpoint_ns = '' "
+            "AND k.parent_checkpoint_id = c.checkpoint_id)",
+            (thread_id,),
+        )
+        return {r["checkpoint_id"] for r in rows}
+
+    async def change_position(self) -> int:
+        """The newest position of the change log (0 when nothing changed yet)."""
+        rows = await self._fetch("SELECT coalesce(max(seq), 0) AS seq FROM cairn_changes")
+        return int(rows[0]["seq"])
+
     async def checkpoint_keys(self, thread_id: str | None = None) -> set[Key]:
         where, params = ("WHERE thread_id = %s", (thread_id,)) if thread_id is not None else ("", ())
         rows = await self._fetch(f"SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints {where}", params)
@@ -635,6 +698,12 @@ class PostgresBackend(Backend):
     async def conversations(self) -> list[Conversation]:
         rows = await self._fetch(f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations")
         return [row_to_conversation(tuple(r.values())) for r in rows]
+
+    async def conversation(self, thread_id: str) -> Conversation | None:
+        rows = await self._fetch(
+            f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations WHERE thread_id = %s", (thread_id,)
+        )
+        return row_to_conversation(tuple(rows[0].values())) if rows else None
 
     async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
         if not rows:

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 
-from storage import sync
+from storage import changes as _changes
+from storage import clock, listen, sync
 from storage.backends import (
     Backend,
     Conversation,
@@ -31,8 +33,10 @@ from storage.backends import (
     SqliteBackend,
 )
 from storage.cache import CheckpointCache
+from storage.changes import Changes
 from storage.conversations import listed
 from storage.errors import describe, is_environment_error, is_login_rejected
+from storage.schema import APP_NAME_PREFIX
 from storage.secrets import mask_secrets, mask_url
 from storage.status import StorageStatus, TierEvent, TierName, TierStatus
 
@@ -40,10 +44,23 @@ log = logging.getLogger("cairn.storage")
 
 T = TypeVar("T")
 Listener = Callable[[StorageStatus, TierEvent | None], None]
+ChangeListener = Callable[[Changes], None]
 
 FIRST_RETRY_SECONDS = 0.25
 PROBE_INTERVAL_SECONDS = 5.0
-RECONCILE_INTERVAL_SECONDS = 60.0
+RECONCILE_INTERVAL_SECONDS = 30.0
+"""While the LISTEN connection works: how often the change log is read anyway (a lost notification)."""
+POLL_FALLBACK_SECONDS = 2.0
+"""While it does not (connecting, cut, a pooler that drops notifications): how often the change log is read."""
+POLL_LOOKBACK = 1000
+"""Change-log positions are taken when a transaction writes but become visible when it commits, possibly out of
+order: each poll reads this many positions back and pulls only threads whose position moved."""
+LISTEN_CHECK_SECONDS = 5.0
+"""How often an idle LISTEN connection is asked whether it still answers."""
+LISTEN_UNAVAILABLE_RETRY_SECONDS = 300.0
+"""After a server that drops notifications: how long to poll before trying LISTEN again."""
+WATCH_SECONDS = 0.5
+"""How often the local file is asked whether another process wrote to it (``PRAGMA data_version``)."""
 # A turn writes several checkpoints a few milliseconds apart. The sync and the pending count start once writes
 # have paused this long (or this long at most after the first), so they do not read SQLite, take its lock and the
 # GIL in the middle of a turn: measured in bench/storage.py, that contention made a short turn 1.9x slower.
@@ -84,6 +101,17 @@ class StorageManager:
         self._last_sync_error = ""
         self._homes: dict[str, set[str]] = {}
         self._listeners: list[Listener] = []
+        self._change_listeners: list[ChangeListener] = []
+        self.device = secrets.token_hex(8)  # this data folder's, once SQLite is open (see start)
+        self._listening = ""  # "" until the LISTEN connection works; then "listening"
+        self._live_reason = "not connected"  # why changes from other devices are polled, not heard
+        self._listen_wake = asyncio.Event()
+        self._pull: set[str] = set()  # threads another device changed, to bring down
+        self._poll_due = False
+        self._change_cursor = 0  # the Postgres change log position read up to
+        self._change_seen: dict[str, int] = {}  # thread -> its change log position when last pulled or written here
+        self._local_cursor = 0  # the same for the local file's change log (another process on this data folder)
+        self._held: dict[str, asyncio.Event] = {}  # threads being brought down: set when done
         self._active: TierName = "memory"
         self._tasks: list[asyncio.Task[None]] = []
         self._retry = asyncio.Event()
@@ -113,21 +141,42 @@ class StorageManager:
                     raise
                 self.sqlite_failed = f"cannot use {self.data_dir}: {describe(exc)}"
                 log.error("SQLite unavailable: %s", self.sqlite_failed)
+        clock.check_lever()
         if self.sqlite is not None:
             self._data_version = await self.read(self.sqlite, lambda b: b.data_version())
+            self.device = await self.sqlite.device_id()
+            clock.observe(await self.sqlite.newest_checkpoint_id())
+            self._local_cursor = max((seq for _t, seq in await self.sqlite.changes_since(0)), default=0)
         self._active = self._compute_active()
-        loop = asyncio.get_running_loop()
         if self.target is not None:
+            self.target = replace(self.target, device=self.device)
             self._postgres = TierStatus("connecting", f"connecting to {mask_url(self.target.url)}")
-            self._tasks.append(loop.create_task(self._health_loop(), name="cairn-postgres-health"))
+            self._spawn(self._health_loop(), "cairn-postgres-health")
+            self._spawn(self._listen_loop(), "cairn-postgres-listen")
         else:
             self._first_attempt.set()
-        self._tasks.append(loop.create_task(self._sync_loop(), name="cairn-sync"))
-        self._tasks.append(loop.create_task(self._count_loop(), name="cairn-pending-count"))
+        self._spawn(self._sync_loop(), "cairn-sync")
+        self._spawn(self._count_loop(), "cairn-pending-count")
+        if self.sqlite is not None:
+            self._spawn(self._watch_loop(), "cairn-watch-local")
         self._sync_wake.set()
         if wait_for_postgres:
             await self._first_attempt.wait()
         log.info("storage started: active tier %s", self._active)
+
+    def _spawn(self, work: Awaitable[None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)  # type: ignore[arg-type]
+        self._tasks.append(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        """A background task ended. Only close() ends them: anything else is a bug, which must not pass in silence."""
+        if task.cancelled() or self._closed:
+            return
+        exc = task.exception()
+        log.error("storage task %s stopped", task.get_name(), exc_info=exc)
+        self._last_sync_error = f"{task.get_name()} stopped: {describe(exc) if exc else 'ended'}"
+        self._changed(None)
 
     async def close(self) -> None:
         self._closed = True
@@ -197,6 +246,44 @@ class StorageManager:
                 self._count_wake.set()
             return result
 
+    @contextlib.asynccontextmanager
+    async def holding(self, threads: set[str]) -> AsyncIterator[None]:
+        """Mark ``threads`` as being brought down from Postgres: ``settled`` waits until they are complete."""
+        done = asyncio.Event()
+        mine = {t for t in threads if t not in self._held}
+        for thread_id in mine:
+            self._held[thread_id] = done
+        try:
+            yield
+        finally:
+            for thread_id in mine:
+                del self._held[thread_id]
+            done.set()
+
+    async def settled(self, thread_id: str) -> None:
+        """Wait while ``thread_id`` is being brought down (a read now would see it half-copied)."""
+        while (held := self._held.get(thread_id)) is not None:
+            await held.wait()
+
+    # --- the change feed ------------------------------------------------------------------------------------
+    def subscribe_changes(self, listener: ChangeListener) -> Callable[[], None]:
+        """Hear of every change to what the user can see (see ``storage.changes``)."""
+        self._change_listeners.append(listener)
+        return lambda: self._change_listeners.remove(listener)
+
+    def emit(self, change: Changes) -> None:
+        """Tell every listener; what came from elsewhere also leaves the cache (it mirrors SQLite as written here)."""
+        if not change:
+            return
+        if change.source != "local":
+            for thread_id in change.threads:
+                self.cache.forget(thread_id)
+        for listener in list(self._change_listeners):
+            try:
+                listener(change)
+            except Exception:
+                log.exception("storage change listener failed")
+
     async def read(self, backend: Backend, op: Callable[[Backend], Awaitable[T]]) -> T | None:
         """Run a read; an environment error fails that tier (the caller tries the next) and gives None."""
         try:
@@ -230,6 +317,14 @@ class StorageManager:
                 rows[row.thread_id] = sync_merge(rows[row.thread_id], row) if row.thread_id in rows else row
         return listed(rows.values())
 
+    async def leaves(self, thread_id: str) -> set[str]:
+        """The newest checkpoint of each branch of a thread, in every tier that holds it now. Branches come from
+        an edit or a regenerate, and from two devices that continued a conversation apart: all are kept."""
+        found: set[str] = set()
+        for backend in self.read_targets(thread_id):
+            found |= await self.read(backend, lambda b: b.leaves(thread_id)) or set()
+        return found
+
     async def search_messages(self, text: str) -> set[str]:
         """Threads with a message containing ``text``, in every tier that holds conversations now."""
         hits: set[str] = set()
@@ -250,6 +345,7 @@ class StorageManager:
             row = replace(base, **changes, meta_changed=max(now, base.meta_changed + 1e-6))
             await self.write(thread_id, lambda b: b.merge_conversations([row]))
         self._changed(None)
+        self.emit(_changes.of(index=[thread_id]))
         return row
 
     async def delete_thread(self, thread_id: str) -> None:
@@ -264,6 +360,7 @@ class StorageManager:
         self._homes.pop(thread_id, None)
         self.cache.forget(thread_id)
         self._sync_wake.set()
+        self.emit(_changes.of(removed=[thread_id]))
 
     # --- status ---------------------------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -283,7 +380,8 @@ class StorageManager:
         memory_reason = "nothing is being saved: no durable storage works" if memory_state == "active" else ""
         postgres = self._postgres
         if self.remote is not None:
-            postgres = replace(postgres, detail={**postgres.detail, **self._pool_stats(self.remote)})
+            live = "listening" if self._listening else f"polling every {POLL_FALLBACK_SECONDS:g} s: {self._live_reason}"
+            postgres = replace(postgres, detail={**postgres.detail, **self._pool_stats(self.remote), "live": live})
         return StorageStatus(
             active_tier=self._active,
             tiers={"postgres": postgres, "sqlite": sqlite, "memory": TierStatus(memory_state, memory_reason)},
@@ -313,7 +411,7 @@ class StorageManager:
                 return report
             try:
                 for local in self._locals():
-                    part = await self._against(remote, sync.reconcile(local, remote, self.cache.forget))
+                    part = await self._against(remote, sync.reconcile(local, remote, self.emit, self.holding))
                     report.uploaded += part.uploaded
                     report.downloaded += part.downloaded
                     report.deleted_threads += part.deleted_threads
@@ -385,6 +483,7 @@ class StorageManager:
                 self._postgres = TierStatus("connected", "", {"mode": backend.mode})
                 self._reconcile_due = True
                 self._remote_lost.clear()
+                self._listen_wake.set()
                 log.info("Postgres connected (%s) at %s", backend.mode, mask_url(self.target.url))
                 self._first_attempt.set()
                 self._changed("Postgres is reachable")
@@ -441,6 +540,8 @@ class StorageManager:
         self._tasks.append(task)  # type: ignore[arg-type]
         task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))  # type: ignore[arg-type]
         self._remote_lost.set()
+        self._listening = ""
+        self._live_reason = "Postgres is not connected"
         self._changed(reason)
 
     # --- sync -----------------------------------------------------------------------------------------------
@@ -519,21 +620,19 @@ class StorageManager:
 
     async def _sync_loop(self) -> None:
         while not self._closed:
-            woke = await self._pause(self._sync_wake, self.reconcile_interval)
+            interval = self.reconcile_interval
+            if not self._listening:
+                interval = min(POLL_FALLBACK_SECONDS, interval)
+            woke = await self._pause(self._sync_wake, interval)
             if woke:
                 await self._quiet(self._sync_wake)
             else:
-                self._reconcile_due = True
+                self._poll_due = True
             async with self._sync_lock:
                 remote = self.remote
                 if remote is not None:
                     try:
-                        for local in self._locals():
-                            if self._reconcile_due:
-                                await self._against(remote, sync.reconcile(local, remote, self.cache.forget))
-                            else:
-                                await self._against(remote, sync.push(local, remote))
-                        self._reconcile_due = False
+                        await self._sync_round(remote)
                         self._last_sync_error = ""
                     except Exception as exc:
                         if not is_environment_error(exc):
@@ -542,6 +641,116 @@ class StorageManager:
                         else:
                             self._sync_failed(remote, exc)
             await self.refresh_pending()
+
+    async def _sync_round(self, remote: PostgresBackend) -> None:
+        """One round: a full comparison when due (Postgres just came, Retry now), else bring down the threads other
+        devices changed (heard, or found in the change log), then upload what is pending."""
+        locals_ = self._locals()
+        if self._reconcile_due:
+            position = await self._against(remote, remote.change_position())
+            for local in locals_:
+                await self._against(remote, sync.reconcile(local, remote, self.emit, self.holding))
+            self._reconcile_due = False
+            self._poll_due = False
+            self._pull.clear()
+            if position < self._change_cursor:
+                self._change_seen.clear()  # another server (or a restored one) behind the same URL
+            self._change_cursor = position
+            return
+        threads, self._pull = self._pull, set()
+        if self._poll_due:
+            self._poll_due = False
+            threads |= await self._against(remote, self._poll_changes(remote))
+        if threads and locals_:
+            for thread_id in sorted(threads):
+                await self._against(remote, sync.pull_thread(locals_[0], remote, thread_id, self.emit, self.holding))
+        for local in locals_:
+            await self._against(remote, sync.push(local, remote))
+
+    async def _poll_changes(self, remote: PostgresBackend) -> set[str]:
+        """Threads another device changed since the change log was last read (``POLL_LOOKBACK``)."""
+        rows = await remote.changes_since(max(0, self._change_cursor - POLL_LOOKBACK))
+        if not rows and self._change_cursor and await remote.change_position() < self._change_cursor:
+            self._reconcile_due = True  # the log went back: another (or a restored) server at this URL
+            self._sync_wake.set()
+            return set()
+        me = APP_NAME_PREFIX + self.device
+        threads = set()
+        for thread_id, seq, device in rows:
+            if self._change_seen.get(thread_id) != seq:
+                self._change_seen[thread_id] = seq
+                if device != me:
+                    threads.add(thread_id)
+            self._change_cursor = max(self._change_cursor, seq)
+        return threads
+
+    def _heard(self, thread_id: str) -> None:
+        self._pull.add(thread_id)
+        self._sync_wake.set()
+
+    def _now_listening(self) -> None:
+        self._listening = "listening"
+        self._live_reason = ""
+        self._poll_due = True  # what was sent while nobody listened is read from the change log
+        self._sync_wake.set()
+        self._changed(None)
+
+    async def _listen_loop(self) -> None:
+        """Keep one LISTEN connection open while Postgres is connected (``storage.listen``)."""
+        assert self.target is not None
+        delay = FIRST_RETRY_SECONDS
+        while not self._closed:
+            if self.remote is None:
+                await self._listen_wake.wait()
+                self._listen_wake.clear()
+                continue
+            target = self.target
+            try:
+                await listen.listen(target, self._heard, self._now_listening, check_every=LISTEN_CHECK_SECONDS)
+            except listen.NotificationsUnavailable as exc:
+                self._stop_listening(str(exc))
+                await self._pause(self._retry, LISTEN_UNAVAILABLE_RETRY_SECONDS)
+                continue
+            except Exception as exc:
+                if not is_environment_error(exc):
+                    raise
+                self._stop_listening(mask_secrets(describe(exc)))
+                await self._pause(self._retry, delay)
+                delay = min(delay * 2, max(self.retry_max_seconds, FIRST_RETRY_SECONDS))
+                continue
+            delay = FIRST_RETRY_SECONDS
+
+    def _stop_listening(self, reason: str) -> None:
+        was = self._listening
+        self._listening = ""
+        self._live_reason = reason
+        self._sync_wake.set()  # poll at the fallback cadence from now on
+        if was:
+            log.warning("stopped listening for changes: %s", reason)
+            self._changed(None)
+
+    async def _watch_loop(self) -> None:
+        """Notice writes of another process on the local file and tell the listeners what they changed."""
+        while not self._closed:
+            await asyncio.sleep(WATCH_SECONDS)  # a polling interval: SQLite has no change notification
+            sqlite = self.sqlite
+            if sqlite is None or self.sqlite_failed:
+                continue
+            version = await self.read(sqlite, lambda b: b.data_version())
+            if version is None or version == self._data_version:
+                continue
+            self._data_version = version
+            self.cache.clear()
+            rows = await self.read(sqlite, lambda b: b.changes_since(self._local_cursor)) or []
+            if not rows:
+                continue
+            self._local_cursor = max(seq for _t, seq in rows)
+            threads = {t for t, _seq in rows}
+            index = {c.thread_id: c for c in await sqlite.conversations() if c.thread_id in threads}
+            removed = {t for t, c in index.items() if c.deleted}
+            self.emit(_changes.of(turns=threads - removed, index=threads - removed, removed=removed, source="process"))
+            self._sync_wake.set()  # the other process's turns are this device's to upload too
+            self._count_wake.set()
 
 
 def sync_merge(a: Conversation, b: Conversation) -> Conversation:

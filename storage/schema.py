@@ -17,6 +17,11 @@ import uuid
 SQLITE_FILE_NAME = "cairn.sqlite"
 """The local database, in the data folder."""
 
+CHANGES_CHANNEL = "cairn_changes"
+"""The Postgres NOTIFY channel of live changes (see POSTGRES_MIGRATIONS[2])."""
+APP_NAME_PREFIX = "cairn:"
+"""Cairn's Postgres connections say ``application_name = cairn:<device id>``: the triggers record the writer."""
+
 # SQLite has no clock function in seconds with a fraction before 3.42: derive it from julianday.
 _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
@@ -51,6 +56,15 @@ def _sqlite_checkpoint_time(checkpoint_id: str) -> str:
         f"(CASE WHEN length({checkpoint_id}) = 36 AND substr({checkpoint_id}, 15, 1) = '6' "
         f"THEN min({_SQLITE_NOW}, ({digits} - {_UUID6_EPOCH}) / 1e7) ELSE {_SQLITE_NOW} END)"
     )
+
+
+def _sqlite_change_trigger(name: str, event: str) -> str:
+    return f"""CREATE TRIGGER IF NOT EXISTS {name} AFTER {event} BEGIN
+        INSERT INTO cairn_changes (thread_id, seq)
+        VALUES (NEW.thread_id, (SELECT coalesce(max(seq), 0) + 1 FROM cairn_changes))
+        ON CONFLICT (thread_id) DO UPDATE SET seq = excluded.seq;
+    END;"""
+
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -104,6 +118,18 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
             WHERE thread_id = cairn_conversations.thread_id AND checkpoint_ns = ''
         ) WHERE newest IS NOT NULL), updated));
     """,
+    # 2: this data folder's device id (Postgres tells its writes apart by it), and a change log: one row per thread
+    # with the position of its last change, so a second process on the same file learns what changed.
+    f"""
+    CREATE TABLE IF NOT EXISTS cairn_device (id TEXT NOT NULL);
+    INSERT INTO cairn_device (id) SELECT lower(hex(randomblob(8))) WHERE NOT EXISTS (SELECT 1 FROM cairn_device);
+    CREATE TABLE IF NOT EXISTS cairn_changes (thread_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS cairn_changes_seq ON cairn_changes (seq);
+    {_sqlite_change_trigger("cairn_change_checkpoint", "INSERT ON checkpoints")}
+    {_sqlite_change_trigger("cairn_change_write", "INSERT ON writes")}
+    {_sqlite_change_trigger("cairn_change_index_insert", "INSERT ON cairn_conversations")}
+    {_sqlite_change_trigger("cairn_change_index", "UPDATE OF title, model, pinned, deleted ON cairn_conversations")}
+    """,
 )
 
 POSTGRES_MIGRATIONS: tuple[str, ...] = (
@@ -155,6 +181,38 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         WHERE checkpoint_ns = '' GROUP BY thread_id
     ) AS newest
     WHERE newest.thread_id = cur.thread_id AND newest.made IS NOT NULL;
+    """,
+    # 2: live changes. Every change to a thread's checkpoints, writes or index row moves the thread's row in
+    # ``cairn_changes`` to the next position and NOTIFYs CHANGES_CHANNEL with the thread and the writing device
+    # (its connections' application_name), at commit. A client LISTENs and pulls what it lacks; one that was not
+    # listening asks for the rows past the last position it saw.
+    f"""
+    CREATE SEQUENCE IF NOT EXISTS cairn_change_seq;
+    CREATE TABLE IF NOT EXISTS cairn_changes (
+        thread_id TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        device TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX IF NOT EXISTS cairn_changes_seq ON cairn_changes (seq);
+    CREATE OR REPLACE FUNCTION cairn_note_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        device text := coalesce(current_setting('application_name', true), '');
+    BEGIN
+        INSERT INTO cairn_changes AS cur (thread_id, seq, device)
+        VALUES (NEW.thread_id, nextval('cairn_change_seq'), device)
+        ON CONFLICT (thread_id) DO UPDATE SET seq = excluded.seq, device = excluded.device;
+        PERFORM pg_notify('{CHANGES_CHANNEL}', json_build_object('t', left(NEW.thread_id, 7000), 'd', device)::text);
+        RETURN NULL;
+    END $$;
+    DROP TRIGGER IF EXISTS cairn_change_checkpoint ON checkpoints;
+    CREATE TRIGGER cairn_change_checkpoint AFTER INSERT OR UPDATE ON checkpoints
+        FOR EACH ROW EXECUTE FUNCTION cairn_note_change();
+    DROP TRIGGER IF EXISTS cairn_change_write ON checkpoint_writes;
+    CREATE TRIGGER cairn_change_write AFTER INSERT OR UPDATE ON checkpoint_writes
+        FOR EACH ROW EXECUTE FUNCTION cairn_note_change();
+    DROP TRIGGER IF EXISTS cairn_change_index ON cairn_conversations;
+    CREATE TRIGGER cairn_change_index AFTER INSERT OR UPDATE OF title, model, pinned, deleted ON cairn_conversations
+        FOR EACH ROW EXECUTE FUNCTION cairn_note_change();
     """,
 )
 

@@ -2,19 +2,23 @@
 
 Checkpoints are immutable and keyed by (thread, namespace, id), so a copy is a union: copying again changes nothing,
 and two machines that continued one conversation apart leave two branches. The procedure is the one in
-shared/FACTS.md: ``aput`` each checkpoint under its *parent's* config with all its channel versions, then its
+docs/DESIGN.md: ``aput`` each checkpoint under its *parent's* config with all its channel versions, then its
 writes once per task, in the order live execution wrote them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from langchain_core.runnables import RunnableConfig
 
+from storage import changes, clock
 from storage.backends import Backend, Conversation, Key, LocalBackend, PostgresBackend, WriteKey
+from storage.changes import Changes
 
 log = logging.getLogger("cairn.sync")
 
@@ -88,14 +92,29 @@ async def push_index(local: LocalBackend, remote: PostgresBackend, report: SyncR
     report.index_rows += len(dirty)
 
 
-async def reconcile(
-    local: LocalBackend, remote: PostgresBackend, changed: Callable[[str], None] = lambda thread_id: None
-) -> SyncReport:
-    """Compare both sides key by key: queue what Postgres lacks, bring down what only Postgres has.
+Report = Callable[[Changes], None]
+Hold = Callable[[set[str]], AbstractAsyncContextManager[None]]
+"""Marks threads as being brought down: reads of them wait until it is done (see StorageManager.holding)."""
 
-    Run when Postgres (re)appears and now and then while it is up, so conversations continued on another machine
-    arrive, and anything an interrupted sync missed is found again. ``changed`` hears of each thread written
-    locally here (brought down or deleted), as soon as it is.
+
+@contextlib.asynccontextmanager
+async def _no_hold(threads: set[str]) -> AsyncIterator[None]:
+    yield
+
+
+def _ignore(changes: Changes) -> None:
+    return None
+
+
+async def reconcile(
+    local: LocalBackend, remote: PostgresBackend, report_change: Report = _ignore, hold: Hold = _no_hold
+) -> SyncReport:
+    """Compare both sides key by key: queue what Postgres lacks, bring down what only Postgres has, and heal the
+    index rows Postgres lacks or holds older (titles, pins, tombstones: an empty or restored server converges).
+
+    Run when Postgres (re)appears and when asked; the live feed and the incremental poll do the rest.
+    ``report_change`` hears of each change made locally here (threads brought down, index rows merged, threads
+    deleted), as soon as it is made.
     """
     report = SyncReport()
     remote_rows = {c.thread_id: c for c in await remote.conversations()}
@@ -106,10 +125,16 @@ async def reconcile(
     for thread_id in sorted(deleted):
         if thread_id in local_rows and not local_rows[thread_id].deleted:
             await local.merge_conversations([remote_rows[thread_id]])
+            report_change(changes.of(removed=[thread_id], source="sync"))
         if await local.checkpoint_keys(thread_id):
             await local.delete_thread(thread_id)
-            changed(thread_id)
+            report_change(changes.of(removed=[thread_id], source="sync"))
             report.deleted_threads += 1
+    # Index rows Postgres lacks or holds older than here: marked for upload (and counted as pending) like a rename.
+    heal = [row for thread_id, row in local_rows.items() if _needs_upload(row, remote_rows.get(thread_id))]
+    if heal:
+        log.info("reconcile: %d conversation index rows to upload", len(heal))
+        await local.merge_conversations(heal, dirty=True)
     await push_index(local, remote, report)
 
     local_keys = await local.checkpoint_keys()
@@ -132,15 +157,7 @@ async def reconcile(
     download = _keys_for(remote_keys - local_keys, remote_writes - local_writes, deleted) & remote_keys
     if download:
         log.info("reconcile: %d checkpoints to download", len(download))
-        mark = await local.outbox_mark()
-        for key in sorted(download):
-            try:
-                if await copy_checkpoint(remote, local, key):
-                    report.downloaded += 1
-            finally:
-                changed(key[0])  # also when the copy failed half-way: its checkpoint may be there without writes
-        # They came from Postgres: no need to send them back.
-        await local.forget_after(download, mark)
+        report.downloaded += await _download(local, remote, download, report_change, hold)
 
     newer = [
         row
@@ -150,15 +167,87 @@ async def reconcile(
     if newer:
         await local.merge_conversations(newer)
         report.index_rows += len(newer)
+        report_change(changes.of(index=[r.thread_id for r in newer], source="sync"))
     pushed = await push(local, remote)
     report.uploaded += pushed.uploaded
     report.index_rows += pushed.index_rows
     return report
 
 
+async def pull_thread(
+    local: LocalBackend,
+    remote: PostgresBackend,
+    thread_id: str,
+    report_change: Report = _ignore,
+    hold: Hold = _no_hold,
+) -> SyncReport:
+    """Bring down what Postgres has of one thread and this side lacks: its checkpoints and writes, a newer index
+    row, or its deletion. What this side has and Postgres lacks is left to the upload (the outbox)."""
+    report = SyncReport()
+    theirs = await remote.conversation(thread_id)
+    mine = await local.conversation(thread_id)
+    if (theirs is not None and theirs.deleted) or (mine is not None and mine.deleted):
+        if theirs is not None and theirs.deleted and (mine is None or not mine.deleted):
+            await local.merge_conversations([theirs])
+            report_change(changes.of(removed=[thread_id], source="sync"))
+        if await local.checkpoint_keys(thread_id):
+            await local.delete_thread(thread_id)
+            report_change(changes.of(removed=[thread_id], source="sync"))
+            report.deleted_threads += 1
+        return report
+    remote_keys = await remote.checkpoint_keys(thread_id)
+    local_keys = await local.checkpoint_keys(thread_id)
+    remote_writes = await remote.write_keys(thread_id)
+    local_writes = await local.write_keys(thread_id)
+    download = _keys_for(remote_keys - local_keys, remote_writes - local_writes, set()) & remote_keys
+    if download:
+        report.downloaded += await _download(local, remote, download, report_change, hold)
+    if theirs is not None and _is_newer(theirs, mine):
+        await local.merge_conversations([theirs])
+        report.index_rows += 1
+        report_change(changes.of(index=[thread_id], source="sync"))
+    return report
+
+
+async def _download(
+    local: LocalBackend, remote: PostgresBackend, keys: set[Key], report_change: Report, hold: Hold
+) -> int:
+    """Copy ``keys`` from Postgres, parents first (ids order a thread's checkpoints: see storage/clock.py).
+
+    The threads are held meanwhile: a turn that began on a half-copied thread would continue an older checkpoint
+    and fork the conversation."""
+    async with hold({k[0] for k in keys}):
+        return await _copy_down(local, remote, keys, report_change)
+
+
+async def _copy_down(local: LocalBackend, remote: PostgresBackend, keys: set[Key], report_change: Report) -> int:
+    clock.observe_all(k[2] for k in keys)  # what this device writes next must sort after what it has now seen
+    mark = await local.outbox_mark()
+    copied = 0
+    try:
+        for key in sorted(keys):
+            try:
+                if await copy_checkpoint(remote, local, key):
+                    copied += 1
+            finally:
+                # Also when the copy failed half-way: its checkpoint may be there without writes.
+                report_change(changes.of(turns=[key[0]], source="sync"))
+    finally:
+        # They came from Postgres: no need to send them back.
+        await local.forget_after(keys, mark)
+    return copied
+
+
 def _keys_for(checkpoints: Iterable[Key], writes: Iterable[WriteKey], deleted: set[str]) -> set[Key]:
     keys = set(checkpoints) | {(w[0], w[1], w[2]) for w in writes}
     return {k for k in keys if k[0] not in deleted}
+
+
+def _needs_upload(mine: Conversation, theirs: Conversation | None) -> bool:
+    """Whether Postgres lacks this side's index row, holds older metadata, or lacks its deletion."""
+    if theirs is None:
+        return True
+    return mine.meta_changed > theirs.meta_changed or (mine.deleted and not theirs.deleted)
 
 
 def _is_newer(theirs: Conversation, mine: Conversation | None) -> bool:

@@ -27,6 +27,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from storage import changes, clock
 from storage.backends import Backend, MemoryBackend, SqliteBackend
 from storage.cache import MISS, CheckpointCache, as_stored, stored_checkpoint
 from storage.manager import StorageManager
@@ -111,7 +112,10 @@ class TieredSaver(BaseCheckpointSaver[str]):
             self._cache_put(backend, thread_id, lambda cache: cache.put(config, checkpoint, metadata))
             return result
 
-        return await self._write(thread_id, put)
+        result = await self._write(thread_id, put)
+        if not key[1]:
+            self.manager.emit(changes.of(turns=[thread_id]))
+        return result
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
@@ -215,6 +219,7 @@ class TieredSaver(BaseCheckpointSaver[str]):
         remember: Callable[[CheckpointCache, int, T], None],
     ) -> T:
         """``read`` from the tiers, unless the cache can answer (``ask``); what was read is ``remember``ed."""
+        await self.manager.settled(_thread_of(config))
         cache = await self.manager.cached(_thread_of(config), latest=get_checkpoint_id(config) is None)
         if cache is None:
             return await read()
@@ -227,12 +232,16 @@ class TieredSaver(BaseCheckpointSaver[str]):
         return found
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await self._cached_read(
+        found = await self._cached_read(
             config,
             lambda cache: cache.get_tuple(config),
             lambda: self._read_tuple(config),
             lambda cache, token, found: cache.remember_tuple(token, config, found),
         )
+        if found is not None:
+            # A run continues from what it read: its checkpoints must sort after this one, whatever the clocks say.
+            clock.observe(found.checkpoint["id"])
+        return found
 
     async def _read_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         wanted = get_checkpoint_id(config)
@@ -256,11 +265,14 @@ class TieredSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         thread_id = _thread_of(config) if config and config["configurable"].get("thread_id") is not None else None
+        if thread_id is not None:
+            await self.manager.settled(thread_id)
         # Materialised first: the SQLite saver holds its lock while it iterates.
         results = [
             await self.manager.read(backend, lambda b: _collect(b, config, filter, before, limit))
             for backend in self._targets(thread_id)
         ]
+        clock.observe_all(item.checkpoint["id"] for items in results for item in items or [])
         if len(results) == 1:
             for item in results[0] or []:
                 yield item

@@ -437,9 +437,9 @@ class StopTwice(ConversationService):
 
     second_stop: bool | None = None
 
-    async def _keep_partial(self, thread_id: str, partial: str) -> ChatEvent:
+    async def _keep_partial(self, thread_id: str, partial: str, at: Any = None) -> ChatEvent:
         self.second_stop = self.stop(thread_id)
-        return await super()._keep_partial(thread_id, partial)
+        return await super()._keep_partial(thread_id, partial, at)
 
 
 async def test_a_second_stop_does_not_lose_the_partial_reply(

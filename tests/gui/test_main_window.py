@@ -67,13 +67,19 @@ def cairn(tmp_path: Path, server: ModelServer) -> Cairn:
     return cairn_factory(tmp_path, server)
 
 
-def cairn_factory(tmp_path: Path, server: ModelServer) -> Cairn:
+def cairn_factory(tmp_path: Path, server: ModelServer, extra: dict[str, str] | None = None) -> Cairn:
     """``async with cairn() as app``: Cairn started on folders under ``tmp_path`` (the same ones every time), and
-    quit at the end of the block, inside the test, so nothing of it is left running when the test's loop stops."""
+    quit at the end of the block, inside the test, so nothing of it is left running when the test's loop stops.
+    ``extra``: more settings (a Postgres URL, say)."""
     keyring = MemoryKeyring()
     config_dir = tmp_path / "config"
     save_settings(
-        {"MODEL_BASE_URL": server.base_url, "MODEL_NAME": "test-model", "CAIRN_DATA_DIR": str(tmp_path / "data")},
+        {
+            "MODEL_BASE_URL": server.base_url,
+            "MODEL_NAME": "test-model",
+            "CAIRN_DATA_DIR": str(tmp_path / "data"),
+            **(extra or {}),
+        },
         config_dir=config_dir,
         secrets=SecretStore(backend=keyring),
     )
