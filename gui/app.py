@@ -3,7 +3,8 @@
 1. settings (non-strict: problems are shown, never fatal)   2. secrets (the OS keyring, or memory)
 3. the window, with the conversation list read straight from the SQLite file (``storage.index``), painted
 4. storage (its savers and psycopg take about a second to import, on a worker thread; SQLite opens at once,
-   Postgres connects in the background), which refreshes the list and the badge
+   Postgres connects in the background), which refreshes the list and the badge, and asks for the Postgres password
+   if it needs one no keyring has (``gui.password_dialog``)
 5. the chat engine (LangGraph and langchain-openai take ~2 s to import, so they are imported on a worker thread
    while the window is already usable), then the conversation service.
 
@@ -24,21 +25,23 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QCoreApplication, QEvent, QObject, QSettings, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from storage.loop import new_qt_loop
-from storage.secrets import SecretStore
+from storage.secrets import SecretStore, password_key, split_password, url_user
 from storage.settings import APP_NAME, Settings, load_settings
 
 if TYPE_CHECKING:
     from chat.endpoints import Endpoint
     from chat.service import ConversationService
     from gui.main_window import MainWindow
+    from gui.password_dialog import PostgresPasswordDialog
     from storage.factory import Storage
+    from storage.status import StorageStatus
 
 log = logging.getLogger("cairn.app")
 
@@ -73,6 +76,9 @@ class CairnApp(QObject):
         self.service: ConversationService | None = None
         self.window: MainWindow | None = None
         self.ready = asyncio.Event()
+        self.password_dialog: PostgresPasswordDialog | None = None
+        self._asked_password: Storage | None = None  # the storage the password was last asked for: once per stack
+        self._storage_lock = asyncio.Lock()  # one comparison-and-reopen at a time
         self.timings: dict[str, float] = {}
         self._started = time.perf_counter()
         self._quitting = False
@@ -127,6 +133,7 @@ class CairnApp(QObject):
 
         self.storage = await open_storage(settings, secrets)
         window.attach_storage(self.storage)
+        self._watch_storage(self.storage)
         await window.refresh_list()
 
         self._step(5, "chat engine")
@@ -185,19 +192,32 @@ class CairnApp(QObject):
         self.window.tasks.spawn(self.apply_settings(settings), "Applying the settings")
 
     async def apply_settings(self, settings: Settings) -> None:
-        old, self.settings = self.settings, settings
-        assert old is not None and self.window is not None and self.secrets is not None
+        self.settings = settings
+        assert self.window is not None and self.secrets is not None
         if self.service is not None:
             self.service.set_endpoint(self.endpoint())
             if not settings.model_name:
                 await self._pick_first_model()
         self.window.set_settings(settings)
-        if _storage_key(old, self.secrets) == _storage_key(settings, self.secrets):
-            return
-        await self.ready.wait()  # applied in the first seconds: the storage being opened is the one to replace
-        await self.reopen_storage(settings)
+        await self.apply_storage_settings()
 
-    async def reopen_storage(self, settings: Settings) -> None:
+    async def apply_storage_settings(self, done: str = "Storage settings applied.") -> bool:
+        """Reopen storage when the settings and secrets now give another storage than the running one; True if
+        it was reopened. Compared with what the running storage was opened with, password included: the settings
+        dialog and the password dialog store a new password before this runs, so comparing old settings with new
+        ones (each resolving the password from the keyring now) would find no change."""
+        await self.ready.wait()  # applied in the first seconds: the storage being opened is the one to replace
+        async with self._storage_lock:
+            settings, storage = self.settings, self.storage
+            assert settings is not None and self.secrets is not None and storage is not None
+            from storage.factory import storage_plan
+
+            if storage.plan == storage_plan(settings, self.secrets):
+                return False
+            await self.reopen_storage(settings, done)
+            return True
+
+    async def reopen_storage(self, settings: Settings, done: str = "Storage settings applied.") -> None:
         """Storage settings changed: stop replies, open the new storage, swap, then close the old one."""
         from chat.service import ConversationService
         from storage.factory import open_storage
@@ -218,10 +238,79 @@ class CairnApp(QObject):
         self.storage = storage
         self.service = ConversationService(storage, self.endpoint())
         window.attach_storage(storage)
+        self._watch_storage(storage)
         window.attach_service(self.service)
-        window.show_status("Storage settings applied.")
+        window.show_status(done)
         if old is not None:
             await old.close()
+
+    # --- the Postgres password, asked when no keyring has it ------------------------------------------------
+    def _watch_storage(self, storage: Storage) -> None:
+        """Follow the status of ``storage``, just attached to the window, through the window's bridge (which ends
+        with it) for the password it may need."""
+        assert self.window is not None and self.window.bridge is not None
+        self._close_password_dialog()  # it asked for the storage being replaced
+        self.window.bridge.statusChanged.connect(lambda status: self._check_password(storage, status))
+        self._check_password(storage, storage.manager.status())
+
+    def _check_password(self, storage: Storage, status: StorageStatus) -> None:
+        """Ask for the password when the URL names a user and none is known with no keyring to keep one (also while
+        the server is unreachable: the answer is ready when it comes back), or when the server refused the
+        password; once per storage stack (a Cancel is not asked again every minute), and put away once Postgres
+        answers without it."""
+        if storage is not self.storage or self.window is None or self.secrets is None or self.settings is None:
+            return
+        postgres = status.tiers["postgres"]
+        if postgres.state == "connected":
+            self._close_password_dialog()
+            return
+        target = storage.plan.postgres if storage.plan is not None else None
+        if target is None or self._asked_password is storage or self.password_dialog is not None:
+            return
+        if split_password(self.settings.postgres_url)[1] is not None:
+            return  # the URL carries its own password, which wins over any answer: asking would change nothing
+        refused = postgres.state == "down" and postgres.detail.get("refused") == "password"
+        # Once the first attempt is over: a server that trusts the user needs none, and must not flash a dialog up.
+        missing = (
+            postgres.state == "down"
+            and target.password is None
+            and not self.secrets.persistent
+            and bool(url_user(target.url))
+        )
+        if refused or missing:
+            self.ask_password(storage, refused=refused)
+
+    def ask_password(self, storage: Storage, *, refused: bool) -> PostgresPasswordDialog:
+        from gui.password_dialog import PostgresPasswordDialog
+
+        assert self.window is not None and self.secrets is not None
+        assert storage.plan is not None and storage.plan.postgres is not None
+        url = storage.plan.postgres.url
+        self._asked_password = storage
+        dialog = PostgresPasswordDialog(url, persistent=self.secrets.persistent, refused=refused, parent=self.window)
+        dialog.passwordEntered.connect(lambda password: self._use_password(url, password))
+        dialog.finished.connect(lambda _result: self._forget_password_dialog(dialog))
+        self.password_dialog = dialog
+        log.info("asking for the Postgres password (%s)", "refused" if refused else "none known")
+        dialog.open()
+        return dialog
+
+    def _use_password(self, url: str, password: str) -> None:
+        assert self.window is not None and self.secrets is not None
+        self.secrets.set(password_key(url), password)  # the keyring, or this session's memory
+        self.window.show_status("Connecting to Postgres…")
+        self.window.tasks.spawn(
+            self.apply_storage_settings("Connecting to Postgres with the password given."), "Connecting to Postgres"
+        )
+
+    def _close_password_dialog(self) -> None:
+        if self.password_dialog is not None:
+            self.password_dialog.reject()
+
+    def _forget_password_dialog(self, dialog: QWidget) -> None:
+        if self.password_dialog is dialog:
+            self.password_dialog = None
+        dialog.deleteLater()
 
     # --- stop -----------------------------------------------------------------------------------------------
     def about_to_quit(self) -> None:
@@ -279,14 +368,6 @@ def freeze_startup_objects() -> None:
     if not _frozen:
         _frozen = True
         gc.freeze()
-
-
-def _storage_key(settings: Settings, secrets: SecretStore) -> tuple[Any, ...]:
-    """What storage is built from: when it changes, storage must be reopened."""
-    from storage.factory import postgres_target
-
-    target, reason = postgres_target(settings, secrets)
-    return (target, reason, settings.data_dir, settings.retry_max_seconds)
 
 
 class _PaintWatch(QObject):

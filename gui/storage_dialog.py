@@ -160,10 +160,15 @@ class StorageDetailsDialog(QDialog):
         self.keyring.setText((keyring or "unknown") + (f" ({warning})" if warning else ""))
         self.sync_error.setText(status.last_sync_error or "none")
         postgres = status.tiers.get("postgres")
-        configured = bool(status.postgres_url) and postgres is not None and postgres.state not in ("off", "failed")
+        # In every state of a configured Postgres, "failed" included: a grant, a new database or a fixed server
+        # can make the next attempt work, and the user is the one who knows when.
+        configured = bool(status.postgres_url) and postgres is not None and postgres.state != "off"
         self.retry_button.setEnabled(configured)
-        if not configured:
-            self.retry_button.setToolTip("No Postgres URL is configured (or Postgres is switched off).")
+        self.retry_button.setToolTip(
+            "Try to reach Postgres again now instead of waiting for the next attempt."
+            if configured
+            else "No Postgres URL is configured (or Postgres is switched off)."
+        )
         self.retry_note.setText("")
         scroll = self.report.verticalScrollBar().value()
         self.report.setPlainText(self.report_text())

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -527,7 +527,7 @@ class PostgresTarget:
     """Where and how to connect; the password comes from the keyring, never from the stored URL."""
 
     url: str
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # compared (a new password is a new target), never shown
     pool_size: int = 5
     connect_timeout: float = 5.0
     prefer_async: bool = True

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import dataclass
+from typing import Literal
 
 import psycopg
 import psycopg_pool
@@ -42,6 +44,8 @@ class StorageUnavailable(Exception):
 
 def is_environment_error(exc: BaseException) -> bool:
     """True when ``exc`` comes from the machine or the network, not from our code."""
+    if isinstance(exc, psycopg.Error) and _refusal_kind(exc.sqlstate) is not None:
+        return True  # the server said no to these settings (login, database, permission): someone else must act
     if isinstance(exc, psycopg.errors.UntranslatableCharacter | psycopg.errors.CharacterNotInRepertoire):
         return False  # bad input, not a bad network: the caller must hear about it
     if isinstance(exc, psycopg.OperationalError) and any(m in str(exc) for m in _POSTGRES_SETTINGS_MESSAGES):
@@ -64,16 +68,64 @@ def is_environment_error(exc: BaseException) -> bool:
 # database): the server answered, and said no to these credentials.
 _LOGIN_REJECTED_SQLSTATES = ("28", "3D000")
 _LOGIN_REJECTED_MESSAGES = ("password authentication failed", "no password supplied", "does not exist", "pg_hba.conf")
+# Errors on connecting carry no SQLSTATE (libpq gives no result to read it from): these are the server's words, or
+# libpq's when the server asked for a password and it had none.
+_PASSWORD_MESSAGES = ("password authentication failed", "no password supplied")
+# 42501 insufficient_privilege (no CREATE on the schema, no USAGE, a table of another owner) and 3F000
+# invalid_schema_name (no schema to create in: an empty or wrong search_path): the role may not do what Cairn's and
+# LangGraph's migrations need. A grant or another database fixes it, not a change in our code.
+_PERMISSION_SQLSTATES = ("42501", "3F000")
+
+RefusalKind = Literal["password", "login", "permission"]
+
+_HINTS: dict[RefusalKind, str] = {
+    "password": "check the user, password and database in Settings",
+    "login": "check the user, password and database in Settings",
+    "permission": "the user may not create tables in this database: ask for CREATE permission, or use another database",
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The server answered and refused these settings: ``kind`` for the program, ``hint`` for the user."""
+
+    kind: RefusalKind
+    hint: str
+
+
+def _refusal_kind(sqlstate: str | None) -> RefusalKind | None:
+    if not sqlstate:
+        return None
+    if sqlstate == "28P01":
+        return "password"
+    if sqlstate.startswith(_LOGIN_REJECTED_SQLSTATES):
+        return "login"
+    if sqlstate in _PERMISSION_SQLSTATES:
+        return "permission"
+    return None
+
+
+def refusal(exc: BaseException) -> Refusal | None:
+    """What the Postgres server refused, when it answered no to the login or to what setup needs; else None.
+
+    Retrying within seconds with the same settings cannot help (a wrong password sent every few seconds fills the
+    server's log or locks the account): the caller retries slowly, and at once when asked."""
+    if not isinstance(exc, psycopg.Error):
+        return None
+    kind = _refusal_kind(exc.sqlstate)
+    if kind is None and not exc.sqlstate and isinstance(exc, psycopg.OperationalError):
+        text = str(exc).lower()
+        if any(m in text for m in _PASSWORD_MESSAGES):
+            kind = "password"
+        elif any(m in text for m in _LOGIN_REJECTED_MESSAGES):
+            kind = "login"
+    return Refusal(kind, _HINTS[kind]) if kind is not None else None
 
 
 def is_login_rejected(exc: BaseException) -> bool:
     """True when the Postgres server refused the login: retrying soon with the same settings cannot help."""
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    sqlstate = exc.sqlstate or ""
-    if sqlstate.startswith(_LOGIN_REJECTED_SQLSTATES):
-        return True
-    return not sqlstate and any(m in str(exc).lower() for m in _LOGIN_REJECTED_MESSAGES)
+    found = refusal(exc)
+    return found is not None and found.kind in ("password", "login")
 
 
 def is_corruption(exc: BaseException) -> bool:

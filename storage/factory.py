@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from storage.backends import PostgresTarget, check_postgres_url
 from storage.manager import StorageManager
@@ -14,10 +15,22 @@ from storage.tiered import TieredSaver
 log = logging.getLogger("cairn.storage")
 
 
+@dataclass(frozen=True)
+class StoragePlan:
+    """What a storage stack is built from, the Postgres password included: two equal plans give the same storage,
+    so a password changed in the keyring alone (the settings file keeps none) is a different plan."""
+
+    data_dir: Path | None
+    postgres: PostgresTarget | None
+    postgres_reason: str
+    retry_max_seconds: float
+
+
 @dataclass
 class Storage:
     manager: StorageManager
     saver: TieredSaver
+    plan: StoragePlan | None = None  # what it was opened with (None: built by hand, as tests do)
 
     async def close(self) -> None:
         await self.manager.close()
@@ -49,15 +62,21 @@ def postgres_target(settings: Settings, secrets: SecretStore) -> tuple[PostgresT
     return target, ""
 
 
+def storage_plan(settings: Settings, secrets: SecretStore) -> StoragePlan:
+    """The storage these settings and secrets give now (reads the keyring for the password)."""
+    target, reason = postgres_target(settings, secrets)
+    return StoragePlan(settings.data_dir, target, reason, settings.retry_max_seconds)
+
+
 async def open_storage(settings: Settings, secrets: SecretStore, *, wait_for_postgres: bool = False) -> Storage:
     """Open the tiers and start the background tasks; needs a running selector loop."""
-    target, reason = postgres_target(settings, secrets)
+    plan = storage_plan(settings, secrets)
     manager = StorageManager(
-        data_dir=settings.data_dir,
-        postgres=target,
-        postgres_reason=reason,
-        retry_max_seconds=settings.retry_max_seconds,
+        data_dir=plan.data_dir,
+        postgres=plan.postgres,
+        postgres_reason=plan.postgres_reason,
+        retry_max_seconds=plan.retry_max_seconds,
         keyring_name=secrets.backend_name,
     )
     await manager.start(wait_for_postgres=wait_for_postgres)
-    return Storage(manager, TieredSaver(manager))
+    return Storage(manager, TieredSaver(manager), plan)

@@ -35,7 +35,7 @@ from storage.backends import (
 from storage.cache import CheckpointCache
 from storage.changes import Changes
 from storage.conversations import listed
-from storage.errors import describe, is_environment_error, is_login_rejected
+from storage.errors import describe, is_environment_error, refusal
 from storage.schema import APP_NAME_PREFIX
 from storage.secrets import mask_secrets, mask_url
 from storage.status import StorageStatus, TierEvent, TierName, TierStatus
@@ -84,8 +84,10 @@ class StorageManager:
         retry_max_seconds: float = 5.0,
         reconcile_interval: float = RECONCILE_INTERVAL_SECONDS,
         keyring_name: str = "",
+        refused_retry_seconds: float = REJECTED_RETRY_SECONDS,
     ) -> None:
         self.data_dir = data_dir
+        self.refused_retry_seconds = refused_retry_seconds
         self.target = postgres
         self.retry_max_seconds = retry_max_seconds
         self.reconcile_interval = reconcile_interval
@@ -458,6 +460,7 @@ class StorageManager:
         delay = FIRST_RETRY_SECONDS
         while not self._closed:
             if self.remote is None:
+                self._retry.clear()  # this attempt answers every Retry now so far; one pressed during it asks again
                 try:
                     backend = await PostgresBackend.open(self.target)
                 except Exception as exc:
@@ -467,12 +470,17 @@ class StorageManager:
                         self._postgres = TierStatus("failed", reason)
                         self._first_attempt.set()
                         self._changed(reason)
-                        return
+                        # A bug, or settings libpq rejects: no retry on a timer, but Retry now must still try.
+                        await self._retry.wait()
+                        continue
                     wait = delay
-                    if is_login_rejected(exc):
-                        reason = f"{reason} (check the user, password and database in Settings)"
-                        wait = max(delay, REJECTED_RETRY_SECONDS)
-                    self._postgres = TierStatus("down", reason, {"retry_in": round(wait, 2)})
+                    detail: dict[str, Any] = {}
+                    refused = refusal(exc)
+                    if refused is not None:
+                        reason = f"{reason} ({refused.hint})"
+                        wait = max(delay, self.refused_retry_seconds)
+                        detail["refused"] = refused.kind
+                    self._postgres = TierStatus("down", reason, {"retry_in": round(wait, 2), **detail})
                     self._first_attempt.set()
                     self._changed(reason)
                     await self._pause(self._retry, wait)

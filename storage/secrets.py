@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 
 MASK = "***"
 DEFAULT_SERVICE = "cairn"
-NO_KEYRING_WARNING = (
-    "No OS keyring is available: secrets are kept for this session only and will be asked again next start."
+# What happens without a keyring, in the user's words: the app asks for the Postgres password when it needs one
+# (gui/password_dialog.py); nothing asks for an API key.
+_SESSION_ONLY = (
+    "passwords and API keys are kept for this session only. Cairn asks for the Postgres password when it needs it; "
+    "an API key must be entered again in Settings after a restart."
 )
+NO_KEYRING_WARNING = f"No OS keyring is available: {_SESSION_ONLY}"
 
 # OSError: some backends let the transport's error (D-Bus socket, Keychain) through unwrapped.
 _KEYRING_FAILURES: tuple[type[BaseException], ...] = (keyring.errors.KeyringError, OSError)
@@ -113,10 +117,7 @@ class SecretStore:
             self.warning = NO_KEYRING_WARNING
         else:
             reason = mask_secrets(f"{type(exc).__name__}: {exc}")
-            self.warning = (
-                f"The OS keyring failed ({reason}): secrets are kept for this session only "
-                "and will be asked again next start."
-            )
+            self.warning = f"The OS keyring failed ({reason}): {_SESSION_ONLY}"
         log.warning("%s", self.warning)
 
     def __repr__(self) -> str:
@@ -229,6 +230,16 @@ def password_key(url: str) -> str:
     port = str(params.get("port") or "5432")
     dbname = str(params.get("dbname") or "")
     return f"postgres:{user}@{host}:{port}/{dbname}"
+
+
+def url_user(url: str) -> str:
+    """The user a URL or connection string logs in as, or "" when it names none (libpq then uses the OS user)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return str(conninfo_to_dict(url).get("user") or "")
+    except Exception:  # psycopg's ProgrammingError: libpq cannot parse it, so it names no one
+        return ""
 
 
 def store_url_password(url: str, store: SecretStore) -> str:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 # Before anything can import Qt (collection imports test modules).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.netproxy import TcpProxy
 from tests.pgcluster import PgServer, PostgresUnavailable, open_test_server
@@ -57,6 +61,24 @@ def pg_url(pg_cluster: PgServer):
 
 
 @pytest.fixture
+def limited_url(pg_cluster: PgServer, pg_url: str):
+    """``pg_url``'s database for a new role that may log in but not create tables (no CREATE on schema public, as
+    a database administrator often sets it up); the role and the database are dropped after the test.
+
+    ``GRANT CREATE ON SCHEMA public TO <role>`` (the URL's user) lets it create them."""
+    role = f"cairn_limited_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        # PostgreSQL 15 grants PUBLIC no CREATE on public any more; older servers do, so say it for all of them.
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    yield pg_cluster.url(conninfo_to_dict(pg_url)["dbname"], user=role)
+    pg_cluster.ensure_running()
+    pg_cluster.drop_database(pg_url)  # first: the role owns the tables it created there
+    with psycopg.connect(pg_cluster.url(), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
 def pg_proxy(pg_cluster: PgServer):
     """A `TcpProxy` in front of the cluster; use ``pg_proxy.url_for(pg_url)``."""
     proxy = TcpProxy(pg_cluster.host, pg_cluster.port)
@@ -71,7 +93,7 @@ from pathlib import Path  # noqa: E402
 
 from storage.backends import PostgresTarget  # noqa: E402
 from storage.factory import Storage  # noqa: E402
-from storage.manager import StorageManager  # noqa: E402
+from storage.manager import REJECTED_RETRY_SECONDS, StorageManager  # noqa: E402
 from storage.tiered import TieredSaver  # noqa: E402
 from tests.keyring_backend import memory_keyring, no_keyring  # noqa: E402, F401
 
@@ -95,6 +117,7 @@ async def open_storage() -> AsyncIterator[OpenStorage]:
         retry_max_seconds: float = 0.5,
         wait: bool = True,
         password: str | None = None,
+        refused_retry_seconds: float = REJECTED_RETRY_SECONDS,
     ) -> Storage:
         target = (
             PostgresTarget(
@@ -107,7 +130,12 @@ async def open_storage() -> AsyncIterator[OpenStorage]:
             if pg_url
             else None
         )
-        manager = StorageManager(data_dir=data_dir, postgres=target, retry_max_seconds=retry_max_seconds)
+        manager = StorageManager(
+            data_dir=data_dir,
+            postgres=target,
+            retry_max_seconds=retry_max_seconds,
+            refused_retry_seconds=refused_retry_seconds,
+        )
         await manager.start(wait_for_postgres=wait)
         storage = Storage(manager, TieredSaver(manager))
         opened.append(storage)

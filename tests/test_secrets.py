@@ -80,6 +80,17 @@ def test_no_keyring_warning_is_logged(
     assert "No OS keyring is available" in caplog.text
 
 
+def test_without_a_keyring_the_warning_promises_only_what_happens() -> None:
+    """Cairn asks for the Postgres password when it needs it (gui/password_dialog.py); nothing asks for an API key
+    at the next start, so the warning must not say that secrets "will be asked again"."""
+    for store in (SecretStore(backend=keyring.backends.null.Keyring()), SecretStore(backend=_BrokenKeyring())):
+        store.set("db", "x")
+        assert store.warning is not None
+        assert "asked again" not in store.warning and "next start" not in store.warning, store.warning
+        assert "asks for the Postgres password when it needs it" in store.warning
+        assert "API key must be entered again" in store.warning
+
+
 def test_null_backend_counts_as_no_keyring() -> None:
     store = SecretStore(backend=keyring.backends.null.Keyring())
     assert store.persistent is False

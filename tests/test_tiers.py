@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 
 from storage import loop as loop_factory
 from storage.backends import SQLITE_FILE_NAME, SqliteBackend
+from storage.errors import is_environment_error, refusal
 from storage.factory import Storage, postgres_target
 from storage.factory import open_storage as open_storage_from_settings
 from storage.manager import REJECTED_RETRY_SECONDS
@@ -356,6 +357,82 @@ async def test_missing_database_is_retried_slowly_and_at_once_on_retry_now(
     finally:
         await storage.close()
         pg_cluster.drop_database(url)
+
+
+PERMISSION_HINT = "the user may not create tables in this database: ask for CREATE permission, or use another database"
+
+
+async def grant_create(pg_cluster: PgServer, limited_url: str) -> None:
+    """What the database administrator does once told: let the role create tables in schema public."""
+    params = conninfo_to_dict(limited_url)
+    async with await psycopg.AsyncConnection.connect(pg_cluster.url(params["dbname"]), autocommit=True) as conn:
+        await conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(params["user"])))
+
+
+async def test_setup_without_create_permission_is_retried_slowly_with_a_hint_until_granted(
+    tmp_path: Path, pg_cluster: PgServer, limited_url: str, open_storage: Any
+) -> None:
+    """The role may log in but not create LangGraph's and Cairn's tables: a setting of the server, not a bug. The tier
+    says so in plain words, keeps retrying on the slow cadence (shortened here), and is promoted once granted."""
+    slow = 0.5
+    storage = await open_storage(tmp_path / "data", limited_url, refused_retry_seconds=slow)
+    try:
+        postgres = storage.manager.status().tiers["postgres"]
+        assert postgres.state == "down", postgres
+        assert "permission denied for schema public" in postgres.reason, postgres.reason
+        assert PERMISSION_HINT in postgres.reason
+        assert postgres.detail == {"retry_in": slow, "refused": "permission"}
+        meanwhile = thread()
+        await turns_work(storage, meanwhile, ["kept locally meanwhile"])
+
+        await grant_create(pg_cluster, limited_url)  # no Retry now: the background retries find it
+        await wait_for_status(storage.manager, lambda s: s.active_tier == "postgres", timeout=10)
+        await synced(storage, meanwhile)  # what was written while refused reaches Postgres
+    finally:
+        await storage.close()
+
+
+async def test_a_setup_that_fails_for_a_bug_is_tried_again_on_retry_now(
+    tmp_path: Path, pg_cluster: PgServer, pg_url: str, open_storage: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table of another shape where Cairn's should be: setup fails with an error that is not the environment's.
+    It is logged loudly and shown as "failed", with no retry on a timer; once the database is put right, Retry now
+    tries again and the tier is promoted."""
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE cairn_migrations (version_text TEXT)")
+    storage = await open_storage(tmp_path / "data", pg_url, refused_retry_seconds=0.1)
+    try:
+        postgres = storage.manager.status().tiers["postgres"]
+        assert postgres.state == "failed", postgres
+        assert "UndefinedColumn" in postgres.reason, postgres.reason
+        assert "Postgres setup failed" in caplog.text
+
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            await conn.execute("DROP TABLE cairn_migrations")
+        storage.manager.retry_now()
+        await wait_for_status(storage.manager, lambda s: s.active_tier == "postgres", timeout=10)
+    finally:
+        await storage.close()
+
+
+def test_refusals_are_told_by_sqlstate_and_are_environment_errors() -> None:
+    """The server said no to these settings (login, database, permission): the environment, with a hint for the user.
+    Decided by SQLSTATE: the same words under another code are not a refusal."""
+    cases: list[tuple[psycopg.Error, str | None]] = [
+        (psycopg.errors.InsufficientPrivilege("permission denied for schema public"), "permission"),
+        (psycopg.errors.InvalidSchemaName("no schema has been selected to create in"), "permission"),
+        (psycopg.errors.InvalidPassword("password authentication failed for user x"), "password"),
+        (psycopg.errors.InvalidAuthorizationSpecification('role "x" does not exist'), "login"),
+        (psycopg.errors.InvalidCatalogName('database "x" does not exist'), "login"),
+        (psycopg.errors.UndefinedColumn("permission denied for schema public"), None),
+        (psycopg.errors.SyntaxError("syntax error at or near CREATE"), None),
+    ]
+    for exc, kind in cases:
+        found = refusal(exc)
+        assert (found.kind if found else None) == kind, exc
+        assert is_environment_error(exc) is (kind is not None), exc
+    found = refusal(psycopg.errors.InsufficientPrivilege("permission denied for schema public"))
+    assert found is not None and found.hint == PERMISSION_HINT
 
 
 @pytest.mark.parametrize(

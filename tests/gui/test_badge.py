@@ -8,7 +8,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication, QDialog
@@ -308,3 +311,89 @@ async def test_details_without_postgres_cannot_retry(tmp_path: Path, open_storag
     assert QApplication.clipboard().text() == dialog.report.toPlainText()
     dialog.reject()
     assert dialog.result() == QDialog.DialogCode.Rejected
+
+
+async def _no_such_database(pg_cluster: Any, url: str) -> Any:
+    """Postgres refuses the login: the URL names a database the server does not have (yet)."""
+    pg_cluster.drop_database(url)
+    dbname = conninfo_to_dict(url)["dbname"]
+
+    async def fix() -> None:
+        async with await psycopg.AsyncConnection.connect(pg_cluster.url(), autocommit=True) as conn:
+            await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+
+    return fix
+
+
+async def _incompatible_table(url: str) -> Any:
+    """Setup fails for a reason that is not the environment's: a table of another shape where Cairn's goes."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE cairn_migrations (version_text TEXT)")
+
+    async def fix() -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("DROP TABLE cairn_migrations")
+
+    return fix
+
+
+@pytest.mark.parametrize(
+    ("case", "state"),
+    [
+        ("connecting", "connecting"),
+        ("no such database", "down"),
+        ("no CREATE permission", "down"),
+        ("incompatible table", "failed"),
+    ],
+)
+async def test_retry_now_tries_at_once_in_every_state(
+    case: str,
+    state: str,
+    tmp_path: Path,
+    open_storage: Any,
+    pg_cluster: Any,
+    request: pytest.FixtureRequest,
+    qtbot: Any,
+) -> None:
+    """Retry now is offered whatever the state of a configured Postgres, and tries at once: the slow cadence of a
+    refusal (a minute) and "failed" (no retry on a timer) are both longer than this test's bound."""
+    url = request.getfixturevalue("limited_url" if case == "no CREATE permission" else "pg_url")
+    fix: Any = None
+    proxy = None
+    if case == "connecting":
+        proxy = request.getfixturevalue("pg_proxy")
+        proxy.blackhole()  # the first attempt waits for an answer: "connecting" for the connect timeout
+        url = proxy.url_for(url)
+    elif case == "no such database":
+        fix = await _no_such_database(pg_cluster, url)
+    elif case == "no CREATE permission":
+        params = conninfo_to_dict(url)
+
+        async def fix() -> None:
+            async with await psycopg.AsyncConnection.connect(pg_cluster.url(params["dbname"]), autocommit=True) as c:
+                await c.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(params["user"])))
+
+    else:
+        fix = await _incompatible_table(url)
+    store = await open_storage(tmp_path / "data", url, connect_timeout=3.0, wait=case != "connecting")
+    bridge = StorageBridge(store.manager)
+    dialog = StorageDetailsDialog(bridge)
+    qtbot.addWidget(dialog)
+    assert dialog.tiers.item(0, 1).text() == state
+    assert dialog.retry_button.isEnabled(), dialog.retry_button.toolTip()
+
+    if proxy is not None:
+        qtbot.mouseClick(dialog.retry_button, Qt.MouseButton.LeftButton)  # while the attempt is under way
+        proxy.pass_through()
+    else:
+        await fix()
+        qtbot.mouseClick(dialog.retry_button, Qt.MouseButton.LeftButton)
+    assert dialog.retry_note.text() == "Trying Postgres again…"
+    await wait_signal(
+        bridge.statusChanged,
+        10,
+        lambda s: s.active_tier == "postgres",
+        already=lambda: dialog.status().active_tier == "postgres",
+    )
+    assert dialog.tiers.item(0, 1).text() == "connected"
+    await store.close()

@@ -9,8 +9,9 @@ is a real process too.
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,20 @@ from gui.sidebar import TITLE_ROLE
 from storage.listen import LISTENER_SUFFIX
 from storage.schema import APP_NAME_PREFIX
 from tests.chatgraph import build_graph, turn
-from tests.gui.test_main_window import ROOT, cairn_factory, server, window_of  # noqa: F401 (a fixture)
+from tests.gui.test_main_window import ROOT, cairn_factory, window_of
+from tests.model_server import ModelServer
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
 WAIT = 10.0
 """Far above the seconds a live change takes, far below the minutes a missing one would."""
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    with ModelServer() as model_server:
+        yield model_server
 
 
 def live_state(window: MainWindow) -> str:
@@ -60,7 +68,7 @@ async def terminate_listener(pg_url: str, device: str) -> int:
 async def test_another_devices_changes_appear_in_the_open_window(
     pg_url: str, pg_proxy: Any, open_storage: Any, tmp_path: Path, server: Any
 ) -> None:
-    cairn = cairn_factory(tmp_path / "a", server, {"POSTGRES_DATABASE_URL": pg_proxy.url_for(pg_url)})
+    cairn = cairn_factory(tmp_path / "a", server, settings={"POSTGRES_DATABASE_URL": pg_proxy.url_for(pg_url)})
     b = await open_storage(tmp_path / "b", pg_url)
     graph_b = build_graph(b.saver)
     async with cairn() as app:
@@ -123,12 +131,12 @@ async def test_a_second_process_on_the_same_data_folder_shows_in_an_idle_window(
     async with cairn() as app:
         window = window_of(app)
         await eventually(lambda: window.storage is not None, WAIT, "storage open")
-        subprocess.run(
-            [sys.executable, "-m", "tests.second_process", str(tmp_path / "data"), "other", "From process 2", "hi"],
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.second_process", str(tmp_path / "data"), "other", "From process 2", "hi",
             cwd=ROOT,
-            check=True,
-            timeout=60,
         )
+        async with asyncio.timeout(60):
+            assert await process.wait() == 0
         await eventually(lambda: title_in_list(window, "other") == "From process 2", WAIT, "listed in A")
         window.open_conversation("other")
         await eventually(lambda: texts(window)[:1] == ["hi"], WAIT, "its messages open")

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import shiboken6
@@ -35,6 +35,9 @@ from gui.main_window import MainWindow
 from storage.secrets import SecretStore
 from storage.settings import load_settings, save_settings
 from tests.keyring_backend import MemoryKeyring
+
+if TYPE_CHECKING:
+    from keyring.backend import KeyringBackend
 from tests.model_server import ModelServer, tokenize
 from tests.waiting import eventually
 
@@ -67,18 +70,26 @@ def cairn(tmp_path: Path, server: ModelServer) -> Cairn:
     return cairn_factory(tmp_path, server)
 
 
-def cairn_factory(tmp_path: Path, server: ModelServer, extra: dict[str, str] | None = None) -> Cairn:
+def cairn_factory(
+    tmp_path: Path,
+    server: ModelServer,
+    *,
+    keyring: KeyringBackend | None = None,
+    settings: dict[str, object] | None = None,
+) -> Cairn:
     """``async with cairn() as app``: Cairn started on folders under ``tmp_path`` (the same ones every time), and
     quit at the end of the block, inside the test, so nothing of it is left running when the test's loop stops.
-    ``extra``: more settings (a Postgres URL, say)."""
-    keyring = MemoryKeyring()
+
+    ``keyring``: the OS keyring each start finds (a fresh ``MemoryKeyring`` by default; keyring's "fail" backend for
+    a machine without one). ``settings``: more settings for the file."""
+    keyring = keyring if keyring is not None else MemoryKeyring()
     config_dir = tmp_path / "config"
     save_settings(
         {
             "MODEL_BASE_URL": server.base_url,
             "MODEL_NAME": "test-model",
             "CAIRN_DATA_DIR": str(tmp_path / "data"),
-            **(extra or {}),
+            **(settings or {}),
         },
         config_dir=config_dir,
         secrets=SecretStore(backend=keyring),

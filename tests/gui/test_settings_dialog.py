@@ -11,21 +11,36 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import keyring.backends.fail
 import psycopg
 import pytest
+from keyring.backend import KeyringBackend
 from PySide6.QtCore import QObject, Qt, QUrl, Slot
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QDialog
 
 from chat.endpoints import api_key_name
+from gui.app import CairnApp
+from gui.password_dialog import PostgresPasswordDialog
 from gui.settings_dialog import SettingsDialog, join_postgres_url, split_postgres_url
 from storage import connection_test
+from storage.factory import Storage
 from storage.secrets import SecretStore, password_key, split_password
 from storage.settings import SETTINGS, SETTINGS_FILE_NAME, Settings, load_settings
 from tests.gui.conftest import LoopTicker, wait_signal
+from tests.gui.test_main_window import (  # noqa: F401 - _app_setup is this module's autouse fixture too
+    WAIT,
+    Cairn,
+    _app_setup,
+    cairn_factory,
+    send_and_wait,
+    until,
+    window_of,
+)
 from tests.keyring_backend import MemoryKeyring
 from tests.model_server import DEFAULT_MODELS, ModelServer
 from tests.pgcluster import PW_PASSWORD, PW_USER
+from tests.waiting import wait_for_status
 
 SERVICE = "cairn"
 
@@ -453,3 +468,183 @@ async def test_refresh_against_nothing_listening_says_it_cannot_reach_the_server
     dialog.refresh_button.click()
     message = await wait_signal(dialog.modelsRefreshed, 10)
     assert isinstance(message, str) and message.startswith(f"Cannot reach {base_url}")
+
+
+# --------------------------------------------------------------------------------------------- applied to storage
+# The app started as main.py starts it, on a Postgres database of the password-only role; the password is typed in
+# Settings or in the password dialog, and storage must reach Postgres as that role without a restart.
+
+
+@pytest.fixture
+def pw_database(pg_cluster: Any) -> Iterator[str]:
+    """A database owned by the password-only role; the URL as stored in settings: the user, no password."""
+    if not pg_cluster.has_password_role:
+        pytest.skip(f"the server has no {PW_USER} role that needs a password")
+    url = pg_cluster.create_database(owner=PW_USER)
+    yield split_password(url)[0]
+    pg_cluster.drop_database(url)
+
+
+def keyring_backend(kind: str) -> KeyringBackend:
+    return MemoryKeyring() if kind == "keyring" else keyring.backends.fail.Keyring()
+
+
+def start_cairn(tmp_path: Path, server: ModelServer, backend: KeyringBackend, url: str) -> Cairn:
+    return cairn_factory(
+        tmp_path, server, keyring=backend, settings={"POSTGRES_DATABASE_URL": url, "POSTGRES_CONNECT_TIMEOUT": 2}
+    )
+
+
+async def on_postgres_as(app: CairnApp, role: str) -> Storage:
+    """Wait for the app's storage to reach Postgres; check it logged in as ``role``. The storage."""
+    storage = app.storage
+    assert storage is not None
+    await wait_for_status(storage.manager, lambda s: s.active_tier == "postgres", timeout=WAIT)
+    remote = storage.manager.remote
+    assert remote is not None
+    rows = await remote._fetch("SELECT current_user AS role")
+    assert rows[0]["role"] == role
+    badge = window_of(app).badge
+    await until(lambda: badge.status() is not None and badge.status().active_tier == "postgres", "the badge")
+    return storage
+
+
+async def password_dialog(app: CairnApp) -> PostgresPasswordDialog:
+    await until(lambda: app.password_dialog is not None and app.password_dialog.isVisible(), "the password dialog")
+    assert app.password_dialog is not None
+    return app.password_dialog
+
+
+def answer(dialog: PostgresPasswordDialog, qtbot: Any, password: str) -> None:
+    ok = dialog.buttons.button(dialog.buttons.StandardButton.Ok)
+    assert not ok.isEnabled()  # nothing typed yet
+    qtbot.keyClicks(dialog.password, password)
+    assert ok.isEnabled() and dialog.password.echoMode() == dialog.password.EchoMode.Password
+    qtbot.mouseClick(ok, Qt.MouseButton.LeftButton)
+
+
+def assert_not_in_files(tmp_path: Path, secret: str) -> None:
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "cairn.sqlite" for p in files), files
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), f"{secret!r} found in {path}"
+
+
+@pytest.mark.parametrize("kind", ["keyring", "no keyring"])
+async def test_a_password_typed_in_settings_reaches_postgres_without_a_restart(
+    kind: str, tmp_path: Path, pw_database: str, model_server: ModelServer, qtbot: Any
+) -> None:
+    backend = keyring_backend(kind)
+    async with start_cairn(tmp_path, model_server, backend, pw_database)() as app:
+        window = window_of(app)
+        old = app.storage
+        assert old is not None
+        refused = await wait_for_status(old.manager, lambda s: s.tiers["postgres"].state == "down", WAIT)
+        assert "no password supplied" in refused.reason, refused.reason
+        if app.password_dialog is not None:
+            app.password_dialog.reject()  # the password dialog's own tests are below: this user uses the settings
+
+        dialog = window.open_settings()
+        assert dialog.postgres_user.text() == PW_USER  # type: ignore[attr-defined]
+        assert dialog.postgres_password.text() == ""  # type: ignore[attr-defined]
+        dialog.postgres_password.setText(PW_PASSWORD)  # type: ignore[attr-defined]
+        assert dialog.save() is not None  # type: ignore[attr-defined]  # only the password changed
+        dialog.close()
+
+        await until(lambda: app.storage is not old and window.service is app.service, "storage reopened")
+        assert old.manager._closed
+        storage = await on_postgres_as(app, PW_USER)
+        assert storage.manager.target is not None and storage.manager.target.password == PW_PASSWORD
+        assert app.password_dialog is None
+        key = password_key(pw_database)
+        if kind == "keyring":
+            assert backend.passwords == {(SERVICE, key): PW_PASSWORD}  # type: ignore[attr-defined]
+        else:
+            assert app.secrets is not None and not app.secrets.persistent
+            assert app.secrets.get(key) == PW_PASSWORD
+        await send_and_wait(qtbot, window, "stored in Postgres")
+    assert_not_in_files(tmp_path, PW_PASSWORD)
+
+
+async def test_without_a_keyring_the_password_is_asked_used_at_once_and_kept_for_the_session(
+    tmp_path: Path, pw_database: str, model_server: ModelServer, qtbot: Any
+) -> None:
+    cairn = start_cairn(tmp_path, model_server, keyring.backends.fail.Keyring(), pw_database)
+    async with cairn() as app:
+        window = window_of(app)
+        dialog = await password_dialog(app)  # asked at once: a user in the URL, no password, nowhere to keep one
+        assert PW_USER in dialog.message.text()
+        assert "kept in memory until Cairn quits" in dialog.message.text()
+        old = app.storage
+        answer(dialog, qtbot, PW_PASSWORD)
+
+        await until(lambda: app.storage is not old, "storage reopened with the password")
+        await on_postgres_as(app, PW_USER)
+        assert app.password_dialog is None
+        assert app.secrets is not None and app.secrets.get(password_key(pw_database)) == PW_PASSWORD
+
+        # Kept for the session: storage reopened for another setting uses it and asks nothing.
+        reopened = app.storage
+        settings = window.open_settings()
+        settings.pool_size.setValue(3)  # type: ignore[attr-defined]
+        assert settings.save() is not None  # type: ignore[attr-defined]
+        settings.close()
+        await until(lambda: app.storage is not reopened, "storage reopened for the pool size")
+        await on_postgres_as(app, PW_USER)
+        assert app.password_dialog is None
+        await send_and_wait(qtbot, window, "stored in Postgres")
+    assert_not_in_files(tmp_path, PW_PASSWORD)
+
+    # The next session has no keyring to read it from: it asks again.
+    async with cairn() as app:
+        dialog = await password_dialog(app)
+        dialog.reject()
+        assert app.storage is not None and app.storage.manager.status().active_tier == "sqlite"
+
+
+async def test_a_refused_password_from_the_keyring_is_asked_again_and_the_answer_kept_there(
+    tmp_path: Path, pw_database: str, model_server: ModelServer, qtbot: Any
+) -> None:
+    backend = MemoryKeyring()
+    key = password_key(pw_database)
+    backend.set_password(SERVICE, key, "an-old-password")
+    async with start_cairn(tmp_path, model_server, backend, pw_database)() as app:
+        dialog = await password_dialog(app)
+        assert "refused" in dialog.message.text() and "keyring" in dialog.message.text()
+        old = app.storage
+        assert old is not None
+        assert "password authentication failed" in old.manager.status().reason
+        answer(dialog, qtbot, PW_PASSWORD)
+        await until(lambda: app.storage is not old, "storage reopened with the password")
+        await on_postgres_as(app, PW_USER)
+        assert backend.passwords == {(SERVICE, key): PW_PASSWORD}
+
+
+async def test_without_a_keyring_the_password_is_asked_while_the_server_is_away_and_used_when_it_is_back(
+    tmp_path: Path, pw_database: str, pg_proxy: Any, model_server: ModelServer, qtbot: Any
+) -> None:
+    """A user in the URL, no password known, no keyring: asked after the first attempt, even though the server did
+    not answer (it could not say that it wants one), so storage has the password when the server is back."""
+    pg_proxy.refuse()
+    url = pg_proxy.url_for(pw_database)
+    async with start_cairn(tmp_path, model_server, keyring.backends.fail.Keyring(), url)() as app:
+        dialog = await password_dialog(app)
+        assert app.storage is not None
+        postgres = app.storage.manager.status().tiers["postgres"]
+        assert postgres.state == "down" and "refused" not in postgres.detail  # nothing refused the login
+        old = app.storage
+        answer(dialog, qtbot, PW_PASSWORD)
+        await until(lambda: app.storage is not old, "storage reopened with the password")
+        pg_proxy.pass_through()
+        app.storage.manager.retry_now()  # or wait for the next attempt: a few seconds at most
+        await on_postgres_as(app, PW_USER)
+
+
+async def test_without_a_keyring_a_server_that_needs_no_password_is_not_asked_for_one(
+    tmp_path: Path, pg_url: str, model_server: ModelServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="cairn.app")
+    async with start_cairn(tmp_path, model_server, keyring.backends.fail.Keyring(), pg_url)() as app:
+        await on_postgres_as(app, "postgres")  # a user in the URL, no password: the server trusts it
+        assert app.password_dialog is None
+        assert "asking for the Postgres password" not in caplog.text
