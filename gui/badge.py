@@ -42,7 +42,7 @@ def badge_tooltip(status: StorageStatus) -> str:
     look = TIER_LOOKS[status.active_tier]
     lines = [look.headline, f"Why: {status.reason}"]
     if status.pending_sync:
-        lines.append(f"Waiting to be copied to Postgres: {status.pending_sync} checkpoint(s)")
+        lines.append(f"Waiting to be copied to Postgres: {status.pending_words}")
     lines.append(f"Postgres: {status.postgres_url or 'not configured'}")  # already masked by the manager
     lines.append(f"Data folder: {status.data_dir or 'none'}")
     if status.last_sync_error:

@@ -152,7 +152,7 @@ class StorageDetailsDialog(QDialog):
                 item.setToolTip(value)
                 self.tiers.setItem(row, column, item)
         self.tiers.resizeRowsToContents()
-        self.pending.setText(f"{status.pending_sync} checkpoint(s) not yet in Postgres")
+        self.pending.setText(f"{status.pending_words} not yet in Postgres")
         self.postgres_url.setText(status.postgres_url or "not configured")
         self.data_dir.setText(status.data_dir or "none")
         keyring = self.secrets.backend_name if self.secrets is not None else status.keyring

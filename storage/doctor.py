@@ -64,7 +64,7 @@ def status_text(status: StorageStatus, keyring: str) -> str:
     lines += [
         "",
         f"Active tier:   {status.active_tier} ({status.reason})",
-        f"Pending sync:  {status.pending_sync} change(s) not yet in Postgres",
+        f"Pending sync:  {status.pending_sync} change(s) not yet in Postgres: {status.pending_words}",
         f"Keyring:       {keyring}",
     ]
     if status.last_sync_error:

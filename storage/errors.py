@@ -54,6 +54,11 @@ def is_environment_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction | psycopg.errors.InsufficientResources):
         return True
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
+        # Set up once, the tables are gone: another (empty, or restored) database answers at the same URL. The pool
+        # reconnects to it without a word; losing the tier makes the next connection run the setup again and the
+        # full comparison upload everything.
+        return True
     if isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc).lower():
         return True
     if isinstance(exc, sqlite3.Error):

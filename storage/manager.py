@@ -100,6 +100,7 @@ class StorageManager:
         self._data_version: int | None = None  # SQLite's, when the cache last looked (see cached)
         self._postgres = TierStatus("off", postgres_reason or "no Postgres URL is configured")
         self._pending = 0
+        self._pending_rows = 0  # of them, index rows
         self._last_sync_error = ""
         self._homes: dict[str, set[str]] = {}
         self._listeners: list[Listener] = []
@@ -392,6 +393,7 @@ class StorageManager:
             data_dir=str(self.data_dir or ""),
             keyring=self.keyring_name,
             last_sync_error=self._last_sync_error,
+            pending_conversations=self._pending_rows if self.target is not None else 0,
         )
 
     def retry_now(self) -> None:
@@ -564,15 +566,17 @@ class StorageManager:
     async def refresh_pending(self) -> None:
         """Count what Postgres still lacks (the outbox, and index changes such as a deletion or a rename not yet
         uploaded) and tell the listeners if it changed."""
-        total = 0
+        total = rows = 0
         async with self._count_lock:
             for local in self._locals():
                 with contextlib.suppress(Exception):
                     total += await local.pending_count()
                 with contextlib.suppress(Exception):
-                    total += len(await local.dirty_conversations())
-        if total != self._pending:
-            self._pending = total
+                    dirty = len(await local.dirty_conversations())
+                    total += dirty
+                    rows += dirty
+        if (total, rows) != (self._pending, self._pending_rows):
+            self._pending, self._pending_rows = total, rows
             self._changed(None)
 
     async def _against(self, remote: PostgresBackend, work: Awaitable[T]) -> T:

@@ -35,12 +35,28 @@ class StorageStatus:
     data_dir: str
     keyring: str = ""
     last_sync_error: str = ""
+    pending_conversations: int = 0
+    """Of ``pending_sync``: conversation index rows (a title, a pin, a deletion) Postgres lacks or holds older."""
+
+    @property
+    def pending_words(self) -> str:
+        """What is waiting to reach Postgres, in words: "2 turn steps and 1 conversation's title, pin or deletion"."""
+        turns = self.pending_sync - self.pending_conversations
+        parts = []
+        if turns:
+            parts.append(f"{turns} turn step{'s' if turns != 1 else ''}")
+        if self.pending_conversations:
+            n = self.pending_conversations
+            parts.append(
+                "1 conversation's title, pin or deletion" if n == 1 else f"{n} conversations' titles, pins or deletions"
+            )
+        return " and ".join(parts) or "nothing"
 
     @property
     def reason(self) -> str:
         """Why the active tier is the active tier, in one line."""
         if self.active_tier == "postgres":
-            return "Postgres is reachable" + (f"; syncing {self.pending_sync}" if self.pending_sync else "")
+            return "Postgres is reachable" + (f"; syncing {self.pending_words}" if self.pending_sync else "")
         postgres = self.tiers["postgres"]
         if self.active_tier == "sqlite":
             return postgres.reason or "Postgres is not configured"
