@@ -5,7 +5,8 @@
 #   scripts/test.sh -q -k proxy      # extra arguments go to pytest
 #
 # Installs Debian's `postgresql` package when no server binaries are found (unless TEST_POSTGRES_URL
-# points at a server), creates .venv, installs the project with its test extras, then runs pytest.
+# points at a server) and `faketime` when missing, creates .venv, installs the project with its test extras,
+# then runs pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -39,6 +40,11 @@ find_pg_bindir() {
 apt_packages=()
 if [ -z "${TEST_POSTGRES_URL:-}" ] && ! find_pg_bindir >/dev/null; then
     apt_packages+=(postgresql)
+fi
+
+# tests/test_clock_skew.py runs another device under libfaketime, so its clock is off without touching the code.
+if ! command -v faketime >/dev/null 2>&1; then
+    apt_packages+=(faketime)
 fi
 
 # PyInstaller, which tests/test_bundle.py runs to build the Linux bundle, needs objdump.

@@ -659,12 +659,16 @@ class StorageManager:
         devices changed (heard, or found in the change log), then upload what is pending."""
         locals_ = self._locals()
         if self._reconcile_due:
-            position = await self._against(remote, remote.change_position())
-            for local in locals_:
-                await self._against(remote, sync.reconcile(local, remote, self.emit, self.holding))
-            self._reconcile_due = False
-            self._poll_due = False
+            # Cleared before the work: a notification or a reconnect during it asks for another round.
+            self._reconcile_due = self._poll_due = False
             self._pull.clear()
+            try:
+                position = await self._against(remote, remote.change_position())
+                for local in locals_:
+                    await self._against(remote, sync.reconcile(local, remote, self.emit, self.holding))
+            except BaseException:
+                self._reconcile_due = True
+                raise
             if position < self._change_cursor:
                 self._change_seen.clear()  # another server (or a restored one) behind the same URL
             self._change_cursor = position
@@ -673,9 +677,13 @@ class StorageManager:
         if self._poll_due:
             self._poll_due = False
             threads |= await self._against(remote, self._poll_changes(remote))
-        if threads and locals_:
-            for thread_id in sorted(threads):
+        left = set(threads) if locals_ else set()
+        try:
+            for thread_id in sorted(left):
                 await self._against(remote, sync.pull_thread(locals_[0], remote, thread_id, self.emit, self.holding))
+                left.discard(thread_id)
+        finally:
+            self._pull |= left  # not brought down yet: the next round tries again
         for local in locals_:
             await self._against(remote, sync.push(local, remote))
 

@@ -107,7 +107,7 @@ async def test_an_empty_server_at_the_same_url_gets_everything_back(
             assert listed["pinned"].pinned and listed["kept"].title == "Title of kept"
         assert b.manager.sqlite is not None and not await b.manager.sqlite.checkpoint_keys("doomed")
         assert healed_index(await index_rows(pg_url))
-        assert [m.content for m in await messages(build_graph(b.saver), "kept")][0] == "kept says hello"
+        assert (await messages(build_graph(b.saver), "kept"))[0].content == "kept says hello"
     finally:
         proxy_b.close()
 

@@ -1,0 +1,200 @@
+"""Devices whose clocks disagree: no turn is hidden, and every checkpoint sorts after the one it continues.
+
+Machine A is a storage stack in this process; machine B is its own process (``tests.device``) run under libfaketime
+(Debian's ``faketime``), so B's wall clock is an hour behind or ahead without anything in Cairn's code knowing.
+Both use one real Postgres, each through its own TCP proxy so the test can take them offline apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from langgraph.checkpoint.base import id as lg_id
+
+from chat.endpoints import Endpoint
+from chat.service import ConversationService
+from storage import clock
+from tests.chatgraph import build_graph, messages, turn
+from tests.device import bad_order
+from tests.model_server import ModelServer
+from tests.netproxy import TcpProxy
+from tests.test_sync import SYNC_TIMEOUT, until_synced
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.postgres
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 15.0
+
+
+def faketime() -> str:
+    path = shutil.which("faketime")
+    if path is None:
+        message = "libfaketime's faketime is not installed (Debian package faketime; scripts/test.sh installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+class Device:
+    """The other machine: a process answering one JSON line per command (see tests/device.py)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def ask(self, do: str, **args: Any) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write((json.dumps({"do": do, **args}) + "\n").encode())
+        await self.process.stdin.drain()
+        async with asyncio.timeout(60):
+            line = await self.process.stdout.readline()
+        if not line:
+            raise AssertionError(f"device process ended (exit {await self.process.wait()})")
+        return json.loads(line)["answer"]
+
+
+@contextlib.asynccontextmanager
+async def device(data_dir: Path, url: str, offset: str) -> AsyncIterator[Device]:
+    # FAKETIME_DONT_FAKE_MONOTONIC: asyncio's timers keep real time; only the wall clock (and so uuid6) is off.
+    env = {**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PYTHONPATH": str(ROOT)}
+    process = await asyncio.create_subprocess_exec(
+        faketime(), "-f", offset, sys.executable, "-m", "tests.device", str(data_dir), url,
+        cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    async with asyncio.timeout(60):
+        ready = json.loads(await process.stdout.readline())
+    assert ready == {"ready": True, "tier": "postgres"}, ready
+    other = Device(process)
+    try:
+        yield other
+    finally:
+        with contextlib.suppress(AssertionError, BrokenPipeError, ConnectionResetError):
+            await other.ask("quit")
+        async with asyncio.timeout(30):
+            await process.wait()
+
+
+def texts(msgs: list[Any]) -> list[str]:
+    return [str(m.content) for m in msgs]
+
+
+@pytest.fixture(autouse=True)
+def _own_clock() -> Iterator[None]:
+    """The id floor is process-wide: machine A (this process) sees B's ids from an hour ahead and keeps its ids above
+    them, as it must. Other tests in this process expect ids near the wall clock: give the floor back after."""
+    saved = lg_id._last_v6_timestamp
+    yield
+    lg_id._last_v6_timestamp = saved
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    with ModelServer() as model_server:
+        yield model_server
+
+
+@pytest.mark.parametrize("offset", ["-1h", "+1h", "-24h"])
+async def test_a_device_with_its_clock_off_hides_no_turn(
+    pg_url: str, open_storage: Any, tmp_path: Path, offset: str
+) -> None:
+    a = await open_storage(tmp_path / "a", pg_url)
+    graph_a = build_graph(a.saver)
+    async with device(tmp_path / "b", pg_url, offset) as b:
+        await turn(graph_a, "t", "a0")
+        await until_synced(a.manager, pg_url, SYNC_TIMEOUT)
+        assert (await b.ask("wait_for", thread="t", text="a0"))[-2:-1] == ["a0"]
+        for i in range(3):
+            # B continues: B shows its own new turn (not A's older one) ...
+            shown_b = await b.ask("turn", thread="t", text=f"b{i}")
+            assert shown_b[-2] == f"b{i}", shown_b
+            assert await b.ask("order", thread="t") == []
+
+            # ... and so does A, live.
+            async def a_shows_b(i: int = i) -> bool:
+                return texts(await messages(graph_a, "t"))[-2:-1] == [f"b{i}"]
+
+            await eventually(a_shows_b, WAIT, f"A shows B's turn b{i}")
+            # A continues B's turn (not a fork off its own older one): A shows its turn after B's, and so does B.
+            await turn(graph_a, "t", f"a{i + 1}")
+            mine = texts(await messages(graph_a, "t"))
+            assert mine[-2] == f"a{i + 1}" and mine[-4] == f"b{i}", mine
+            assert await bad_order(a.manager, "t") == []
+            seen = await b.ask("wait_for", thread="t", text=f"a{i + 1}")
+            assert seen == texts(await messages(graph_a, "t")), seen
+        assert len(await a.manager.leaves("t")) == 1  # one line of turns: nothing forked
+        assert await b.ask("leaves", thread="t") == sorted(await a.manager.leaves("t"))
+
+
+async def test_turns_taken_apart_keep_both_branches_one_shown_the_other_announced(
+    pg_url: str, open_storage: Any, tmp_path: Path, server: ModelServer
+) -> None:
+    proxy_a, proxy_b = TcpProxy(*host_port(pg_url)), TcpProxy(*host_port(pg_url))
+    try:
+        a = await open_storage(tmp_path / "a", proxy_a.url_for(pg_url))
+        graph_a = build_graph(a.saver)
+        async with device(tmp_path / "b", proxy_b.url_for(pg_url), "-1h") as b:
+            await turn(graph_a, "t", "together")
+            await until_synced(a.manager, pg_url, SYNC_TIMEOUT)
+            assert (await b.ask("wait_for", thread="t", text="together"))[-2:-1] == ["together"]
+
+            proxy_a.refuse()
+            proxy_b.refuse()
+            await eventually(lambda: a.manager.status().active_tier == "sqlite", WAIT, "A offline")
+            await turn(graph_a, "t", "apart on A")
+            branch_a = texts(await messages(graph_a, "t"))
+            branch_b = await b.ask("turn", thread="t", text="apart on B")
+            assert branch_a[:2] == branch_b[:2] and branch_a[2] == "apart on A" and branch_b[2] == "apart on B"
+
+            proxy_a.pass_through()
+            proxy_b.pass_through()
+            a.manager.retry_now()
+            await until_synced(a.manager, pg_url, WAIT)
+            await b.ask("sync")
+            await a.manager.sync_now()
+
+            leaves = await a.manager.leaves("t")
+            assert len(leaves) == 2 and sorted(leaves) == await b.ask("leaves", thread="t")
+            # Both branches reachable, on both devices; both devices show the same one.
+            for leaf in leaves:
+                at = await graph_a.aget_state({"configurable": {"thread_id": "t", "checkpoint_id": leaf}})
+                assert texts(at.values["messages"]) in (branch_a, branch_b)
+            assert await b.ask("messages", thread="t") == texts(await messages(graph_a, "t"))
+            assert await bad_order(a.manager, "t") == [] and await b.ask("order", thread="t") == []
+            # The conversation says another branch exists.
+            service = ConversationService(a, Endpoint(server.base_url, "test-model"))
+            view = await service.load("t")
+            assert view.other_branches == 1
+            assert [m.text for m in view.messages] in (branch_a, branch_b)
+    finally:
+        proxy_a.close()
+        proxy_b.close()
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 5432
+
+
+def test_the_clock_lever_still_works() -> None:
+    """The floor LangGraph's uuid6 keeps is a private name: a LangGraph upgrade that changes it fails here."""
+    clock.check_lever()
+    from langgraph.checkpoint.base.id import uuid6
+
+    now = str(uuid6())
+    ahead = (clock.stamp(now) or 0) + 36_000_000_000  # an hour of 100 ns ticks
+    seen = f"{ahead >> 28:08x}-{(ahead >> 12) & 0xFFFF:04x}-6{ahead & 0xFFF:03x}-8000-000000000000"
+    assert clock.stamp(seen) == ahead
+    clock.observe(seen)
+    assert str(uuid6()) > seen
