@@ -12,6 +12,8 @@ from storage.settings import Settings
 from storage.status import StorageStatus
 
 MIN_ATTEMPT_SECONDS = 0.5
+LIVE_WAIT_SECONDS = 1.0
+"""Once Postgres answered: how long to wait for the LISTEN connection to say whether changes arrive live."""
 """The least time the Postgres attempt gets, however long start-up took: a server that answers at once must be
 found."""
 
@@ -29,6 +31,7 @@ async def diagnose(settings: Settings, secrets: SecretStore, *, started: float |
 
     storage = await open_storage(settings, secrets, wait_for_postgres=True)
     try:
+        await storage.manager.live_settled(LIVE_WAIT_SECONDS)
         await storage.manager.refresh_pending()
         return storage.manager.status()
     finally:

@@ -85,8 +85,10 @@ class StorageManager:
         reconcile_interval: float = RECONCILE_INTERVAL_SECONDS,
         keyring_name: str = "",
         refused_retry_seconds: float = REJECTED_RETRY_SECONDS,
+        live: bool = True,
     ) -> None:
         self.data_dir = data_dir
+        self.live = live  # listen for other devices' changes; False polls the change log only (a baseline)
         self.refused_retry_seconds = refused_retry_seconds
         self.target = postgres
         self.retry_max_seconds = retry_max_seconds
@@ -109,6 +111,7 @@ class StorageManager:
         self._listening = ""  # "" until the LISTEN connection works; then "listening"
         self._live_reason = "not connected"  # why changes from other devices are polled, not heard
         self._listen_wake = asyncio.Event()
+        self._live_known = asyncio.Event()  # the listener has connected, or said why not, since Postgres came
         self._pull: set[str] = set()  # threads another device changed, to bring down
         self._poll_due = False
         self._change_cursor = 0  # the Postgres change log position read up to
@@ -155,7 +158,10 @@ class StorageManager:
             self.target = replace(self.target, device=self.device)
             self._postgres = TierStatus("connecting", f"connecting to {mask_url(self.target.url)}")
             self._spawn(self._health_loop(), "cairn-postgres-health")
-            self._spawn(self._listen_loop(), "cairn-postgres-listen")
+            if self.live:
+                self._spawn(self._listen_loop(), "cairn-postgres-listen")
+            else:
+                self._live_reason = "listening is switched off"
         else:
             self._first_attempt.set()
         self._spawn(self._sync_loop(), "cairn-sync")
@@ -551,7 +557,7 @@ class StorageManager:
         task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))  # type: ignore[arg-type]
         self._remote_lost.set()
         self._listening = ""
-        self._live_reason = "Postgres is not connected"
+        self._live_reason = "Postgres is not connected" if self.live else self._live_reason
         self._changed(reason)
 
     # --- sync -----------------------------------------------------------------------------------------------
@@ -704,6 +710,14 @@ class StorageManager:
             self._change_cursor = max(self._change_cursor, seq)
         return threads
 
+    async def live_settled(self, timeout: float) -> None:
+        """Wait (``timeout`` at most) until the listener is listening or has said why not (the doctor's report)."""
+        if self.remote is None or not self.live:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._live_known.wait()
+
     def _heard(self, thread_id: str) -> None:
         self._pull.add(thread_id)
         self._sync_wake.set()
@@ -711,6 +725,7 @@ class StorageManager:
     def _now_listening(self) -> None:
         self._listening = "listening"
         self._live_reason = ""
+        self._live_known.set()
         self._poll_due = True  # what was sent while nobody listened is read from the change log
         self._sync_wake.set()
         self._changed(None)
@@ -725,6 +740,7 @@ class StorageManager:
                 self._listen_wake.clear()
                 continue
             target = self.target
+            self._live_reason = "starting to listen"
             try:
                 await listen.listen(target, self._heard, self._now_listening, check_every=LISTEN_CHECK_SECONDS)
             except listen.NotificationsUnavailable as exc:
@@ -745,6 +761,7 @@ class StorageManager:
         self._listening = ""
         self._live_reason = reason
         self._sync_wake.set()  # poll at the fallback cadence from now on
+        self._live_known.set()
         if was:
             log.warning("stopped listening for changes: %s", reason)
             self._changed(None)

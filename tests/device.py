@@ -7,8 +7,8 @@ one JSON line per command read from stdin:
 - ``{"do": "turn", "thread": T, "text": S}``: a graph turn; answers the messages then shown (the thread's latest)
 - ``{"do": "messages", "thread": T}``: the messages shown now
 - ``{"do": "sync"}``: a full comparison with Postgres, as soon as it answers (15 s at most)
-- ``{"do": "wait_for", "thread": T, "text": S}``: until the message with that text is shown answered, last
-  (10 s at most)
+- ``{"do": "latest", "thread": T}``: the id of the checkpoint shown (the thread's latest)
+- ``{"do": "wait_for", "thread": T, "id": C}``: until checkpoint C is the one shown (10 s at most); the messages
 - ``{"do": "order", "thread": T}``: checkpoints whose id is not above their parent's, in this device's SQLite
 - ``{"do": "leaves", "thread": T}``: the newest checkpoint of each branch
 - ``{"do": "clock"}``: this process's wall clock
@@ -32,6 +32,11 @@ from tests.chatgraph import build_graph, messages, turn
 
 async def shown(graph: Any, thread: str) -> list[str]:
     return [str(m.content) for m in await messages(graph, thread)]
+
+
+async def latest(graph: Any, thread: str) -> str | None:
+    state = await graph.aget_state({"configurable": {"thread_id": thread}})
+    return state.config["configurable"].get("checkpoint_id") if state.config else None
 
 
 async def bad_order(manager: StorageManager, thread: str) -> list[tuple[str, str]]:
@@ -74,12 +79,15 @@ async def main(data_dir: Path, url: str) -> None:
                         break
                     await asyncio.sleep(0.05)  # a poll interval: the condition decides
                 answer = {"uploaded": report.uploaded, "downloaded": report.downloaded}
+            elif do == "latest":
+                answer = await latest(graph, thread)
             elif do == "wait_for":
                 deadline = time.monotonic() + 10
-                while (answer := await shown(graph, thread))[-2:-1] != [command["text"]]:
-                    if time.monotonic() > deadline:
+                while time.monotonic() < deadline:
+                    if await latest(graph, thread) == command["id"]:
                         break
                     await asyncio.sleep(0.02)  # a poll interval: the condition decides
+                answer = await shown(graph, thread)
             elif do == "order":
                 answer = await bad_order(manager, thread)
             elif do == "leaves":

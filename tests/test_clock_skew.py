@@ -25,7 +25,7 @@ from chat.endpoints import Endpoint
 from chat.service import ConversationService
 from storage import clock
 from tests.chatgraph import build_graph, messages, turn
-from tests.device import bad_order
+from tests.device import bad_order, latest
 from tests.model_server import ModelServer
 from tests.netproxy import TcpProxy
 from tests.test_sync import SYNC_TIMEOUT, until_synced
@@ -114,25 +114,28 @@ async def test_a_device_with_its_clock_off_hides_no_turn(
     async with device(tmp_path / "b", pg_url, offset) as b:
         await turn(graph_a, "t", "a0")
         await until_synced(a.manager, pg_url, SYNC_TIMEOUT)
-        assert (await b.ask("wait_for", thread="t", text="a0"))[-2:-1] == ["a0"]
+        assert (await b.ask("wait_for", thread="t", id=await latest(graph_a, "t")))[-2:-1] == ["a0"]
         for i in range(3):
             # B continues: B shows its own new turn (not A's older one) ...
             shown_b = await b.ask("turn", thread="t", text=f"b{i}")
             assert shown_b[-2] == f"b{i}", shown_b
             assert await b.ask("order", thread="t") == []
 
-            # ... and so does A, live.
-            async def a_shows_b(i: int = i) -> bool:
-                return texts(await messages(graph_a, "t"))[-2:-1] == [f"b{i}"]
+            # ... and so does A, live: B's newest checkpoint becomes the one A shows.
+            newest_b = await b.ask("latest", thread="t")
 
-            await eventually(a_shows_b, WAIT, f"A shows B's turn b{i}")
+            async def a_shows(checkpoint_id: str = newest_b) -> bool:
+                return await latest(graph_a, "t") == checkpoint_id
+
+            await eventually(a_shows, WAIT, f"A shows B's turn b{i}")
+            assert texts(await messages(graph_a, "t")) == shown_b
             # A continues B's turn (not a fork off its own older one): A shows its turn after B's, and so does B.
             await turn(graph_a, "t", f"a{i + 1}")
             mine = texts(await messages(graph_a, "t"))
-            assert mine[-2] == f"a{i + 1}" and mine[-4] == f"b{i}", mine
+            assert mine[:-2] == shown_b and mine[-2] == f"a{i + 1}", mine
             assert await bad_order(a.manager, "t") == []
-            seen = await b.ask("wait_for", thread="t", text=f"a{i + 1}")
-            assert seen == texts(await messages(graph_a, "t")), seen
+            seen = await b.ask("wait_for", thread="t", id=await latest(graph_a, "t"))
+            assert seen == mine, seen
         assert len(await a.manager.leaves("t")) == 1  # one line of turns: nothing forked
         assert await b.ask("leaves", thread="t") == sorted(await a.manager.leaves("t"))
 
@@ -147,7 +150,7 @@ async def test_turns_taken_apart_keep_both_branches_one_shown_the_other_announce
         async with device(tmp_path / "b", proxy_b.url_for(pg_url), "-1h") as b:
             await turn(graph_a, "t", "together")
             await until_synced(a.manager, pg_url, SYNC_TIMEOUT)
-            assert (await b.ask("wait_for", thread="t", text="together"))[-2:-1] == ["together"]
+            assert (await b.ask("wait_for", thread="t", id=await latest(graph_a, "t")))[-2:-1] == ["together"]
 
             proxy_a.refuse()
             proxy_b.refuse()

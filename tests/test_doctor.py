@@ -70,3 +70,10 @@ def test_doctor_text_shows_tiers_and_masks_password(tmp_path: Path, pg_cluster: 
     assert "***" in result.stdout or "cairn_pw@" in result.stdout
     for tier in ("postgres", "sqlite", "memory"):
         assert f"\n  {tier}" in result.stdout
+
+
+def test_doctor_says_whether_changes_from_other_devices_arrive_live(pg_url: str, tmp_path: Path) -> None:
+    result, _ = run_doctor(tmp_path, "--json", POSTGRES_DATABASE_URL=pg_url)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["tiers"]["postgres"]["detail"]["live"] == "listening", data["tiers"]["postgres"]
