@@ -19,6 +19,8 @@ class ReplyDone:
     message_id: str
     text: str
     stopped: bool = False
+    checkpoint_id: str = ""
+    """The run's own newest checkpoint: what to show now, and what the next message continues."""
 
 
 @dataclass(frozen=True)

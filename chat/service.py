@@ -54,6 +54,8 @@ class ConversationView:
     other_branches: int = 0
     """Other versions of the conversation, kept and not shown: an edit or a regenerate, or turns taken on two
     devices at once while they could not reach each other."""
+    checkpoint_id: str = ""
+    """The checkpoint shown: a message sent from this view continues it (``send(..., at=)``)."""
 
 
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
@@ -177,9 +179,10 @@ class ConversationService:
     async def conversation(self, thread_id: str) -> Conversation | None:
         return next((c for c in await self.manager.conversations() if c.thread_id == thread_id), None)
 
-    async def load(self, thread_id: str) -> ConversationView:
+    async def load(self, thread_id: str, at: str | None = None) -> ConversationView:
+        """The conversation as of checkpoint ``at`` (a reply's own result), or its newest."""
         check_thread_id(thread_id)
-        state = await self.graph.aget_state(self._config(thread_id))
+        state = await self.graph.aget_state(self._config(thread_id, at))
         messages = [
             ChatMessage(
                 str(m.id),
@@ -193,7 +196,8 @@ class ConversationService:
         awaiting = bool(messages) and messages[-1].role == "user"
         shown = state.config.get("configurable", {}).get("checkpoint_id") if state.config else None
         others = len((await self.manager.leaves(thread_id)) - {shown}) if shown else 0
-        return ConversationView(thread_id, conversation.title if conversation else "", messages, awaiting, others)
+        title = conversation.title if conversation else ""
+        return ConversationView(thread_id, title, messages, awaiting, others, shown or "")
 
     # --- replies --------------------------------------------------------------------------------------------
     def is_running(self, thread_id: str) -> bool:
@@ -216,37 +220,42 @@ class ConversationService:
             task.cancel()
         return True
 
-    async def send(self, thread_id: str, text: str) -> AsyncIterator[ChatEvent]:
-        """Store the user's message and stream the reply."""
+    async def send(self, thread_id: str, text: str, at: str | None = None) -> AsyncIterator[ChatEvent]:
+        """Store the user's message and stream the reply, continuing checkpoint ``at`` (the one the window shows;
+        the newest when None): a turn that arrived from another device meanwhile does not change what it answers."""
         check_thread_id(thread_id)
         self._check_idle(thread_id)
         conversation = await self.conversation(thread_id)
         if conversation is None or not conversation.title:
             await self.manager.update_conversation(thread_id, title=make_title(text))
         message = with_id(HumanMessage(text))
-        async for event in self._run(thread_id, {"messages": [message]}, self._config(thread_id)):
+        async for event in self._run(thread_id, {"messages": [message]}, self._config(thread_id, at)):
             yield event
 
-    async def retry(self, thread_id: str) -> AsyncIterator[ChatEvent]:
-        """Ask again for the reply that failed (the user's message is already stored)."""
+    async def retry(self, thread_id: str, at: str | None = None) -> AsyncIterator[ChatEvent]:
+        """Ask again for the reply that failed (the user's message is already stored), at ``at`` as ``send``."""
         self._check_idle(thread_id)
-        async for event in self._run(thread_id, None, self._config(thread_id)):
+        async for event in self._run(thread_id, None, self._config(thread_id, at)):
             yield event
 
-    async def regenerate(self, thread_id: str) -> AsyncIterator[ChatEvent]:
-        """A new reply to the last user message, on a new branch (the old reply stays in history)."""
+    async def regenerate(self, thread_id: str, at: str | None = None) -> AsyncIterator[ChatEvent]:
+        """A new reply to the last user message, on a new branch (the old reply stays in history); ``at``: the
+        checkpoint shown (the newest when None)."""
         self._check_idle(thread_id)
-        view = await self.load(thread_id)
+        view = await self.load(thread_id, at)
         last_user = next((m for m in reversed(view.messages) if m.role == "user"), None)
         if last_user is None:
             raise LookupError("This conversation has no message to answer")
-        async for event in self.edit_and_resend(thread_id, last_user.id, last_user.text):
+        async for event in self.edit_and_resend(thread_id, last_user.id, last_user.text, view.checkpoint_id or None):
             yield event
 
-    async def edit_and_resend(self, thread_id: str, message_id: str, text: str) -> AsyncIterator[ChatEvent]:
-        """Replace a user message and everything after it with a new branch starting from the edited text."""
+    async def edit_and_resend(
+        self, thread_id: str, message_id: str, text: str, at: str | None = None
+    ) -> AsyncIterator[ChatEvent]:
+        """Replace a user message and everything after it with a new branch starting from the edited text; the
+        message is looked for in the branch that ends at ``at`` (the one shown; the newest when None)."""
         self._check_idle(thread_id)
-        fork = await self._input_checkpoint_of(thread_id, message_id)
+        fork = await self._input_checkpoint_of(thread_id, message_id, at)
         if fork is None:
             raise LookupError(f"Message {message_id} is not in this conversation")
         config = self._config(thread_id)
@@ -256,9 +265,25 @@ class ConversationService:
         async for event in self._run(thread_id, {"messages": [message]}, config):
             yield event
 
-    async def _input_checkpoint_of(self, thread_id: str, message_id: str) -> RunnableConfig | None:
-        """Walk the current branch back to the checkpoint where this user message was the input."""
+    async def follow(self, thread_id: str, shown: str | None) -> str | None:
+        """What to show after the thread changed elsewhere, the view showing checkpoint ``shown``: the thread's newest
+        when it continues ``shown`` (None says so), else ``shown`` itself: a branch taken apart on another device does
+        not replace the one the user is reading (the view says it exists)."""
+        if not shown or await self.saver.aget_tuple(self._config(thread_id, shown)) is None:
+            return None
         found = await self.saver.aget_tuple(self._thread_config(thread_id))
+        # Ids order causally (storage/clock.py): walking back from the newest, ``shown`` comes before any id below it.
+        while found is not None and found.checkpoint["id"] > shown and found.parent_config is not None:
+            if found.parent_config["configurable"]["checkpoint_id"] == shown:
+                return None
+            found = await self.saver.aget_tuple(found.parent_config)
+        return None if found is not None and found.checkpoint["id"] == shown else shown
+
+    async def _input_checkpoint_of(
+        self, thread_id: str, message_id: str, at: str | None = None
+    ) -> RunnableConfig | None:
+        """Walk the branch shown back to the checkpoint where this user message was the input."""
+        found = await self.saver.aget_tuple(self._config(thread_id, at))
         while found is not None:
             if found.metadata.get("source") == "input":
                 for _task, channel, value in found.pending_writes or []:
@@ -336,7 +361,8 @@ class ConversationService:
             if last is None or last["next"] or not messages or not isinstance(messages[-1], AIMessage):
                 queue.put_nowait(ReplyFailed("The model gave no reply", "unknown", "".join(parts)))
             else:
-                queue.put_nowait(ReplyDone(str(messages[-1].id), _text(messages[-1])))
+                at = str(last["config"]["configurable"]["checkpoint_id"])
+                queue.put_nowait(ReplyDone(str(messages[-1].id), _text(messages[-1]), checkpoint_id=at))
         except asyncio.CancelledError:
             at = last["config"] if last is not None else None
             queue.put_nowait(await self._keep_partial(thread_id, "".join(parts), at))
@@ -354,19 +380,24 @@ class ConversationService:
         thread = at or self._thread_config(thread_id)
         state = await self.graph.aget_state(thread)
         messages = state.values.get("messages", [])
+        shown = str((state.config or {}).get("configurable", {}).get("checkpoint_id") or "")
         if not state.next and messages and isinstance(messages[-1], AIMessage):
-            return ReplyDone(str(messages[-1].id), _text(messages[-1]))
+            return ReplyDone(str(messages[-1].id), _text(messages[-1]), checkpoint_id=shown)
         if not partial:
             return ReplyFailed("Stopped before the model answered", "stopped")
         reply = AIMessage(partial, id=str(uuid.uuid4()), response_metadata={"stopped": True})
-        await self.graph.aupdate_state(thread, {"messages": [reply]}, as_node=MODEL_NODE)
-        return ReplyDone(str(reply.id), partial, stopped=True)
+        stored = await self.graph.aupdate_state(thread, {"messages": [reply]}, as_node=MODEL_NODE)
+        at = str(stored["configurable"].get("checkpoint_id") or "")
+        return ReplyDone(str(reply.id), partial, stopped=True, checkpoint_id=at)
 
     @staticmethod
     def _thread_config(thread_id: str) -> RunnableConfig:
         return {"configurable": {"thread_id": thread_id}}
 
-    def _config(self, thread_id: str) -> RunnableConfig:
+    @staticmethod
+    def _config(thread_id: str, at: str | None = None) -> RunnableConfig:
+        if at:
+            return {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": at}}
         return {"configurable": {"thread_id": thread_id}}
 
     # --- conversation metadata ------------------------------------------------------------------------------

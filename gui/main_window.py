@@ -108,6 +108,9 @@ class MainWindow(QMainWindow):
         self._runs: dict[str, Run] = {}
         self._failures: dict[str, Failure] = {}
         self._drafts: dict[str | None, str] = {}
+        # thread -> the checkpoint its view shows: a message sent from the view continues it, even when a turn from
+        # another device (a branch taken apart) became the thread's newest meanwhile.
+        self._shown_at: dict[str, str] = {}
         self._query = ""
         self._list_generation = 0
         self._list_applied = 0
@@ -434,7 +437,7 @@ class MainWindow(QMainWindow):
             self.view.show_note("This conversation was deleted on another device.")
             self.show_status("The open conversation was deleted on another device.")
         elif thread not in self._runs:
-            self.tasks.spawn(self._reload(thread), "Showing the conversation's new turns")
+            self.tasks.spawn(self._follow(thread), "Showing the conversation's new turns")
 
     def _on_search(self, text: str) -> None:
         self._query = text
@@ -490,6 +493,7 @@ class MainWindow(QMainWindow):
         if generation != self._load_generation or self.current != thread_id:
             return  # the user went elsewhere meanwhile
         self._show_model()
+        self._shown_at[thread_id] = loaded.checkpoint_id
         render_ms = self.view.show_conversation(thread_id, loaded.messages)
         self.last_open_timing = (load_ms, render_ms)
         log.info(
@@ -536,12 +540,19 @@ class MainWindow(QMainWindow):
         title = "Stopped." if failure.kind == "stopped" else "The reply failed."
         self.view.show_error(failure.message, failure.partial, title=title)
 
-    async def _reload(self, thread_id: str) -> None:
-        """Bring the view in line with what is stored (real ids for the messages shown while sending)."""
+    async def _follow(self, thread_id: str) -> None:
+        """The open conversation changed elsewhere: show its new turns, unless they are another branch."""
         service = await self._ready()
-        loaded = await service.load(thread_id)
+        await self._reload(thread_id, await service.follow(thread_id, self._shown_at.get(thread_id)))
+
+    async def _reload(self, thread_id: str, at: str | None = None) -> None:
+        """Bring the view in line with what is stored (real ids for the messages shown while sending): as of
+        checkpoint ``at`` (a reply's own result), or the thread's newest."""
+        service = await self._ready()
+        loaded = await service.load(thread_id, at)
         if self.current != thread_id:
             return
+        self._shown_at[thread_id] = loaded.checkpoint_id
         self.view.set_messages(thread_id, loaded.messages)
         self._show_branches(loaded.other_branches)
         if loaded.title:
@@ -581,7 +592,8 @@ class MainWindow(QMainWindow):
         self._failures.pop(thread, None)
         if self.current == thread:
             self.view.append_message(self._pending(text))
-        events = self._first_send(service, thread, text, model) if model else service.send(thread, text)
+        at = self._shown_at.get(thread) or None
+        events = self._first_send(service, thread, text, model) if model else service.send(thread, text, at)
         await self._run(thread, events, draft=text)
 
     async def _first_send(
@@ -613,7 +625,8 @@ class MainWindow(QMainWindow):
             self.view.remove_messages_from(index)
         self._failures.pop(thread, None)
         self.view.append_message(self._pending(text))
-        await self._run(thread, service.edit_and_resend(thread, message_id, text), draft=text)
+        at = self._shown_at.get(thread) or None
+        await self._run(thread, service.edit_and_resend(thread, message_id, text, at), draft=text)
 
     def regenerate(self) -> None:
         thread = self.current
@@ -629,7 +642,7 @@ class MainWindow(QMainWindow):
             return
         self.view.remove_messages_from(last_user + 1)
         self._failures.pop(thread, None)
-        await self._run(thread, service.regenerate(thread))
+        await self._run(thread, service.regenerate(thread, self._shown_at.get(thread) or None))
 
     def retry(self) -> None:
         thread = self.current
@@ -641,7 +654,7 @@ class MainWindow(QMainWindow):
         service = await self._ready()
         self._failures.pop(thread, None)
         self.view.clear_error()
-        await self._run(thread, service.retry(thread))
+        await self._run(thread, service.retry(thread, self._shown_at.get(thread) or None))
 
     async def _run(self, thread: str, events: AsyncIterator[ChatEvent], *, draft: str | None = None) -> None:
         """Stream one reply into ``thread``: the view follows while it is the open conversation."""
@@ -676,6 +689,9 @@ class MainWindow(QMainWindow):
             outcome = Failure("The reply ended without an answer.", "unknown", run.text())
         if isinstance(outcome, Failure):
             self._failures[thread] = outcome
+        at = outcome.checkpoint_id or None if isinstance(outcome, ReplyDone) else None
+        if at is not None:
+            self._shown_at[thread] = at  # the reply's own result, whatever arrived from elsewhere meanwhile
         if self.current == thread:
             self.view.set_busy(False)
             self.composer.set_streaming(False)
@@ -684,7 +700,7 @@ class MainWindow(QMainWindow):
             else:
                 self.view.discard_reply()
                 self._show_failure(outcome)
-            await self._reload(thread)
+            await self._reload(thread, at)
         self.request_list_refresh(0)
         self.replyFinished.emit(thread)
 

@@ -652,7 +652,9 @@ class PostgresBackend(Backend):
         await asyncio.to_thread(run)
 
     async def probe(self) -> None:
-        await self._fetch("SELECT 1")
+        # Not just "SELECT 1": the pool reconnects silently, also to an empty database that replaced ours at the
+        # same URL; asking for one of our tables finds that out (UndefinedTable loses the tier: setup runs again).
+        await self._fetch("SELECT 1 FROM cairn_migrations LIMIT 1")
 
     async def changes_since(self, seq: int) -> list[tuple[str, int, str]]:
         """(thread, position, writing device) of the threads changed after position ``seq``, in order."""

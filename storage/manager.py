@@ -505,8 +505,7 @@ class StorageManager:
                 self._changed("Postgres is reachable")
                 self._sync_wake.set()
                 continue
-            if await self._pause(self._remote_lost, PROBE_INTERVAL_SECONDS):
-                continue  # lost through a failed call; the loop reconnects
+            await self._pause(self._remote_lost, PROBE_INTERVAL_SECONDS)  # woken: lost, or asked to probe now
             remote = self.remote
             if remote is None:
                 continue
@@ -751,6 +750,9 @@ class StorageManager:
                 if not is_environment_error(exc):
                     raise
                 self._stop_listening(mask_secrets(describe(exc)))
+                # The server may have gone (a restart, a replaced database): the pool would notice only at its next
+                # use. Ask the health monitor to look now.
+                self._remote_lost.set()
                 await self._pause(self._retry, delay)
                 delay = min(delay * 2, max(self.retry_max_seconds, FIRST_RETRY_SECONDS))
                 continue

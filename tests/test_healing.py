@@ -91,7 +91,7 @@ async def test_an_empty_server_at_the_same_url_gets_everything_back(
                 and writes == await a.manager.sqlite.write_keys()
             )
 
-        await eventually(healed, WAIT, "the empty server healed")
+        await eventually(healed, SYNC_TIMEOUT, "the empty server healed")
         assert a.manager.status().pending_sync == 0
 
         # B comes back with its copy of "doomed": it does not return; B drops its copy.

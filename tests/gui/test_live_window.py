@@ -23,8 +23,10 @@ from gui.sidebar import TITLE_ROLE
 from storage.listen import LISTENER_SUFFIX
 from storage.schema import APP_NAME_PREFIX
 from tests.chatgraph import build_graph, turn
-from tests.gui.test_main_window import ROOT, cairn_factory, window_of
+from tests.gui.test_main_window import ROOT, cairn_factory, send_and_wait, window_of
 from tests.model_server import ModelServer
+from tests.netproxy import TcpProxy
+from tests.test_clock_skew import device
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.postgres
@@ -140,3 +142,47 @@ async def test_a_second_process_on_the_same_data_folder_shows_in_an_idle_window(
         await eventually(lambda: title_in_list(window, "other") == "From process 2", WAIT, "listed in A")
         window.open_conversation("other")
         await eventually(lambda: texts(window)[:1] == ["hi"], WAIT, "its messages open")
+
+
+async def test_a_branch_taken_apart_elsewhere_does_not_replace_the_one_being_read(
+    qtbot: Any, pg_cluster: Any, pg_url: str, tmp_path: Path, server: ModelServer
+) -> None:
+    """B (its own process, its clock an hour ahead: its ids sort after A's) continues the conversation while it
+    cannot reach the server, A continues it too; when B's branch arrives, A keeps showing A's branch, says another
+    version exists, and A's next message continues what A shows."""
+    proxy_b = TcpProxy(pg_cluster.host, pg_cluster.port)
+    cairn = cairn_factory(tmp_path / "a", server, settings={"POSTGRES_DATABASE_URL": pg_url})
+    try:
+        async with cairn() as app, device(tmp_path / "b", proxy_b.url_for(pg_url), "+1h") as b:
+            window = window_of(app)
+            await eventually(lambda: live_state(window) == "listening", WAIT, "A listens")
+            thread = await send_and_wait(qtbot, window, "common ground")
+            assert window.service is not None
+            common = (await window.service.load(thread)).checkpoint_id
+            await b.ask("wait_for", thread=thread, id=common)
+
+            proxy_b.refuse()
+            apart_b = await b.ask("turn", thread=thread, text="apart on B")
+            await send_and_wait(qtbot, window, "apart on A")
+            mine = texts(window)
+            assert mine[2] == "apart on A" and len(mine) == 4
+
+            proxy_b.pass_through()
+            await b.ask("sync")
+            assert window.storage is not None
+
+            async def arrived() -> bool:
+                assert window.storage is not None
+                return len(await window.storage.manager.leaves(thread)) == 2
+
+            await eventually(arrived, WAIT, "B's branch arrived at A")
+            await eventually(lambda: window.branch_note.isVisible(), WAIT, "the other version is announced")
+            assert texts(window) == mine  # still A's branch, not B's newer one
+            assert apart_b[2] == "apart on B"
+
+            await send_and_wait(qtbot, window, "next on A")
+            assert texts(window)[:4] == mine and texts(window)[4] == "next on A"
+            stored = await window.service.load(thread, window._shown_at[thread])
+            assert [m.text for m in stored.messages][:5] == [*mine, "next on A"]
+    finally:
+        proxy_b.close()

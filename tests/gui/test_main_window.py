@@ -435,7 +435,7 @@ async def test_a_send_that_fails_before_storing_gives_the_draft_back(
         window = window_of(app)
         assert app.service is not None
 
-        async def broken_send(_thread_id: str, _text: str) -> AsyncIterator[Any]:
+        async def broken_send(_thread_id: str, _text: str, _at: str | None = None) -> AsyncIterator[Any]:
             raise RuntimeError("the database is read-only")
             yield  # pragma: no cover - makes this an async generator like the real one
 
