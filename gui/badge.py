@@ -29,8 +29,19 @@ TIER_LOOKS: dict[TierName, TierLook] = {
 }
 
 
+ONLY_ON_SERVER = TierLook(
+    "Only on the server", "Saved to Postgres only: this computer keeps no copy", "#f2c14e", "#1f1f1f"
+)
+
+
+def look_of(status: StorageStatus) -> TierLook:
+    if status.active_tier == "postgres" and status.local_failed:
+        return ONLY_ON_SERVER
+    return TIER_LOOKS[status.active_tier]
+
+
 def badge_text(status: StorageStatus) -> str:
-    look = TIER_LOOKS[status.active_tier]
+    look = look_of(status)
     if status.pending_sync > 0 and status.active_tier == "postgres":
         return f"{look.label} · syncing {status.pending_sync}"
     if status.pending_sync > 0 and status.active_tier == "sqlite":
@@ -39,7 +50,7 @@ def badge_text(status: StorageStatus) -> str:
 
 
 def badge_tooltip(status: StorageStatus) -> str:
-    look = TIER_LOOKS[status.active_tier]
+    look = look_of(status)
     lines = [look.headline, f"Why: {status.reason}"]
     if status.pending_sync:
         lines.append(f"Waiting to be copied to Postgres: {status.pending_words}")
@@ -76,7 +87,7 @@ class StatusBadge(QPushButton):
         if self._status is None:
             palette = self.palette()
             return palette.color(palette.ColorRole.Button), palette.color(palette.ColorRole.ButtonText)
-        look = TIER_LOOKS[self._status.active_tier]
+        look = look_of(self._status)
         return QColor(look.background), QColor(look.foreground)
 
     def show_status(self, status: StorageStatus | None) -> None:
@@ -88,7 +99,7 @@ class StatusBadge(QPushButton):
             self.setAccessibleName("Storage: starting")
             self.setAccessibleDescription("Storage is starting.")
             return
-        look = TIER_LOOKS[status.active_tier]
+        look = look_of(status)
         text = badge_text(status)
         tooltip = badge_tooltip(status)
         self.setText(text)

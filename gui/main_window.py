@@ -54,6 +54,7 @@ log = logging.getLogger("cairn.gui")
 APP_TITLE = "Cairn"
 LIST_REFRESH_MS = 60
 STATUS_MESSAGE_MS = 5000
+NOTICE_MS = 20_000
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class MainWindow(QMainWindow):
         # thread -> the checkpoint its view shows: a message sent from the view continues it, even when a turn from
         # another device (a branch taken apart) became the thread's newest meanwhile.
         self._shown_at: dict[str, str] = {}
+        self._notice_shown = ""
         self._query = ""
         self._list_generation = 0
         self._list_applied = 0
@@ -249,6 +251,7 @@ class MainWindow(QMainWindow):
         self.bridge.statusChanged.connect(self.banner.show_status)
         self.bridge.tierChanged.connect(lambda _event: self.request_list_refresh(0))  # another tier, another list
         self.bridge.changed.connect(self._on_storage_changes)
+        self.bridge.statusChanged.connect(self._on_storage_status)
         status = self.bridge.status()
         self.badge.show_status(status)
         self.banner.show_status(status)
@@ -422,6 +425,13 @@ class MainWindow(QMainWindow):
             if title is not None:
                 self.setWindowTitle(f"{title} — {APP_TITLE}" if title else APP_TITLE)
         self.listRefreshed.emit()
+
+    def _on_storage_status(self, status: Any) -> None:
+        """Say once what happened to the user's words when storage reports something new (a file replaced, the
+        local copy failing or working again)."""
+        if status.notice and status.notice != self._notice_shown:
+            self._notice_shown = status.notice
+            self.show_status(status.notice, NOTICE_MS)
 
     def _on_storage_changes(self, change: Changes) -> None:
         """Storage changed (this window's own writes, the sync, another process on this data folder): redraw what

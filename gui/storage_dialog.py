@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui.badge import TIER_LOOKS, badge_text
+from gui.badge import TIER_LOOKS, badge_text, look_of
 from gui.bridge import StorageBridge
 from storage.doctor import report_text, status_text
 from storage.secrets import SecretStore
@@ -139,7 +139,7 @@ class StorageDetailsDialog(QDialog):
 
     def show_status(self, status: StorageStatus) -> None:
         self._status = status
-        look = TIER_LOOKS[status.active_tier]
+        look = look_of(status)
         self.summary.setText(f"<b>{look.headline}</b> ({badge_text(status)}): {_escape(status.reason)}")
         self.tiers.setRowCount(len(status.tiers))
         for row, (name, tier) in enumerate(status.tiers.items()):

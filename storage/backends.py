@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import re
 import shutil
 import sqlite3
@@ -143,6 +144,25 @@ class SqliteBackend(LocalBackend):
         self.path = path
         self.note = note
         """Set when the file was found corrupt and moved aside at open; shown with the tier."""
+        self.identity = _file_identity(path)
+        """(device, inode) of the file opened: the path showing another file (or none) means it was deleted or
+        replaced under us, while this connection goes on reading and writing the unlinked one."""
+
+    def file_state(self) -> str:
+        """"" while the path is still the file this connection has open; else what happened to it, in words."""
+        found = _file_identity(self.path)
+        if found is None:
+            return "the local database file was deleted while Cairn was running"
+        if found != self.identity:
+            return "the local database file was replaced while Cairn was running"
+        return ""
+
+    async def probe_write(self) -> None:
+        """A small real write (raises when the file cannot be written: a full disk, a read-only folder)."""
+        await self._execute("UPDATE cairn_device SET id = id")
+
+    async def set_device_id(self, device: str) -> None:
+        await self._execute("UPDATE cairn_device SET id = ?", (device,))
 
     @classmethod
     async def open(cls, data_dir: Path) -> SqliteBackend:
@@ -379,6 +399,14 @@ async def _migrate_sqlite(conn: aiosqlite.Connection) -> None:
         await conn.execute("INSERT INTO cairn_migrations (v) VALUES (?)", (v,))
     await conn.execute(schema.SQLITE_RECONCILE_INDEX)
     await conn.commit()
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _move_aside(path: Path) -> Path:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from storage import changes as _changes
-from storage import clock, listen, sync
+from storage import clock, listen, local, sync
 from storage.backends import (
     Backend,
     Conversation,
@@ -60,6 +60,9 @@ LISTEN_CHECK_SECONDS = 5.0
 LISTEN_UNAVAILABLE_RETRY_SECONDS = 300.0
 """After a server that drops notifications: how long to poll before trying LISTEN again."""
 WATCH_SECONDS = 0.5
+LOCAL_CHECK_SECONDS = 2.0
+"""How often the local file is checked: still there, still the same file; writable again after a failure."""
+WRITES_SETTLE_SECONDS = 5.0
 """How often the local file is asked whether another process wrote to it (``PRAGMA data_version``)."""
 # A turn writes several checkpoints a few milliseconds apart. The sync and the pending count start once writes
 # have paused this long (or this long at most after the first), so they do not read SQLite, take its lock and the
@@ -118,6 +121,9 @@ class StorageManager:
         self._change_seen: dict[str, int] = {}  # thread -> its change log position when last pulled or written here
         self._local_cursor = 0  # the same for the local file's change log (another process on this data folder)
         self._held: dict[str, asyncio.Event] = {}  # threads being brought down: set when done
+        self._inflight = 0  # writes under way (a local tier being replaced waits for them)
+        self._writes_idle = asyncio.Event()
+        self._notice = ""  # the last thing that happened to the user's words that they must hear of, in words
         self._active: TierName = "memory"
         self._tasks: list[asyncio.Task[None]] = []
         self._retry = asyncio.Event()
@@ -166,7 +172,7 @@ class StorageManager:
             self._first_attempt.set()
         self._spawn(self._sync_loop(), "cairn-sync")
         self._spawn(self._count_loop(), "cairn-pending-count")
-        if self.sqlite is not None:
+        if self.data_dir is not None:
             self._spawn(self._watch_loop(), "cairn-watch-local")
         self._sync_wake.set()
         if wait_for_postgres:
@@ -218,6 +224,9 @@ class StorageManager:
             for b in (self.memory, self.sqlite, self.remote)
             if b is not None and b is not primary and b.tier in homes
         ]
+        # A local file that takes no writes (full, read-only) may still answer reads: what it held stays readable.
+        if self.sqlite is not None and self.sqlite_failed and self.sqlite is not primary and self.sqlite not in others:
+            others.append(self.sqlite)
         return [primary, *others]
 
     async def cached(self, thread_id: str, *, latest: bool) -> CheckpointCache | None:
@@ -242,6 +251,7 @@ class StorageManager:
         """Run a write on the current tier; on an environment error move down a tier and write there."""
         while True:
             backend = self.write_target()
+            self._inflight += 1
             try:
                 result = await op(backend)
             except Exception as exc:
@@ -249,6 +259,10 @@ class StorageManager:
                     raise
                 self._fail(backend, exc)
                 continue
+            finally:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._writes_idle.set()
             self._homes.setdefault(thread_id, set()).add(backend.tier)
             if backend is not self.remote:
                 self._sync_wake.set()
@@ -310,6 +324,8 @@ class StorageManager:
             self._lose_remote(reason)
         elif backend is self.sqlite and not self.sqlite_failed:
             self.sqlite_failed = reason
+            where = "on the server only" if self.remote is not None else "in memory only, until it works again"
+            self._notice = f"This computer's copy cannot be written ({reason}): your words are kept {where}."
             log.error("SQLite failed, writing to the next tier: %s", reason)
             self._changed(reason)
 
@@ -318,7 +334,7 @@ class StorageManager:
         """The conversation list (tombstones left out), newest activity first, pinned first."""
         rows: dict[str, Conversation] = {}
         for backend in reversed(self.read_targets(None)):
-            for row in await backend.conversations():
+            for row in await self.read(backend, lambda b: b.conversations()) or []:
                 current = rows.get(row.thread_id)
                 rows[row.thread_id] = row if current is None else sync_merge(current, row)
         if self.memory is not self.write_target():
@@ -399,6 +415,7 @@ class StorageManager:
             data_dir=str(self.data_dir or ""),
             keyring=self.keyring_name,
             last_sync_error=self._last_sync_error,
+            notice=self._notice,
             pending_conversations=self._pending_rows if self.target is not None else 0,
         )
 
@@ -768,10 +785,124 @@ class StorageManager:
             log.warning("stopped listening for changes: %s", reason)
             self._changed(None)
 
+    async def _check_local(self) -> None:
+        sqlite = self.sqlite
+        if sqlite is not None:
+            gone = await asyncio.to_thread(sqlite.file_state)
+            if gone:
+                await self._replace_local(sqlite, gone)
+                return
+        if self.sqlite is None or self.sqlite_failed:
+            await self._recover_local()
+
+    async def _writes_settled(self) -> None:
+        """Wait (a little at most) for writes under way: one begun on the old tier may still be landing there."""
+        self._writes_idle.clear()
+        if self._inflight:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WRITES_SETTLE_SECONDS):
+                    await self._writes_idle.wait()
+
+    async def _replace_local(self, old: SqliteBackend, why: str) -> None:
+        """The file was deleted or replaced under us: make a new one at the path holding everything still readable
+        (the old connection goes on reading the unlinked file; memory holds what went there)."""
+        assert self.data_dir is not None
+        log.error("%s: making a new one with everything Cairn can still read", why)
+        try:
+            new = await SqliteBackend.open(self.data_dir)
+            await new.set_device_id(self.device)
+        except Exception as exc:
+            if not is_environment_error(exc):
+                raise
+            self._fail(old, OSError(f"{why}, and a new one cannot be made there: {describe(exc)}"))
+            return
+        async with self._sync_lock:  # no sync round reads the old file while it is swapped
+            threads: set[str] = set()
+            was_failed = self.sqlite_failed
+            for attempt in ("before", "after"):
+                if attempt == "after":  # the new file takes writes now; copy what reached the old one meanwhile
+                    self.sqlite, self.sqlite_failed = new, ""
+                    await self._writes_settled()
+                try:
+                    threads |= await local.copy_all(old, new)
+                except Exception as exc:
+                    if not is_environment_error(exc):
+                        raise
+                    log.error("copying the old local file into the new one failed: %s", describe(exc))
+            threads |= await self._drain_memory(new)
+            await old.close()
+        self._data_version = await self.read(new, lambda b: b.data_version())
+        self._local_cursor = max((seq for _t, seq in await new.changes_since(0)), default=0)
+        self.cache.clear()
+        self._reconcile_due = True  # what only Postgres holds comes back down too
+        self._sync_wake.set()
+        self._count_wake.set()
+        self._notice = f"{why}. A new one was made with everything Cairn still had: nothing was lost."
+        new.note = self._notice
+        if was_failed:
+            log.info("the local tier is back")
+        self.emit(_changes.of(index=threads, source="sync"))
+        self._changed(self._notice)
+
+    async def _recover_local(self) -> None:
+        """SQLite failed (a full disk, a read-only folder, a file that could not be opened): try it again, and when
+        it takes writes, write there what went to memory meanwhile and make it the tier again."""
+        assert self.data_dir is not None
+        sqlite = self.sqlite
+        try:
+            if sqlite is None:
+                sqlite = await SqliteBackend.open(self.data_dir)
+                await sqlite.set_device_id(self.device)
+            else:
+                await sqlite.probe_write()
+        except Exception as exc:
+            if not is_environment_error(exc):
+                raise
+            return  # still failing: the reason shown stays
+        async with self._sync_lock:
+            self.sqlite = sqlite
+            try:
+                threads = await self._drain_memory(sqlite, switch=True)
+            except Exception as exc:
+                if not is_environment_error(exc):
+                    raise
+                self._fail(sqlite, exc)
+                return
+        self._data_version = await self.read(sqlite, lambda b: b.data_version())
+        self.cache.clear()
+        self._reconcile_due = True  # what went to Postgres meanwhile comes down into the file
+        self._sync_wake.set()
+        self._count_wake.set()
+        self._notice = "This computer's copy works again: everything written meanwhile is saved in it."
+        log.info("SQLite takes writes again; %d conversations written meanwhile moved into it", len(threads))
+        self.emit(_changes.of(index=threads, source="sync"))
+        self._changed("the local database can be written again")
+
+    async def _drain_memory(self, sqlite: SqliteBackend, *, switch: bool = False) -> set[str]:
+        """Write into ``sqlite`` what memory holds (in order, idempotently), then empty memory. ``switch``: make
+        ``sqlite`` the write tier once it holds everything, then copy what landed in memory on the way."""
+        memory = self.memory
+        threads = await local.copy_all(memory, sqlite) if memory.saver.storage or memory._index else set()
+        if switch:
+            self.sqlite_failed = ""
+            await self._writes_settled()
+            threads |= await local.copy_all(memory, sqlite)
+        if threads:
+            self.memory = MemoryBackend()
+            for homes in self._homes.values():
+                homes.discard("memory")
+        return threads
+
     async def _watch_loop(self) -> None:
-        """Notice writes of another process on the local file and tell the listeners what they changed."""
+        """Watch the local file as the health monitor watches Postgres (still there, still the same file, writable
+        again after a failure), and notice another process's writes to it and tell the listeners what changed."""
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while not self._closed:
             await asyncio.sleep(WATCH_SECONDS)  # a polling interval: SQLite has no change notification
+            if loop.time() - checked >= LOCAL_CHECK_SECONDS:
+                await self._check_local()
+                checked = loop.time()
             sqlite = self.sqlite
             if sqlite is None or self.sqlite_failed:
                 continue

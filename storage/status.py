@@ -35,8 +35,17 @@ class StorageStatus:
     data_dir: str
     keyring: str = ""
     last_sync_error: str = ""
+    notice: str = ""
+    """The last thing that happened to the user's words that they must hear of (a deleted file replaced, the
+    local copy working again), in words; empty when nothing did."""
     pending_conversations: int = 0
     """Of ``pending_sync``: conversation index rows (a title, a pin, a deletion) Postgres lacks or holds older."""
+
+    @property
+    def local_failed(self) -> bool:
+        """The local file takes no writes (missing, full, read-only): words are only where the active tier is."""
+        sqlite = self.tiers.get("sqlite")
+        return sqlite is not None and sqlite.state == "failed"
 
     @property
     def pending_words(self) -> str:
@@ -56,6 +65,9 @@ class StorageStatus:
     def reason(self) -> str:
         """Why the active tier is the active tier, in one line."""
         if self.active_tier == "postgres":
+            if self.local_failed:
+                why = self.tiers["sqlite"].reason
+                return f"only Postgres holds your words now: this computer keeps no copy ({why})"
             return "Postgres is reachable" + (f"; syncing {self.pending_words}" if self.pending_sync else "")
         postgres = self.tiers["postgres"]
         if self.active_tier == "sqlite":

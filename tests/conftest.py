@@ -8,6 +8,8 @@ import uuid
 # Before anything can import Qt (collection imports test modules).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from collections.abc import Iterator
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -27,6 +29,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "pg_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(autouse=True)
+def _own_id_clock() -> Iterator[None]:
+    """Checkpoint ids never sort below one this process has seen (storage/clock.py), and that floor is process-wide:
+    a test whose other device runs an hour ahead leaves it an hour ahead, as a real device would keep it. Tests after
+    it expect ids near the wall clock: give the floor back."""
+    from langgraph.checkpoint.base import id as lg_id
+
+    saved = lg_id._last_v6_timestamp
+    yield
+    lg_id._last_v6_timestamp = saved
 
 
 @pytest.fixture(scope="session")

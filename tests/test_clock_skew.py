@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from langgraph.checkpoint.base import id as lg_id
 
 from chat.endpoints import Endpoint
 from chat.service import ConversationService
@@ -88,15 +87,6 @@ async def device(data_dir: Path, url: str, offset: str) -> AsyncIterator[Device]
 
 def texts(msgs: list[Any]) -> list[str]:
     return [str(m.content) for m in msgs]
-
-
-@pytest.fixture(autouse=True)
-def _own_clock() -> Iterator[None]:
-    """The id floor is process-wide: machine A (this process) sees B's ids from an hour ahead and keeps its ids above
-    them, as it must. Other tests in this process expect ids near the wall clock: give the floor back after."""
-    saved = lg_id._last_v6_timestamp
-    yield
-    lg_id._last_v6_timestamp = saved
 
 
 @pytest.fixture
