@@ -352,3 +352,19 @@ async def test_memory_tier_backlog_uploads(pg_url: str, pg_proxy: TcpProxy, open
         for state in states:
             other = await theirs.aget_state(state.config)
             assert (other.values, other.next, other.parent_config) == (state.values, state.next, state.parent_config)
+
+
+async def test_keys_gone_from_sqlite_are_skipped(pg_url: str, open_storage: Any, tmp_path: Path) -> None:
+    """An outbox entry whose checkpoint is no longer in the file (its thread deleted since) uploads nothing and is
+    acknowledged; the rest of its batch goes up."""
+    storage = await open_storage(tmp_path / "data", pg_url)
+    manager = storage.manager
+    await turn(build_graph(storage.saver), "kept", "hello")
+    await caught_up(manager, tmp_path / "data", pg_url, SYNC_TIMEOUT)
+    assert manager.sqlite is not None
+    kept = sorted(await manager.sqlite.checkpoint_keys("kept"))
+    await manager.sqlite.enqueue([("gone", "", "1f000000-0000-6000-8000-000000000000"), *kept])
+    report = await manager.sync_now()
+    assert report.uploaded == len(kept), report
+    assert manager.status().pending_sync == 0
+    assert await pg_rows(pg_url, "SELECT DISTINCT thread_id FROM checkpoints") == {("kept",)}
