@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python -m bench.storage            # print the tables (about 4 minutes on 2 cores)
     .venv/bin/python -m bench.storage --write    # and update the "Storage" section of docs/PERFORMANCE.md
     .venv/bin/python -m bench.storage --quick    # histories of 10 and 100 turns only (a smoke run)
+    .venv/bin/python -m bench.storage --catch-up # only the catch-up section (bench/catchup.py), ~4 minutes
 
 Method. Every configuration holds one conversation, built turn by turn through a real graph with the same
 deterministic model node (user message ~200 characters, reply ~300, both word-like text so compression does not
@@ -718,10 +719,28 @@ async def bench(server: PgServer, histories: Sequence[int], timed: int, log: Cal
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.storage", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", action="store_true", help="update the Storage section of docs/PERFORMANCE.md")
-    parser.add_argument("--quick", action="store_true", help="histories of 10 and 100 turns only")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="update docs/PERFORMANCE.md (its Storage section; with --catch-up, that one's)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="histories of 10 and 100 turns only (--catch-up: 2,004 checkpoints, 2 runs)",
+    )
     parser.add_argument("--timed", type=int, default=15, help="timed turns per history length (default 15, min 5)")
+    parser.add_argument(
+        "--catch-up",
+        action="store_true",
+        help="run only the catch-up section: a backlog and one turn uploaded, batched against one at a time",
+    )
+    parser.add_argument("--runs", type=int, default=None, help="catch-up: runs of the backlog upload (default 3)")
     args = parser.parse_args(argv)
+    if args.catch_up:
+        from bench.catchup import catch_up  # it builds on this module
+
+        return catch_up(write=args.write, quick=args.quick, runs=args.runs)
     if args.timed < 5:
         parser.error("--timed must be at least 5")
     histories = (10, 100) if args.quick else (10, 100, 1000)

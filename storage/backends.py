@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,16 +29,18 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from storage import schema
+from storage import schema, upload
 from storage.conversations import Conversation, merge_conversations, row_to_conversation
 from storage.errors import describe, is_corruption
 from storage.schema import SQLITE_FILE_NAME
 from storage.secrets import mask_secrets
 from storage.threaded import ThreadedSaver
+from storage.upload import StoredCheckpoint, StoredWrite
 
 log = logging.getLogger("cairn.storage")
 
@@ -104,6 +106,10 @@ class LocalBackend(Backend):
     @abstractmethod
     async def acknowledge(self, keys: Iterable[Key], mark: int) -> None:
         """These keys are in Postgres as of ``mark``: forget their outbox entries up to it."""
+
+    @abstractmethod
+    async def stored(self, keys: Sequence[Key]) -> list[StoredCheckpoint]:
+        """These checkpoints with their writes, decoded, for an upload; keys no longer here are left out."""
 
     @abstractmethod
     async def pending_count(self) -> int: ...
@@ -288,6 +294,20 @@ class SqliteBackend(LocalBackend):
             [(*k, mark) for k in keys],
             many=True,
         )
+
+    async def stored(self, keys: Sequence[Key]) -> list[StoredCheckpoint]:
+        found: list[StoredCheckpoint] = []
+        conn = self.saver.conn
+        writes_sql = upload.sqlite_writes_sql(self.saver._has_task_path)
+        for start in range(0, len(keys), upload.SQLITE_BATCH_LIMIT):
+            part = keys[start : start + upload.SQLITE_BATCH_LIMIT]
+            cte = upload.sqlite_keys_cte(len(part))
+            params = [value for key in part for value in key]
+            async with self.saver.lock:  # both reads see one state of the file
+                checkpoints = await conn.execute_fetchall(cte + upload.SQLITE_CHECKPOINTS_SQL, params)
+                writes = await conn.execute_fetchall(cte + writes_sql, params)
+            found += await asyncio.to_thread(upload.from_sqlite, self.saver.serde, checkpoints, writes)
+        return found
 
     async def pending_count(self) -> int:
         rows = await self._fetch(
@@ -494,6 +514,23 @@ class MemoryBackend(LocalBackend):
         for key in keys:
             if self._outbox.get(key, math.inf) <= mark:
                 del self._outbox[key]
+
+    async def stored(self, keys: Sequence[Key]) -> list[StoredCheckpoint]:
+        found: list[StoredCheckpoint] = []
+        serde = self.saver.serde
+        for key in keys:
+            thread_id, checkpoint_ns, checkpoint_id = key
+            configurable = {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint_id}
+            saved = await self.saver.aget_tuple({"configurable": configurable})
+            if saved is None:
+                continue
+            parent = saved.parent_config["configurable"]["checkpoint_id"] if saved.parent_config else None
+            writes = [
+                StoredWrite(task_id, path, idx, channel, serde.loads_typed(value))
+                for (_, idx), (task_id, channel, value, path) in self.saver.writes.get(key, {}).items()
+            ]
+            found.append(StoredCheckpoint(key, parent, saved.checkpoint, saved.metadata, writes))
+        return found
 
     async def pending_count(self) -> int:
         return len(self._outbox)
@@ -704,6 +741,47 @@ class PostgresBackend(Backend):
         """The newest position of the change log (0 when nothing changed yet)."""
         rows = await self._fetch("SELECT coalesce(max(seq), 0) AS seq FROM cairn_changes")
         return int(rows[0]["seq"])
+
+    @property
+    def postgres_saver(self) -> BasePostgresSaver:
+        """LangGraph's saver itself (in sync mode the one ``ThreadedSaver`` runs), for its row helpers."""
+        inner = self.saver.inner if isinstance(self.saver, ThreadedSaver) else self.saver
+        assert isinstance(inner, BasePostgresSaver)
+        return inner
+
+    @contextlib.asynccontextmanager
+    async def uploader(self) -> AsyncIterator[Callable[[Sequence[StoredCheckpoint]], Awaitable[None]]]:
+        """A function storing batches of checkpoints, each in one transaction and one round trip.
+
+        Async mode holds one connection for all the batches, taken at the first one (each checkout costs the pool's
+        check, a round trip). Sync mode takes one per batch, in the worker thread that sends it: a thread cannot
+        be stopped, so it must own what it uses.
+        """
+        saver = self.postgres_saver
+        pool = self.pool
+        if isinstance(pool, AsyncConnectionPool):
+            async with contextlib.AsyncExitStack() as stack:
+                conn: psycopg.AsyncConnection[Any] | None = None
+
+                async def put(batch: Sequence[StoredCheckpoint]) -> None:
+                    nonlocal conn
+                    rows = await asyncio.to_thread(upload.postgres_rows, saver, batch)
+                    if conn is None:
+                        conn = await stack.enter_async_context(pool.connection())
+                    await upload.aput_rows(conn, rows)
+
+                yield put
+            return
+
+        def send(batch: Sequence[StoredCheckpoint]) -> None:
+            rows = upload.postgres_rows(saver, batch)
+            with pool.connection() as conn:
+                upload.put_rows(conn, rows)
+
+        async def put_in_thread(batch: Sequence[StoredCheckpoint]) -> None:
+            await asyncio.to_thread(send, batch)
+
+        yield put_in_thread
 
     async def checkpoint_keys(self, thread_id: str | None = None) -> set[Key]:
         where, params = ("WHERE thread_id = %s", (thread_id,)) if thread_id is not None else ("", ())

@@ -1,9 +1,10 @@
 """Copying checkpoints between backends, in order and idempotently.
 
 Checkpoints are immutable and keyed by (thread, namespace, id), so a copy is a union: copying again changes nothing,
-and two machines that continued one conversation apart leave two branches. The procedure is the one in
-docs/DESIGN.md: ``aput`` each checkpoint under its *parent's* config with all its channel versions, then its
-writes once per task, in the order live execution wrote them.
+and two machines that continued one conversation apart leave two branches. A copy stores what ``aput`` of each
+checkpoint under its *parent's* config with all its channel versions stores, then its writes once per task, in the
+order live execution wrote them: downloads call the savers so, one checkpoint at a time (``copy_checkpoint``);
+uploads build the same rows for a batch at a time (storage/upload.py).
 """
 
 from __future__ import annotations
@@ -64,17 +65,24 @@ class SyncReport:
 
 
 async def push(local: LocalBackend, remote: PostgresBackend) -> SyncReport:
-    """Upload what the outbox lists, then the index rows changed locally (deletions first)."""
+    """Upload the index rows changed locally (deletions first), then what the outbox lists, a batch at a time.
+
+    Each batch is stored in one transaction (storage/upload.py), and acknowledged once Postgres has committed it:
+    an upload cut short leaves whole batches behind it and starts again at the first one not acknowledged. The
+    outbox lists keys oldest first per thread, so a checkpoint never arrives before its parent.
+    """
     report = SyncReport()
     await push_index(local, remote, report)
-    while True:
-        keys, mark = await local.pending(PUSH_BATCH)
-        if not keys:
-            break
-        for key in keys:
-            if await copy_checkpoint(local, remote, key):
-                report.uploaded += 1
-        await local.acknowledge(keys, mark)
+    async with remote.uploader() as put:
+        while True:
+            keys, mark = await local.pending(PUSH_BATCH)
+            if not keys:
+                break
+            batch = await local.stored(keys)  # a key no longer there belongs to a thread deleted since: skipped
+            if batch:
+                await put(batch)
+            report.uploaded += len(batch)
+            await local.acknowledge(keys, mark)
     return report
 
 

@@ -10,62 +10,22 @@ import asyncio
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import aiosqlite
 import pytest
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage
-from langgraph.channels.delta import DeltaChannel
-from langgraph.channels.topic import Topic
+from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage
 from langgraph.checkpoint.base import CheckpointTuple
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command, interrupt
-from typing_extensions import TypedDict
+from langgraph.types import Command
 
-from chat.state import messages_reducer, with_id
+from chat.state import with_id
 from storage.backends import SQLITE_FILE_NAME
 from storage.cache import MISS
 from storage.manager import StorageManager
 from tests.chatgraph import REPLY_FILLER as FILLER
-from tests.chatgraph import build_graph, config, messages, turn
+from tests.chatgraph import Model, build_graph, config, messages, said, scenario_graph, turn
 from tests.places import unwritable_dir
-
-
-class State(TypedDict):
-    # A snapshot every 3 updates, so a few turns cross several (the app's is every 200).
-    messages: Annotated[list[AnyMessage], DeltaChannel(messages_reducer, snapshot_frequency=3)]
-    # LangGraph appends to this list in place, step after step.
-    notes: Annotated[list[str], Topic(str, accumulate=True)]
-
-
-class Model:
-    """A deterministic model node that can fail once or ask the user first."""
-
-    def __init__(self) -> None:
-        self.fail_next = False
-
-    async def __call__(self, state: State) -> dict[str, Any]:
-        last = str(state["messages"][-1].content)
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("the model is down")
-        if last.startswith("ask"):
-            answer = interrupt("sure?")
-            last = f"{last} ({answer})"
-        return {"messages": [with_id(AIMessage(f"re: {last}"))], "notes": [f"answered {len(state['messages'])}"]}
-
-
-def scenario_graph(saver: Any, model: Model) -> Any:
-    graph = StateGraph(State)
-    graph.add_node("model", model)
-    graph.add_edge(START, "model")
-    graph.add_edge("model", END)
-    return graph.compile(checkpointer=saver)
-
-
-def said(text: str) -> dict[str, Any]:
-    return {"messages": [with_id(HumanMessage(text))]}
 
 
 async def cache_agrees_with_tier(manager: StorageManager, thread_id: str) -> int:
