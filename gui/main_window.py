@@ -576,11 +576,12 @@ class MainWindow(QMainWindow):
     async def _send(self, text: str) -> None:
         thread = self.current
         service = await self._ready()
-        model = ""
+        model: str | None = None
         if thread is None:
             thread = service.new_thread_id()
-            model, self._new_chat_model = self._new_chat_model, ""  # the new conversation's choice goes with it
-            self._thread_models[thread] = model
+            chosen, self._new_chat_model = self._new_chat_model, ""  # the new conversation's choice goes with it
+            self._thread_models[thread] = chosen
+            model = chosen or None
             if self.current is None:
                 self.current = thread
                 self.view.thread_id = thread
@@ -593,26 +594,17 @@ class MainWindow(QMainWindow):
         if self.current == thread:
             self.view.append_message(self._pending(text))
         at = self._shown_at.get(thread) or None
-        events = self._first_send(service, thread, text, model) if model else service.send(thread, text, at)
-        await self._run(thread, events, draft=text)
-
-    async def _first_send(
-        self, service: ConversationService, thread: str, text: str, model: str
-    ) -> AsyncIterator[ChatEvent]:
-        """The first message of a new conversation whose model was chosen before it existed.
-
-        The conversation is stored as ``send`` stores it (its title first, so the list never shows an empty one),
-        then its model, then the message: the first reply already comes from the chosen model."""
-        from chat.service import make_title  # loaded with the chat engine already
-
-        self._model_fresh_after[thread] = float("inf")  # a list read between the two writes would say "default"
+        if model is None:
+            await self._run(thread, service.send(thread, text, at), draft=text)
+            return
+        # The choice is stored with the conversation once its first message is (nothing is stored before it): a
+        # list read until then would say "default".
+        self._model_fresh_after[thread] = float("inf")
         try:
-            await service.rename(thread, make_title(text))
-            await service.set_model(thread, model)
+            await self._run(thread, service.send(thread, text, at, model=model), draft=text)
         finally:
-            self._model_fresh_after[thread] = self._list_generation
-        async for event in service.send(thread, text):
-            yield event
+            if self._model_fresh_after.get(thread) == float("inf") and thread not in self._model_writes:
+                self._model_fresh_after[thread] = self._list_generation
 
     async def _edit_and_resend(self, message_id: str, text: str) -> None:
         thread = self.current
