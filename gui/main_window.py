@@ -35,7 +35,7 @@ from gui.bridge import StorageBridge
 from gui.chat_view import ChatView
 from gui.composer import Composer
 from gui.sidebar import TITLE_ROLE, Sidebar
-from gui.storage_dialog import MemoryBanner, StorageDetailsDialog
+from gui.storage_dialog import MemoryBanner, QuitWarning, StorageDetailsDialog
 from gui.tasks import TaskRunner
 from storage.secrets import SecretStore
 from storage.settings import Settings
@@ -117,6 +117,8 @@ class MainWindow(QMainWindow):
         self._load_generation = 0
         self._pending_counter = 0
         self.details_dialog: StorageDetailsDialog | None = None
+        self.quit_warning: QuitWarning | None = None
+        self._close_confirmed = False  # Quit anyway was chosen, or the app is quitting: close without asking
         self.settings_dialog: QWidget | None = None
         self.model_menu: ModelMenu | None = None
         self._thread_models: dict[str, str] = {}  # thread id -> its chosen model ("" = the default), as known here
@@ -200,7 +202,11 @@ class MainWindow(QMainWindow):
         self.retry_action = self._action("&Retry", self.retry)
         self.export_md_action = self._action("Export as &Markdown…", lambda: self.ask_export(self.current, "markdown"))
         self.export_json_action = self._action("Export as &JSON…", lambda: self.ask_export(self.current, "json"))
-        self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.quit_action = self._action("&Quit", self.close)
+        # The platform's Quit keys (Cmd+Q, Ctrl+Q); Windows and the offscreen platform have none: Ctrl+Q there.
+        self.quit_action.setShortcuts(
+            QKeySequence.keyBindings(QKeySequence.StandardKey.Quit) or [QKeySequence("Ctrl+Q")]
+        )
         self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
         menus = self.menuBar()
         file_menu = menus.addMenu("&File")
@@ -885,8 +891,54 @@ class MainWindow(QMainWindow):
         super().keyPressEvent(event)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        # Every way of quitting passes here: the window's close button, Ctrl+Q, and the app's own quit (Qt asks each
+        # window to close first, and an ignored close cancels the quit).
+        if not self._close_confirmed and self.unsaved_threads():
+            event.ignore()
+            self.ask_before_quitting()
+            return
         self.save_state()
         super().closeEvent(event)
+
+    # --- quitting while nothing durable works ---------------------------------------------------------------
+    def unsaved_threads(self) -> set[str]:
+        """Conversations only memory holds (no data folder, no Postgres took them): lost when Cairn quits."""
+        return self.storage.manager.memory.unsaved_threads() if self.storage is not None else set()
+
+    def allow_close(self) -> None:
+        """Close without asking from now on (the app is quitting for good)."""
+        self._close_confirmed = True
+
+    def ask_before_quitting(self) -> QuitWarning:
+        """Say what quitting would lose: Export… opens the export (and does not quit), Quit anyway quits."""
+        if self.quit_warning is not None and self.quit_warning.isVisible():
+            self.quit_warning.raise_()
+            return self.quit_warning
+        reason = self.bridge.status().reason if self.bridge is not None else ""
+        box = QuitWarning(len(self.unsaved_threads()), reason, self)
+        self.quit_warning = box
+
+        def finished() -> None:
+            clicked = box.clickedButton()
+            if self.quit_warning is box:
+                self.quit_warning = None
+            box.deleteLater()
+            if clicked is box.export_button:
+                self.export_unsaved()
+            elif clicked is box.quit_button:
+                self._close_confirmed = True
+                self.close()
+
+        box.finished.connect(lambda _result: finished())
+        box.open()  # not exec(): no nested event loop
+        return box
+
+    def export_unsaved(self) -> QFileDialog | None:
+        """The export of the open conversation when only memory holds it, else of the newest one only memory holds."""
+        unsaved = self.unsaved_threads()
+        listed = [t for t in self.sidebar.thread_ids() if t in unsaved]
+        thread = self.current if self.current in unsaved else next(iter(listed), self.current)
+        return self.ask_export(thread, "markdown")
 
 
 def _escape(text: str) -> str:
