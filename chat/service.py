@@ -3,6 +3,12 @@
 A reply runs as a task that feeds a queue; the caller iterates the events. ``stop`` cancels the task, which keeps
 the partial reply. Regenerate and edit-and-resend fork the thread at the input checkpoint of the user message
 concerned, so the old branch stays in history and the new one becomes the conversation's latest state.
+
+A new conversation is stored with its first message and nothing before it: its title (and a model chosen before it
+existed) wait in ``_after_message`` until a stored checkpoint holds the message, so a kill at any moment leaves no
+titled conversation without its words. The list shows a conversation without a title under its first message, and
+leaves out one whose checkpoints hold no message yet (the first checkpoint of a run comes a moment before the
+message it carries): see docs/DESIGN.md, "A conversation is born with its first message".
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -125,6 +131,12 @@ class ConversationService:
         """Runs whose model call has begun: the user's message is stored, so Stop may cancel at once."""
         self._stop_requested: set[str] = set()
         """Runs stopped before their model call began: they stop as soon as it begins (the message is kept)."""
+        self._after_message: dict[str, dict[str, Any]] = {}
+        """Index fields (title, model...) of conversations whose message is not stored yet: written once a stored
+        checkpoint holds it, never before (an index row written first would list an empty conversation after a
+        kill)."""
+        self._index_lock = asyncio.Lock()  # index writes of this service, in the order they were asked for
+        self._derived_titles: dict[str, str] = {}  # untitled conversations: the title their first message gives
 
     # --- settings -------------------------------------------------------------------------------------------
     def set_endpoint(self, endpoint: Endpoint) -> None:
@@ -153,12 +165,42 @@ class ConversationService:
         return str(uuid.uuid4())
 
     async def conversations(self) -> list[Conversation]:
-        return await self.manager.conversations()
+        """The list: an untitled conversation under its first message, and none whose checkpoints hold no message."""
+        shown = []
+        for row in await self.manager.conversations():
+            if not row.title:
+                title = await self._title_from_messages(row.thread_id)
+                if title is None:
+                    continue
+                row = replace(row, title=title) if title else row
+            shown.append(row)
+        return shown
+
+    async def _title_from_messages(self, thread_id: str) -> str | None:
+        """The title an untitled conversation's first message gives; None when its stored checkpoints hold no
+        message (a run killed between its first checkpoint and the message's write; or a run in flight: checked
+        again on the next list), "" when none can be read now (its checkpoints live in a tier not reachable now:
+        listed, untitled, rather than hidden)."""
+        title = self._derived_titles.get(thread_id)
+        if title is not None:
+            return title
+        state = await self.graph.aget_state(self._thread_config(thread_id))
+        messages = state.values.get("messages", [])
+        if not messages:
+            return None if state.config else ""
+        first = next((m for m in messages if isinstance(m, HumanMessage)), None)
+        title = make_title(_text(first)) if first is not None else ""
+        self._derived_titles[thread_id] = title
+        return title
+
+    async def _row(self, thread_id: str) -> Conversation | None:
+        """The conversation's index row as stored (no title derived)."""
+        return next((c for c in await self.manager.conversations() if c.thread_id == thread_id), None)
 
     async def search(self, text: str) -> list[Conversation]:
         """Conversations whose title or messages contain ``text`` (case-insensitive)."""
         needle = text.strip().casefold()
-        conversations = await self.manager.conversations()
+        conversations = await self.conversations()
         if not needle:
             return conversations
         # The storage search looks into the serialized messages, so it also matches their field names ("content",
@@ -177,7 +219,12 @@ class ConversationService:
         return any(needle in _text(m).casefold() for m in state.values.get("messages", []))
 
     async def conversation(self, thread_id: str) -> Conversation | None:
-        return next((c for c in await self.manager.conversations() if c.thread_id == thread_id), None)
+        """The conversation's index row, an untitled one with the title its first message gives."""
+        row = await self._row(thread_id)
+        if row is None or row.title:
+            return row
+        title = await self._title_from_messages(thread_id)
+        return replace(row, title=title) if title else row
 
     async def load(self, thread_id: str, at: str | None = None) -> ConversationView:
         """The conversation as of checkpoint ``at`` (a reply's own result), or its newest."""
@@ -220,14 +267,24 @@ class ConversationService:
             task.cancel()
         return True
 
-    async def send(self, thread_id: str, text: str, at: str | None = None) -> AsyncIterator[ChatEvent]:
+    async def send(
+        self, thread_id: str, text: str, at: str | None = None, *, model: str | None = None
+    ) -> AsyncIterator[ChatEvent]:
         """Store the user's message and stream the reply, continuing checkpoint ``at`` (the one the window shows;
-        the newest when None): a turn that arrived from another device meanwhile does not change what it answers."""
+        the newest when None): a turn that arrived from another device meanwhile does not change what it answers.
+
+        ``model``: the model that answers, stored with the conversation (a choice made before it existed). The title
+        of a new conversation and that model are stored once the message is, never before it."""
         check_thread_id(thread_id)
         self._check_idle(thread_id)
-        conversation = await self.conversation(thread_id)
-        if conversation is None or not conversation.title:
-            await self.manager.update_conversation(thread_id, title=make_title(text))
+        row = await self._row(thread_id)
+        fields: dict[str, Any] = {}
+        if row is None or not row.title:
+            fields["title"] = (row is not None and await self._title_from_messages(thread_id)) or make_title(text)
+        if model is not None:
+            fields["model"] = model
+        if fields:
+            self._after_message.setdefault(thread_id, {}).update(fields)
         message = with_id(HumanMessage(text))
         async for event in self._run(thread_id, {"messages": [message]}, self._config(thread_id, at)):
             yield event
@@ -331,9 +388,23 @@ class ConversationService:
         # The run's own newest checkpoint: what the window shows after the run comes from there, never from "the
         # thread's latest", which a turn from another device may be by then.
         last: dict[str, Any] | None = None
+        naming: asyncio.Task[None] | None = None
+        stored, finished = asyncio.Event(), asyncio.Event()
+        waiting = self._after_message.get(thread_id)
+        unsubscribe: Callable[[], None] | None = None
+        if waiting is not None:
+            # Before the run starts: its first checkpoint must not be missed.
+            unsubscribe = self.manager.subscribe_changes(lambda change: thread_id in change.turns and stored.set())
         try:
-            conversation = await self.conversation(thread_id)
+            if waiting is not None:
+                sent = graph_input["messages"][-1].id if graph_input else None
+                naming = asyncio.get_running_loop().create_task(
+                    self._store_after_message(thread_id, sent, stored, finished)
+                )
+            conversation = await self._row(thread_id)
             model = conversation.model if conversation else ""
+            if waiting is not None and "model" in waiting:
+                model = waiting["model"]
             context = ChatContext(lambda: self._model_for(model), self.endpoint.system_prompt)
             modes = ["tasks", "messages", "checkpoints"]
             stream = self.graph.astream(graph_input, config, context=context, stream_mode=modes)
@@ -372,7 +443,37 @@ class ConversationService:
                 log.exception("reply failed")
             queue.put_nowait(ReplyFailed(message, kind, "".join(parts)))
         finally:
-            queue.put_nowait(None)
+            try:
+                if naming is not None:
+                    finished.set()
+                    stored.set()
+                    await asyncio.shield(naming)  # a Stop of the run must not stop the title being stored
+            finally:
+                if unsubscribe is not None:
+                    unsubscribe()
+                queue.put_nowait(None)
+
+    async def _store_after_message(
+        self, thread_id: str, message_id: str | None, stored: asyncio.Event, finished: asyncio.Event
+    ) -> None:
+        """Write the index fields waiting for this thread's message (``_after_message``) once a stored checkpoint
+        holds it (``message_id``; any message for a run that sends none): woken by each checkpoint storage reports
+        stored for the thread, and once more when the run has ended (then, if it is still not there, the fields
+        keep waiting for the next run)."""
+        while True:
+            ended = finished.is_set()  # read before looking: a checkpoint stored after the look wakes us again
+            state = await self.graph.aget_state(self._thread_config(thread_id))
+            messages = state.values.get("messages", [])
+            if (message_id is None and messages) or any(m.id == message_id for m in messages):
+                break
+            if ended:
+                return
+            await stored.wait()
+            stored.clear()
+        async with self._index_lock:
+            fields = self._after_message.pop(thread_id, None)
+            if fields:
+                await self.manager.update_conversation(thread_id, **fields)
 
     async def _keep_partial(self, thread_id: str, partial: str, at: RunnableConfig | None = None) -> ChatEvent:
         """After Stop: store what arrived as the reply (unless the full reply made it in first), continuing the
@@ -402,13 +503,29 @@ class ConversationService:
 
     # --- conversation metadata ------------------------------------------------------------------------------
     async def rename(self, thread_id: str, title: str) -> None:
-        await self.manager.update_conversation(check_thread_id(thread_id), title=clean_title(title))
+        await self._update(thread_id, title=clean_title(title))
 
     async def set_pinned(self, thread_id: str, pinned: bool) -> None:
-        await self.manager.update_conversation(check_thread_id(thread_id), pinned=pinned)
+        await self._update(thread_id, pinned=pinned)
 
     async def set_model(self, thread_id: str, model: str) -> None:
-        await self.manager.update_conversation(check_thread_id(thread_id), model=model)
+        """Use ``model`` for the replies in this conversation; one not stored yet gets it with its first message."""
+        await self._update(thread_id, model=model)
+
+    async def _update(self, thread_id: str, **fields: Any) -> None:
+        """Change the index row; for a conversation not stored yet, wait for its first message (``send``)."""
+        check_thread_id(thread_id)
+        async with self._index_lock:
+            waiting = self._after_message.get(thread_id)
+            if await self._row(thread_id) is None:
+                self._after_message.setdefault(thread_id, {}).update(fields)
+                return
+            if waiting is not None:
+                for name in fields:  # newer than what the first message would store
+                    waiting.pop(name, None)
+            await self.manager.update_conversation(thread_id, **fields)
+        if "title" in fields:
+            self._derived_titles.pop(thread_id, None)
 
     async def delete(self, thread_id: str) -> None:
         check_thread_id(thread_id)
@@ -421,6 +538,8 @@ class ConversationService:
             except asyncio.CancelledError:
                 if not task.cancelled():  # we were cancelled ourselves, not just the run
                     raise
+        self._after_message.pop(thread_id, None)
+        self._derived_titles.pop(thread_id, None)
         await self.saver.adelete_thread(thread_id)
 
     # --- export ---------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@
 
 Shutdown hangs off one signal, ``QCoreApplication.aboutToQuit``: the window's state is saved and every streaming reply
 is stopped (its partial text is kept); once the Qt loop has returned, ``CairnApp.shutdown`` waits for those replies
-to be stored and closes storage.
+to be stored and closes storage. Before that, every quit the user asks for (the window's close button, Ctrl+Q, the
+app's Quit: Qt asks the window to close first) stops at the window while conversations live only in memory, which
+asks first (``MainWindow.closeEvent``); a TERM or INT signal quits without asking (``CairnApp.quit_now``).
 """
 
 from __future__ import annotations
@@ -320,8 +322,19 @@ class CairnApp(QObject):
         self._quitting = True
         log.info("quitting: saving the window state and stopping replies")
         if self.window is not None:
+            self.window.allow_close()  # quitting for good: a close from now on must not ask again
             self.window.save_state()
             self.window.stop_all()
+
+    def quit_now(self) -> None:
+        """Quit without asking: on a TERM or INT signal, or the scripted ``--quit-after`` (nobody may be there to
+        answer)."""
+        if self.window is not None:
+            lost = len(self.window.unsaved_threads())
+            if lost:
+                log.warning("quitting without asking: %d conversation(s) only in memory are lost", lost)
+            self.window.allow_close()
+        self.qt_app.quit()
 
     async def shutdown(self) -> None:
         """Wait for stopped replies to be stored, then close storage. Safe to call more than once."""
@@ -483,11 +496,11 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
             QMessageBox.critical(None, "Cairn could not start", f"{type(exc).__name__}: {exc}")
             app.exit(1)
         elif quit_after is not None:
-            QTimer.singleShot(round(quit_after * 1000), app.quit)
+            QTimer.singleShot(round(quit_after * 1000), cairn.quit_now)  # scripted: nobody to ask
 
     # Ctrl+C or a TERM signal quits cleanly; the timer lets Python run its signal handlers while Qt waits.
     for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_args: app.quit())
+        signal.signal(number, lambda *_args: cairn.quit_now())
     wake = QTimer(app)
     wake.start(250)
     wake.timeout.connect(lambda: None)

@@ -35,7 +35,7 @@ from gui.bridge import StorageBridge
 from gui.chat_view import ChatView
 from gui.composer import Composer
 from gui.sidebar import TITLE_ROLE, Sidebar
-from gui.storage_dialog import MemoryBanner, StorageDetailsDialog
+from gui.storage_dialog import MemoryBanner, QuitWarning, StorageDetailsDialog
 from gui.tasks import TaskRunner
 from storage.secrets import SecretStore
 from storage.settings import Settings
@@ -119,6 +119,8 @@ class MainWindow(QMainWindow):
         self._load_generation = 0
         self._pending_counter = 0
         self.details_dialog: StorageDetailsDialog | None = None
+        self.quit_warning: QuitWarning | None = None
+        self._close_confirmed = False  # Quit anyway was chosen, or the app is quitting: close without asking
         self.settings_dialog: QWidget | None = None
         self.model_menu: ModelMenu | None = None
         self._thread_models: dict[str, str] = {}  # thread id -> its chosen model ("" = the default), as known here
@@ -202,7 +204,11 @@ class MainWindow(QMainWindow):
         self.retry_action = self._action("&Retry", self.retry)
         self.export_md_action = self._action("Export as &Markdown…", lambda: self.ask_export(self.current, "markdown"))
         self.export_json_action = self._action("Export as &JSON…", lambda: self.ask_export(self.current, "json"))
-        self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.quit_action = self._action("&Quit", self.close)
+        # The platform's Quit keys (Cmd+Q, Ctrl+Q); Windows and the offscreen platform have none: Ctrl+Q there.
+        self.quit_action.setShortcuts(
+            QKeySequence.keyBindings(QKeySequence.StandardKey.Quit) or [QKeySequence("Ctrl+Q")]
+        )
         self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
         menus = self.menuBar()
         file_menu = menus.addMenu("&File")
@@ -586,11 +592,12 @@ class MainWindow(QMainWindow):
     async def _send(self, text: str) -> None:
         thread = self.current
         service = await self._ready()
-        model = ""
+        model: str | None = None
         if thread is None:
             thread = service.new_thread_id()
-            model, self._new_chat_model = self._new_chat_model, ""  # the new conversation's choice goes with it
-            self._thread_models[thread] = model
+            chosen, self._new_chat_model = self._new_chat_model, ""  # the new conversation's choice goes with it
+            self._thread_models[thread] = chosen
+            model = chosen or None
             if self.current is None:
                 self.current = thread
                 self.view.thread_id = thread
@@ -603,26 +610,17 @@ class MainWindow(QMainWindow):
         if self.current == thread:
             self.view.append_message(self._pending(text))
         at = self._shown_at.get(thread) or None
-        events = self._first_send(service, thread, text, model) if model else service.send(thread, text, at)
-        await self._run(thread, events, draft=text)
-
-    async def _first_send(
-        self, service: ConversationService, thread: str, text: str, model: str
-    ) -> AsyncIterator[ChatEvent]:
-        """The first message of a new conversation whose model was chosen before it existed.
-
-        The conversation is stored as ``send`` stores it (its title first, so the list never shows an empty one),
-        then its model, then the message: the first reply already comes from the chosen model."""
-        from chat.service import make_title  # loaded with the chat engine already
-
-        self._model_fresh_after[thread] = float("inf")  # a list read between the two writes would say "default"
+        if model is None:
+            await self._run(thread, service.send(thread, text, at), draft=text)
+            return
+        # The choice is stored with the conversation once its first message is (nothing is stored before it): a
+        # list read until then would say "default".
+        self._model_fresh_after[thread] = float("inf")
         try:
-            await service.rename(thread, make_title(text))
-            await service.set_model(thread, model)
+            await self._run(thread, service.send(thread, text, at, model=model), draft=text)
         finally:
-            self._model_fresh_after[thread] = self._list_generation
-        async for event in service.send(thread, text):
-            yield event
+            if self._model_fresh_after.get(thread) == float("inf") and thread not in self._model_writes:
+                self._model_fresh_after[thread] = self._list_generation
 
     async def _edit_and_resend(self, message_id: str, text: str) -> None:
         thread = self.current
@@ -903,8 +901,54 @@ class MainWindow(QMainWindow):
         super().keyPressEvent(event)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        # Every way of quitting passes here: the window's close button, Ctrl+Q, and the app's own quit (Qt asks each
+        # window to close first, and an ignored close cancels the quit).
+        if not self._close_confirmed and self.unsaved_threads():
+            event.ignore()
+            self.ask_before_quitting()
+            return
         self.save_state()
         super().closeEvent(event)
+
+    # --- quitting while nothing durable works ---------------------------------------------------------------
+    def unsaved_threads(self) -> set[str]:
+        """Conversations only memory holds (no data folder, no Postgres took them): lost when Cairn quits."""
+        return self.storage.manager.memory.unsaved_threads() if self.storage is not None else set()
+
+    def allow_close(self) -> None:
+        """Close without asking from now on (the app is quitting for good)."""
+        self._close_confirmed = True
+
+    def ask_before_quitting(self) -> QuitWarning:
+        """Say what quitting would lose: Export… opens the export (and does not quit), Quit anyway quits."""
+        if self.quit_warning is not None and self.quit_warning.isVisible():
+            self.quit_warning.raise_()
+            return self.quit_warning
+        reason = self.bridge.status().reason if self.bridge is not None else ""
+        box = QuitWarning(len(self.unsaved_threads()), reason, self)
+        self.quit_warning = box
+
+        def finished() -> None:
+            clicked = box.clickedButton()
+            if self.quit_warning is box:
+                self.quit_warning = None
+            box.deleteLater()
+            if clicked is box.export_button:
+                self.export_unsaved()
+            elif clicked is box.quit_button:
+                self._close_confirmed = True
+                self.close()
+
+        box.finished.connect(lambda _result: finished())
+        box.open()  # not exec(): no nested event loop
+        return box
+
+    def export_unsaved(self) -> QFileDialog | None:
+        """The export of the open conversation when only memory holds it, else of the newest one only memory holds."""
+        unsaved = self.unsaved_threads()
+        listed = [t for t in self.sidebar.thread_ids() if t in unsaved]
+        thread = self.current if self.current in unsaved else next(iter(listed), self.current)
+        return self.ask_export(thread, "markdown")
 
 
 def _escape(text: str) -> str:

@@ -1,4 +1,5 @@
-"""Storage details (the badge's click: what ``doctor`` says, live) and the red "nothing is saved" banner."""
+"""Storage details (the badge's click: what ``doctor`` says, live), the red "nothing is saved" banner, and the question
+Quit asks when conversations would be lost."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QTableWidget,
@@ -218,6 +220,31 @@ class MemoryBanner(QWidget):
             self.message.setText(f"Nothing is being saved: {status.reason}")
             self.setAccessibleDescription(self.message.text())
         self.setVisible(memory)
+
+
+class QuitWarning(QMessageBox):
+    """Quit while conversations live only in memory: Export… (the export flow; nothing quits), Quit anyway, Cancel.
+
+    Opened with ``open()`` (never ``exec()``: no nested event loop inside the app's coroutines)."""
+
+    def __init__(self, conversations: int, reason: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("quitWarning")
+        self.setIcon(QMessageBox.Icon.Warning)
+        self.setWindowTitle("Quit Cairn?")
+        some = "1 conversation is" if conversations == 1 else f"{conversations} conversations are"
+        self.setText(f"{some} not saved anywhere.")
+        self.setInformativeText(
+            "Cairn could not write to the data folder or to Postgres, so they live only in memory and are lost when "
+            "Cairn quits. Export what you want to keep first."
+        )
+        if reason:
+            self.setDetailedText(reason)
+        self.export_button = self.addButton("Export…", QMessageBox.ButtonRole.ActionRole)
+        self.quit_button = self.addButton("Quit anyway", QMessageBox.ButtonRole.DestructiveRole)
+        self.cancel_button = self.addButton(QMessageBox.StandardButton.Cancel)
+        self.setDefaultButton(self.cancel_button)
+        self.setEscapeButton(self.cancel_button)
 
 
 def _escape(text: str) -> str:

@@ -478,6 +478,13 @@ class MemoryBackend(LocalBackend):
         self._outbox[key] = self._seq
         self._touch(key)
 
+    def unsaved_threads(self) -> set[str]:
+        """Conversations with turns or index changes that only this memory holds, lost when the app quits: what no
+        durable tier has confirmed (the sync acknowledges what Postgres took)."""
+        turns = {key[0] for key in self._outbox}
+        rows = {t for t in self._dirty if t in self._index and not self._index[t].deleted}
+        return turns | rows
+
     async def checkpoint_keys(self, thread_id: str | None = None) -> set[Key]:
         keys: set[Key] = set()
         for tid, namespaces in list(self.saver.storage.items()):

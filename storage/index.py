@@ -13,6 +13,13 @@ from pathlib import Path
 from storage import schema
 from storage.conversations import Conversation, listed, row_to_conversation
 
+FIRST_PAINT_QUERY = f"""SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations c
+    WHERE c.title != ''
+       OR EXISTS (SELECT 1 FROM writes w WHERE w.thread_id = c.thread_id AND w.channel = 'messages')
+       OR NOT EXISTS (SELECT 1 FROM checkpoints k WHERE k.thread_id = c.thread_id)"""
+"""The rows the list shows, as the conversation service lists them: not an untitled conversation whose checkpoints
+hold no message (a run killed between its first checkpoint and its message's write; chat/service.py)."""
+
 
 async def read_index(data_dir: Path | None) -> list[Conversation]:
     """The conversations the local file lists; none when there is no file yet or it cannot be read now (the storage
@@ -28,7 +35,7 @@ def _read(path: Path) -> list[Conversation]:
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
         try:
-            rows = conn.execute(f"SELECT {schema.INDEX_COLUMNS} FROM cairn_conversations").fetchall()
+            rows = conn.execute(FIRST_PAINT_QUERY).fetchall()
         finally:
             conn.close()
         return listed(row_to_conversation(row) for row in rows)

@@ -21,6 +21,7 @@ from chat.endpoints import Endpoint
 from chat.events import ChatEvent, ReplyDone, ReplyFailed, Token
 from chat.service import TITLE_LENGTH, ConversationService, make_title
 from storage.backends import SQLITE_FILE_NAME
+from storage.index import read_index
 from tests.model_server import ModelServer, last_user_text, tokenize
 
 MODEL = "test-model"
@@ -159,6 +160,46 @@ async def test_title_comes_from_the_first_message_only(service: ConversationServ
 
     await talk(service, thread_id, "A later message never renames the conversation")
     assert (await service.load(thread_id)).title == title
+
+
+async def test_nothing_is_stored_before_the_first_message(
+    service: ConversationService, server: ModelServer, tmp_path: Path, reopen: Reopen
+) -> None:
+    thread_id = service.new_thread_id()
+    await service.set_model(thread_id, "other-model")  # chosen before the conversation exists
+    await service.set_pinned(thread_id, True)
+    assert await service.conversations() == []
+    assert await service.manager.conversations() == []  # not even an untitled row: a kill now leaves nothing
+    assert await read_index(tmp_path) == []
+
+    changes: list[tuple[bool, bool]] = []
+    service.manager.subscribe_changes(lambda c: changes.append((thread_id in c.turns, thread_id in c.index)))
+    await talk(service, thread_id, "Pack for Porto")
+    assert server.chat_requests[-1].model == "other-model"
+    # The first change is a checkpoint (storage makes the conversation's row with it); the title, the model and the
+    # pin follow in one write, once a stored checkpoint holds the message.
+    assert changes[0] == (True, False)
+    assert changes.count((False, True)) == 1
+
+    service = await reopen(service)
+    stored = await service.conversation(thread_id)
+    assert stored is not None and (stored.title, stored.model, stored.pinned) == ("Pack for Porto", "other-model", True)
+
+
+async def test_a_conversation_without_a_title_is_listed_under_its_first_message(
+    service: ConversationService, server: ModelServer, reopen: Reopen
+) -> None:
+    thread_id = service.new_thread_id()
+    await talk(service, thread_id, "Where is the sun\nsecond line")
+    await service.rename(thread_id, "")  # a title lost (a kill between the message and its title does the same)
+    assert (await service.manager.conversations())[0].title == ""
+    assert [(c.thread_id, c.title) for c in await service.conversations()] == [(thread_id, "Where is the sun")]
+    assert (await service.load(thread_id)).title == "Where is the sun"
+
+    await talk(service, thread_id, "A later message")  # stores the title its first message gives, not this one
+    service = await reopen(service)
+    stored = await service.manager.conversations()
+    assert [(c.thread_id, c.title) for c in stored] == [(thread_id, "Where is the sun")]
 
 
 @pytest.mark.parametrize(
