@@ -237,6 +237,12 @@ class CairnApp(QObject):
             if self.service is not None:
                 window.attach_service(self.service)
             return
+        if old is not None:
+            # What only the old storage's memory holds (nothing durable worked there) goes into the new one: a data
+            # folder chosen while nothing was saved receives everything written meanwhile.
+            moved = await storage.manager.take_over(old.manager)
+            if moved:
+                done = f"{done} {len(moved)} conversation(s) written while nothing was saved are saved there now."
         self.storage = storage
         self.service = ConversationService(storage, self.endpoint())
         window.attach_storage(storage)

@@ -244,6 +244,7 @@ class MainWindow(QMainWindow):
         self.view.copied.connect(lambda what: self.show_status(f"Copied {what}."))
         self.badge.detailsRequested.connect(self.open_storage_details)
         self.banner.exportRequested.connect(lambda: self.ask_export(self.current, "markdown"))
+        self.banner.chooseFolderRequested.connect(self.choose_data_folder)
 
     # --- the runtime (attached by the app) ------------------------------------------------------------------
     def attach_storage(self, storage: Storage) -> None:
@@ -860,9 +861,36 @@ class MainWindow(QMainWindow):
         if self.details_dialog is None:
             self.details_dialog = StorageDetailsDialog(self.bridge, self.settings, self.secrets, self)
             self.details_dialog.finished.connect(self._forget_details)
+            self.details_dialog.chooseFolderRequested.connect(self.choose_data_folder)
         self.details_dialog.show()
         self.details_dialog.raise_()
         return self.details_dialog
+
+    def choose_data_folder(self) -> QFileDialog:
+        """Ask for another data folder (the banner's and the details' button while nothing is saved)."""
+        dialog = QFileDialog(self, "Choose a folder to save conversations in", str(Path.home()))
+        dialog.setFileMode(QFileDialog.FileMode.Directory)
+        dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        dialog.setObjectName("dataFolderDialog")
+        dialog.fileSelected.connect(lambda path: self.use_data_folder(Path(path)))
+        dialog.finished.connect(lambda _result: dialog.deleteLater())
+        dialog.open()
+        return dialog
+
+    def use_data_folder(self, folder: Path) -> None:
+        """Save in ``folder`` from now on: stored in the settings and applied at once; what was written while nothing
+        was saved moves there (``CairnApp.reopen_storage``)."""
+        from storage.settings import SettingsError, load_settings, save_settings
+
+        try:
+            save_settings({"CAIRN_DATA_DIR": str(folder)}, config_dir=self.settings.config_dir, secrets=self.secrets)
+        except (SettingsError, OSError) as exc:
+            self.show_status(f"Cannot use {folder}: {exc}", 10_000)
+            return
+        settings = load_settings(config_dir=self.settings.config_dir, strict=False)
+        if settings.data_dir != folder:
+            self.show_status(f"CAIRN_DATA_DIR is set in the environment or .env: {settings.data_dir} stays in use.")
+        self._on_settings_applied(settings)
 
     def _forget_details(self) -> None:
         if self.details_dialog is not None:

@@ -50,8 +50,11 @@ def status_report(status: StorageStatus) -> str:
 class StorageDetailsDialog(QDialog):
     """Each tier's state and reason, the active tier, pending sync, pool stats and keyring; updates live.
 
-    With ``settings`` and ``secrets`` the report below is exactly ``python main.py doctor``'s text.
+    With ``settings`` and ``secrets`` the report below is exactly ``python main.py doctor``'s text. While nothing is
+    saved, "Choose another data folder…" (``chooseFolderRequested``).
     """
+
+    chooseFolderRequested = Signal()
 
     def __init__(
         self,
@@ -109,12 +112,16 @@ class StorageDetailsDialog(QDialog):
         self.retry_button.clicked.connect(self.retry_now)
         self.copy_button = QPushButton("Copy report")
         self.copy_button.clicked.connect(self.copy_report)
+        self.folder_button = QPushButton("Choose another data folder…")
+        self.folder_button.setToolTip("Save in another folder, starting with what was written while nothing was saved.")
+        self.folder_button.clicked.connect(self.chooseFolderRequested)
         self.retry_note = QLabel()
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         row = QHBoxLayout()
         row.addWidget(self.retry_button)
         row.addWidget(self.copy_button)
+        row.addWidget(self.folder_button)
         row.addWidget(self.retry_note, 1)
         row.addWidget(buttons)
 
@@ -143,6 +150,7 @@ class StorageDetailsDialog(QDialog):
         self._status = status
         look = look_of(status)
         self.summary.setText(f"<b>{look.headline}</b> ({badge_text(status)}): {_escape(status.reason)}")
+        self.folder_button.setVisible(status.active_tier == "memory")
         self.tiers.setRowCount(len(status.tiers))
         for row, (name, tier) in enumerate(status.tiers.items()):
             title = TIER_TITLES.get(name, name) + ("  ◀ active" if name == status.active_tier else "")
@@ -188,6 +196,7 @@ class MemoryBanner(QWidget):
     """A red strip above the conversation while nothing is saved; "Export…" offers to keep the words."""
 
     exportRequested = Signal()
+    chooseFolderRequested = Signal()
 
     def __init__(self, bridge: StorageBridge | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -204,10 +213,16 @@ class MemoryBanner(QWidget):
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Save the open conversations to a file before quitting.")
         self.export_button.clicked.connect(self.exportRequested)
+        self.folder_button = QPushButton("Choose another folder…")
+        self.folder_button.setToolTip(
+            "Save in another folder from now on, starting with everything written while nothing was saved."
+        )
+        self.folder_button.clicked.connect(self.chooseFolderRequested)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(10, 6, 10, 6)
         layout.addWidget(self.message, 1)
         layout.addWidget(self.export_button)
+        layout.addWidget(self.folder_button)
         self.setAccessibleName("Nothing is being saved")
         self.hide()
         if bridge is not None:

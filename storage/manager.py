@@ -878,6 +878,24 @@ class StorageManager:
         self.emit(_changes.of(index=threads, source="sync"))
         self._changed("the local database can be written again")
 
+    async def take_over(self, old: StorageManager) -> set[str]:
+        """Write into this storage what only ``old``'s memory holds (storage reopened with new settings, such as a
+        data folder chosen while nothing was saved); the threads moved."""
+        memory = old.memory
+        if not (memory.saver.storage or memory._index):
+            return set()
+        target: LocalBackend = self.memory
+        if self.sqlite is not None and not self.sqlite_failed:
+            target = self.sqlite
+        threads = await local.copy_all(memory, target)
+        for thread_id in threads:
+            self._homes.setdefault(thread_id, set()).add(target.tier)
+        self.cache.clear()
+        self._sync_wake.set()
+        self._count_wake.set()
+        self.emit(_changes.of(index=threads, source="sync"))
+        return threads
+
     async def _drain_memory(self, sqlite: SqliteBackend, *, switch: bool = False) -> set[str]:
         """Write into ``sqlite`` what memory holds (in order, idempotently), then empty memory. ``switch``: make
         ``sqlite`` the write tier once it holds everything, then copy what landed in memory on the way."""

@@ -95,7 +95,7 @@ def server() -> Iterator[ModelServer]:
         yield model_server
 
 
-@pytest.mark.parametrize("offset", ["-1h", "+1h", "-24h"])
+@pytest.mark.parametrize("offset", ["-1h", "+1h", "-24h", "+24h"])
 async def test_a_device_with_its_clock_off_hides_no_turn(
     pg_url: str, open_storage: Any, tmp_path: Path, offset: str
 ) -> None:

@@ -131,3 +131,36 @@ async def test_once_postgres_holds_what_memory_held_closing_asks_nothing(
         await until(lambda: not window.unsaved_threads(), "memory's conversation to reach Postgres", timeout=30)
         assert window.close()
         assert not window.isVisible() and window.quit_warning is None
+
+
+async def test_choosing_another_folder_while_nothing_is_saved_saves_everything_there(
+    qtbot: Any, tmp_path: Path, server: ModelServer
+) -> None:
+    cairn = cairn_factory(tmp_path, server, settings={"CAIRN_DATA_DIR": str(unwritable_dir(tmp_path))})
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    async with cairn() as app:
+        window = window_of(app)
+        assert app.storage is not None and app.storage.manager.status().active_tier == "memory"
+        thread = await send_and_wait(qtbot, window, "words from the memory days")
+        assert window.banner.isVisible() and window.banner.folder_button.isVisible()
+
+        dialog = window.choose_data_folder()  # the banner's button
+        dialog.fileSelected.emit(str(chosen))  # the user picks the folder
+        await until(
+            lambda: app.storage is not None and app.storage.manager.status().active_tier == "sqlite",
+            "saving in the chosen folder",
+        )
+        await until(lambda: not window.banner.isVisible(), "the red banner gone")
+        assert (chosen / "cairn.sqlite").exists()
+        assert window.close()  # nothing only in memory any more: no question
+
+    async with cairn() as app:  # started again: the settings name the chosen folder, which holds the words
+        window = window_of(app)
+        await until(lambda: window.sidebar.item_for(thread) is not None, "the conversation listed")
+        window.open_conversation(thread)
+        await until(
+            lambda: [(m.role, m.text) for m in window.view.messages()]
+            == [("user", "words from the memory days"), ("assistant", "Echo: words from the memory days")],
+            "its messages",
+        )
