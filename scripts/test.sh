@@ -47,6 +47,11 @@ if ! command -v faketime >/dev/null 2>&1; then
     apt_packages+=(faketime)
 fi
 
+# tests/test_local_disk.py makes an ext4 image (mkfs.ext4) and marks files immutable (chattr): e2fsprogs.
+if ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v chattr >/dev/null 2>&1; then
+    apt_packages+=(e2fsprogs)
+fi
+
 # PyInstaller, which tests/test_bundle.py runs to build the Linux bundle, needs objdump.
 if ! command -v objdump >/dev/null 2>&1; then
     apt_packages+=(binutils)
