@@ -615,6 +615,26 @@ async def test_edit_and_resend_a_middle_message(
         await collect(service.edit_and_resend(thread_id, ids[4], "from the old branch"))
 
 
+async def test_a_lone_surrogate_in_a_pasted_message_is_dropped_and_the_reply_comes(
+    service: ConversationService, server: ModelServer
+) -> None:
+    # Half of an emoji, a zero-width-joiner sequence, and an emoji as two surrogates (which are joined).
+    pasted = "half \ud83d a smile, a coder \U0001f469\u200d\U0001f4bb and a pair \ud83d\ude00"
+    clean = "half  a smile, a coder \U0001f469\u200d\U0001f4bb and a pair \U0001f600"
+    thread_id = service.new_thread_id()
+
+    done = await talk(service, thread_id, pasted)
+
+    assert done.text == f"Echo: {clean}"
+    assert await pairs(service, thread_id) == [("user", clean), ("assistant", f"Echo: {clean}")]
+    assert [m["content"] for m in server.chat_requests[-1].messages] == [clean]
+
+    # An edit pasted the same way is cleaned too.
+    first = (await service.load(thread_id)).messages[0].id
+    only_done(await collect(service.edit_and_resend(thread_id, first, "again \udc00!")))
+    assert await pairs(service, thread_id) == [("user", "again !"), ("assistant", "Echo: again !")]
+
+
 async def test_only_user_messages_of_this_conversation_can_be_edited(service: ConversationService) -> None:
     thread_id = service.new_thread_id()
     await talk(service, thread_id, "hello")
