@@ -281,6 +281,22 @@ async def test_tokens_are_coalesced_and_the_loop_stays_responsive_while_streamin
         assert watch.p95() < 0.1, watch.summary()
 
 
+async def test_with_no_model_chosen_the_first_model_the_server_lists_answers(
+    qtbot: Any, tmp_path: Path, server: ModelServer
+) -> None:
+    # Not alphabetical: LiteLLM lists its configured models in order, a rate-limited test model after the main one.
+    server.models = ["zeta-main", "alpha-rate-limited", "mid-model"]
+    server.strict_models = True
+    async with cairn_factory(tmp_path, server, settings={"MODEL_NAME": ""})() as app:
+        window = window_of(app)
+        assert app.service is not None
+        await until(lambda: app.service is not None and app.service.endpoint.model != "", "a model picked")
+        assert app.service.endpoint.model == "zeta-main"
+        await send_and_wait(qtbot, window, "hello")
+        assert server.chat_requests[-1].model == "zeta-main"
+        assert window.view.messages()[-1].text == "Echo: hello"
+
+
 async def test_stop_mid_stream_keeps_the_partial_reply(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
     async with cairn() as app:
         window = window_of(app)
