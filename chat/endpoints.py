@@ -69,8 +69,12 @@ def check_base_url(base_url: str) -> str:
     return base_url.strip()
 
 
-async def list_models(base_url: str, api_key: str | None = None, *, timeout: float = 10.0) -> list[str]:
-    """The model ids the server offers (``GET /models``)."""
+async def list_models(
+    base_url: str, api_key: str | None = None, *, timeout: float = 10.0, sort: bool = True
+) -> list[str]:
+    """The model ids the server offers (``GET /models``), sorted for showing; ``sort=False`` keeps the server's
+    order, which says what it offers first (LiteLLM lists its configured models in order, so sorting could put a
+    rate-limited test model before the main one)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = check_base_url(base_url).rstrip("/") + "/models"
     try:
@@ -88,7 +92,8 @@ async def list_models(base_url: str, api_key: str | None = None, *, timeout: flo
         raise ModelListError(f"The server answered HTTP {response.status_code} to GET {url}")
     try:
         data: Any = response.json()
-        return sorted(str(item["id"]) for item in data["data"])
+        models = [str(item["id"]) for item in data["data"]]
+        return sorted(models) if sort else models
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelListError(f"{url} did not return an OpenAI-style model list") from exc
 

@@ -28,6 +28,10 @@ def describe_model_error(exc: BaseException) -> tuple[str, str]:
                 "network",
             )
         return f"Cannot reach the model server ({cause}). Is it running?", "network"
+    if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIResponseValidationError):
+        # What is left of APIError is the error event a server sends inside an HTTP 200 stream (LiteLLM, vLLM and
+        # OpenAI report an upstream failure so once the stream has begun): the server's failure, told in its words.
+        return f"The model server reported an error: {exc.message or 'no details'}", "server"
     if isinstance(exc, LookupError):
         return str(exc), "config"
     return f"The reply failed: {type(exc).__name__}: {exc}", "bug"

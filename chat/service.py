@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -65,6 +66,17 @@ class ConversationView:
 
 
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates dropped (a paste can carry half of an emoji): the model call cannot
+    encode them and no database can store them. A high and a low surrogate side by side are first joined into the
+    character they spell; everything else, emoji and zero-width-joiner sequences included, is left as it is."""
+    if _SURROGATE.search(text) is None:
+        return text
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return _SURROGATE.sub("", joined)
 
 
 def _without_controls(text: str) -> str:
@@ -277,6 +289,7 @@ class ConversationService:
         of a new conversation and that model are stored once the message is, never before it."""
         check_thread_id(thread_id)
         self._check_idle(thread_id)
+        text = without_lone_surrogates(text)
         row = await self._row(thread_id)
         fields: dict[str, Any] = {}
         if row is None or not row.title:
@@ -318,7 +331,7 @@ class ConversationService:
         config = self._config(thread_id)
         config["configurable"]["checkpoint_id"] = fork["configurable"]["checkpoint_id"]
         config["configurable"]["checkpoint_ns"] = fork["configurable"].get("checkpoint_ns", "")
-        message = with_id(HumanMessage(text))
+        message = with_id(HumanMessage(without_lone_surrogates(text)))
         async for event in self._run(thread_id, {"messages": [message]}, config):
             yield event
 

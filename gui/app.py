@@ -171,12 +171,13 @@ class CairnApp(QObject):
         return endpoint
 
     async def _pick_first_model(self) -> None:
-        """No model is configured: use the server's first, as the setting's description promises."""
+        """No model is configured: use the server's first, in the server's order (not the sorted one shown in the
+        menus), as the setting's description promises."""
         from chat.endpoints import Endpoint, ModelListError, list_models
 
         endpoint = self.endpoint()
         try:
-            models = await list_models(endpoint.base_url, endpoint.api_key)
+            models = await list_models(endpoint.base_url, endpoint.api_key, sort=False)
         except ModelListError as exc:
             log.info("no model chosen and the server lists none: %s", exc)
             return

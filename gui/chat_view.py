@@ -13,12 +13,19 @@ Nothing is ever fetched: links are never followed by the browser (``setOpenLinks
 emits no ``<img>``, and ``loadResource`` returns nothing. A link opens in the system browser only when clicked, and
 only for http(s) and mailto. Actions live in the document as ``cairn:`` links (Copy, Edit, Regenerate, Retry, Stop,
 each code block's Copy); they are reachable with Tab and Enter like any link.
+
+A model can write a ``cairn:`` link too (``[innocent](cairn:stop)``), so an action link carries a secret drawn when
+the app starts (``ACTION_TOKEN``) and a click acts only when the secret is there. Checking the token at the one place
+that acts is robust whatever way the text spells the link (case, entities, whitespace, autolinks, Qt's own URL
+normalisation), where escaping the scheme in the rendered Markdown would have to foresee each spelling. The model
+never sees the document's HTML, so it cannot learn the token.
 """
 
 from __future__ import annotations
 
 import html
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -45,6 +52,8 @@ from PySide6.QtWidgets import QTextBrowser, QWidget
 from gui.markdown import Rendered, Theme, render_markdown, render_plain
 
 SCHEME = "cairn"
+ACTION_TOKEN = secrets.token_hex(16)
+"""The first part of every action link the app draws; a link without it never acts (see the module docstring)."""
 PAGE_SIZE = 40
 """Messages rendered when a conversation opens, and added each time the user reaches the top."""
 PAGE_CHARS = 60_000
@@ -84,7 +93,7 @@ def _blend(a: QColor, b: QColor, amount: float) -> QColor:
 
 
 def action_href(action: str, *args: str) -> str:
-    return f"{SCHEME}:" + "/".join([action, *(quote(a, safe="") for a in args)])
+    return f"{SCHEME}:" + "/".join([ACTION_TOKEN, action, *(quote(a, safe="") for a in args)])
 
 
 _FENCE = re.compile(r"(`{3,}|~{3,})")
@@ -805,7 +814,10 @@ class ChatView(QTextBrowser):
             return
         if scheme != SCHEME:
             return
-        action, *args = [unquote(part) for part in url.path().split("/")]
+        token, *parts = url.path().split("/")
+        if not parts or token != ACTION_TOKEN:
+            return  # a cairn: link the app did not draw (written by the model or the user): inert
+        action, *args = [unquote(part) for part in parts]
         if action == "copy" and args:
             message = next((m for m in self._messages if m.id == args[0]), None)
             if message is not None:

@@ -19,7 +19,9 @@ delay between tokens.
 
 Failures are queued per chat request (FIFO, one consumed by each ``POST /v1/chat/completions``):
 ``fail_next`` (OpenAI-style error JSON with a status), ``disconnect_next`` (stream N tokens, then
-drop the socket without ``[DONE]``) and ``hang_next`` (never answer until ``close()``).
+drop the socket without ``[DONE]``), ``stream_error_next`` (stream N tokens, then an error event inside the
+HTTP 200 stream, as LiteLLM, vLLM and OpenAI report an upstream failure) and ``hang_next`` (never answer until
+``close()``).
 
 Synchronisation without sleeping: every request is recorded in ``requests`` and every notable
 step in ``events``; ``wait_for_requests`` / ``wait_for_tokens`` / ``wait_for_paused`` block on a
@@ -154,6 +156,7 @@ EventKind = Literal[
     "paused",  # a stream is blocked at the pause gate (detail: tokens sent so far)
     "done",  # a response completed normally
     "disconnect",  # the socket was dropped on purpose (detail: tokens sent)
+    "stream_error",  # an error event ended a 200 stream (detail: tokens sent before it)
     "hang",  # the request is being held without an answer
     "client_gone",  # the client closed the connection while we were writing
 ]
@@ -186,7 +189,13 @@ class _Hang:
     pass
 
 
-_Action = _Fail | _Disconnect | _Hang
+@dataclass(frozen=True)
+class _StreamError:
+    after_tokens: int
+    error: Mapping[str, Any]
+
+
+_Action = _Fail | _Disconnect | _Hang | _StreamError
 
 
 class _ClientGone(Exception):
@@ -389,7 +398,10 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             options = body.get("stream_options") or {}
             include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-            self._stream(index, model, messages, tokens, include_usage=include_usage, disconnect_after=after)
+            error = action if isinstance(action, _StreamError) else None
+            self._stream(
+                index, model, messages, tokens, include_usage=include_usage, disconnect_after=after, error=error
+            )
         else:
             self._complete(index, model, messages, tokens, disconnect=after is not None)
 
@@ -462,6 +474,7 @@ class _Handler(BaseHTTPRequestHandler):
         *,
         include_usage: bool,
         disconnect_after: int | None,
+        error: _StreamError | None = None,
     ) -> None:
         owner = self.owner
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -498,6 +511,8 @@ class _Handler(BaseHTTPRequestHandler):
             for token in tokens:
                 if disconnect_after is not None and sent >= disconnect_after:
                     break
+                if error is not None and sent >= error.after_tokens:
+                    break
                 if sent and owner.token_delay > 0 and owner._closing_event.wait(owner.token_delay):
                     raise _ClientGone("server closing")
                 owner._gate(index, sent)
@@ -507,6 +522,12 @@ class _Handler(BaseHTTPRequestHandler):
             if disconnect_after is not None:
                 owner._emit("disconnect", index, sent)
                 self._drop()
+                return
+            if error is not None:
+                # The status was 200 long ago: the failure can only be told as an event, then the stream ends.
+                send_event({"error": dict(error.error)})
+                self._write(b"0\r\n\r\n")
+                owner._emit("stream_error", index, sent)
                 return
             owner._gate(index, sent)
             send_event(chunk({}, "stop"))
@@ -660,6 +681,14 @@ class ModelServer:
     def disconnect_next(self, after_tokens: int = 0) -> None:
         """The next chat request streams ``after_tokens`` tokens, then the socket is dropped (no [DONE])."""
         self._push(_Disconnect(after_tokens))
+
+    def stream_error_next(
+        self, message: str = "Upstream model failed", *, after_tokens: int = 0, code: str | int | None = None
+    ) -> None:
+        """The next chat request starts an HTTP 200 stream, sends ``after_tokens`` tokens, then
+        ``data: {"error": {"message": ...}}`` and ends the stream (no finish chunk, no [DONE])."""
+        error: dict[str, Any] = {"message": message, "type": "api_error", "param": None, "code": code}
+        self._push(_StreamError(after_tokens, error))
 
     def hang_next(self) -> None:
         """The next chat request is accepted but never answered (until ``close()``)."""

@@ -615,6 +615,26 @@ async def test_edit_and_resend_a_middle_message(
         await collect(service.edit_and_resend(thread_id, ids[4], "from the old branch"))
 
 
+async def test_a_lone_surrogate_in_a_pasted_message_is_dropped_and_the_reply_comes(
+    service: ConversationService, server: ModelServer
+) -> None:
+    # Half of an emoji, a zero-width-joiner sequence, and an emoji as two surrogates (which are joined).
+    pasted = "half \ud83d a smile, a coder \U0001f469\u200d\U0001f4bb and a pair \ud83d\ude00"
+    clean = "half  a smile, a coder \U0001f469\u200d\U0001f4bb and a pair \U0001f600"
+    thread_id = service.new_thread_id()
+
+    done = await talk(service, thread_id, pasted)
+
+    assert done.text == f"Echo: {clean}"
+    assert await pairs(service, thread_id) == [("user", clean), ("assistant", f"Echo: {clean}")]
+    assert [m["content"] for m in server.chat_requests[-1].messages] == [clean]
+
+    # An edit pasted the same way is cleaned too.
+    first = (await service.load(thread_id)).messages[0].id
+    only_done(await collect(service.edit_and_resend(thread_id, first, "again \udc00!")))
+    assert await pairs(service, thread_id) == [("user", "again !"), ("assistant", "Echo: again !")]
+
+
 async def test_only_user_messages_of_this_conversation_can_be_edited(service: ConversationService) -> None:
     thread_id = service.new_thread_id()
     await talk(service, thread_id, "hello")
@@ -646,12 +666,23 @@ FAILURES = [
     Failure("refused", "network", ("Cannot reach the model server", "Is it running?")),
     Failure("timeout", "timeout", ("did not answer in time",)),
     Failure("disconnect", "network", ("closed the connection before the reply was complete",), partial_tokens=2),
+    Failure(
+        "stream_error",
+        "server",
+        ("The model server reported an error: Upstream model failed: deployment overloaded",),
+        partial_tokens=2,
+    ),
 ]
 
 
 @pytest.mark.parametrize("failure", FAILURES, ids=[f.name for f in FAILURES])
 async def test_a_failed_reply_keeps_the_question_and_retry_answers_it(
-    failure: Failure, open_storage: Any, tmp_path: Path, server: ModelServer, reopen: Reopen
+    failure: Failure,
+    open_storage: Any,
+    tmp_path: Path,
+    server: ModelServer,
+    reopen: Reopen,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     good = Endpoint(server.base_url, MODEL, timeout=5)
     endpoint = good
@@ -669,6 +700,9 @@ async def test_a_failed_reply_keeps_the_question_and_retry_answers_it(
     elif failure.name == "disconnect":
         server.reply = "one two three four five"
         server.disconnect_next(after_tokens=2)
+    elif failure.name == "stream_error":
+        server.reply = "one two three four five"
+        server.stream_error_next("Upstream model failed: deployment overloaded", after_tokens=2)
     storage = await open_storage(tmp_path)
     service = ConversationService(storage, endpoint)
     thread_id = service.new_thread_id()
@@ -683,6 +717,8 @@ async def test_a_failed_reply_keeps_the_question_and_retry_answers_it(
     for words in failure.words:
         assert words in failed.message, failed.message
     assert "sk-wrong-key" not in failed.message
+    assert "reply failed" not in failed.message  # the words of a bug
+    assert not [r for r in caplog.records if r.exc_info], "a failure that is not a bug logged a traceback"
     expected_partial = "".join(tokenize("one two three four five")[: failure.partial_tokens])
     assert "".join(tokens_of(events)) == failed.partial_text == expected_partial
     assert not service.is_running(thread_id)

@@ -80,6 +80,11 @@ async def test_list_models_gives_the_server_models_sorted(server: ModelServer) -
     assert [(r.method, r.path) for r in server.requests] == [("GET", "/v1/models"), ("GET", "/v1/models")]
 
 
+async def test_list_models_can_keep_the_server_order(server: ModelServer) -> None:
+    server.models = ["zeta-7b", "alpha-1b", "mistral:latest"]
+    assert await list_models(server.base_url, sort=False) == ["zeta-7b", "alpha-1b", "mistral:latest"]
+
+
 async def test_list_models_sends_the_api_key(server: ModelServer) -> None:
     server.api_key = "sk-test-123456"
     assert await list_models(server.base_url, "sk-test-123456") == ["other-model", "test-model"]

@@ -239,6 +239,23 @@ async def test_disconnect_mid_stream(server: ModelServer) -> None:
     assert await stream_tokens(chat(server), "x") == filler_tokens(10)
 
 
+async def test_stream_error_inside_a_200_stream(server: ModelServer) -> None:
+    server.token_count = 10
+    server.stream_error_next("Upstream model failed", after_tokens=3)
+    received: list[str] = []
+
+    with pytest.raises(openai.APIError) as raised:
+        async for chunk in chat(server).astream("x"):
+            if chunk.content:
+                received.append(str(chunk.content))
+
+    assert type(raised.value) is openai.APIError  # not a status or connection error: the stream said 200
+    assert raised.value.message == "Upstream model failed"
+    assert received == filler_tokens(10)[:3]
+    assert (await server.wait_for_event_async("stream_error")).detail == 3
+    assert await stream_tokens(chat(server), "x") == filler_tokens(10)  # only that one request was affected
+
+
 async def test_hang_times_out_on_the_client() -> None:
     srv = ModelServer().start()
     try:

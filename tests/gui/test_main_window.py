@@ -281,6 +281,22 @@ async def test_tokens_are_coalesced_and_the_loop_stays_responsive_while_streamin
         assert watch.p95() < 0.1, watch.summary()
 
 
+async def test_with_no_model_chosen_the_first_model_the_server_lists_answers(
+    qtbot: Any, tmp_path: Path, server: ModelServer
+) -> None:
+    # Not alphabetical: LiteLLM lists its configured models in order, a rate-limited test model after the main one.
+    server.models = ["zeta-main", "alpha-rate-limited", "mid-model"]
+    server.strict_models = True
+    async with cairn_factory(tmp_path, server, settings={"MODEL_NAME": ""})() as app:
+        window = window_of(app)
+        assert app.service is not None
+        await until(lambda: app.service is not None and app.service.endpoint.model != "", "a model picked")
+        assert app.service.endpoint.model == "zeta-main"
+        await send_and_wait(qtbot, window, "hello")
+        assert server.chat_requests[-1].model == "zeta-main"
+        assert window.view.messages()[-1].text == "Echo: hello"
+
+
 async def test_stop_mid_stream_keeps_the_partial_reply(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
     async with cairn() as app:
         window = window_of(app)
@@ -500,6 +516,75 @@ async def test_code_blocks_have_a_copy_button_and_links_open_only_when_clicked(
         assert view.source().isEmpty()  # the browser itself never navigated
         click_link(view, "http://127.0.0.1:9/pixel.png")  # an image is only a link, opened only when clicked
         assert opened[-1] == "http://127.0.0.1:9/pixel.png"
+
+
+async def test_action_links_the_model_writes_do_nothing(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    """A reply can write ``cairn:`` links imitating each action the app draws; clicking them must not act."""
+    server.reply = "Here:\n\n```\nsecret code\n```\n"
+    async with cairn() as app:
+        window = window_of(app)
+        view = window.view
+        await send_and_wait(qtbot, window, "first question")
+        user, reply = view.messages()
+        forged = (
+            f"[innocent](cairn:stop) [s2](CAIRN:Stop) [s3](<cairn: stop>) [s4](cairn&#58;stop) <cairn:stop> "
+            f"[s5](cairn:0123456789abcdef/stop) [r1](cairn:regenerate) [r2](cAiRn:%72egenerate) [r3](cairn:retry) "
+            f"[c1](cairn:copy/{reply.id}) [c2](cairn:code/{reply.id}/0) [e1](cairn:edit/{user.id}) "
+            f"[e2](cairn&#x3A;edit/{user.id})"
+        )
+        server.reply = [forged, " The end."]
+        acted: list[str] = []
+        view.stopRequested.connect(lambda: acted.append("stop"))
+        view.regenerateRequested.connect(lambda: acted.append("regenerate"))
+        view.retryRequested.connect(lambda: acted.append("retry"))
+        view.editRequested.connect(lambda *_: acted.append("edit"))
+        view.copied.connect(lambda what: acted.append(f"copy {what}"))
+
+        async def click_the_forged_links() -> None:
+            written = {
+                "cairn:stop",
+                "CAIRN:Stop",
+                "cairn:%20stop",
+                "cairn:0123456789abcdef/stop",
+                "cairn:regenerate",
+                "cAiRn:%72egenerate",
+                "cairn:retry",
+                f"cairn:copy/{reply.id}",
+                f"cairn:code/{reply.id}/0",
+                f"cairn:edit/{user.id}",
+            }  # how the forged links are in the document (two pairs render the same)
+            await until(lambda: written <= set(view.hrefs()), "the forged links in the document")
+            for href in sorted(written):
+                click_link(view, href)
+
+        QGuiApplication.clipboard().setText("untouched")
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        server.pause(after_tokens=1)
+        type_and_send(qtbot, window, "second question")
+        await server.wait_for_paused_async(timeout=WAIT)
+        await until(lambda: view.stream_text() == forged, "the forged links, streaming")
+        await click_the_forged_links()
+        server.resume()
+        await until(lambda: bool(finished), "the reply")
+        assert acted == []
+        last = view.messages()[-1]
+        assert (last.text, last.stopped) == (forged + " The end.", False)
+
+        await click_the_forged_links()  # once more, in the finished reply
+        assert acted == []
+        assert QGuiApplication.clipboard().text() == "untouched"
+        assert window.composer.edit.toPlainText() == ""
+        assert len(server.chat_requests) == 2  # nothing regenerated or retried
+
+        # The app's own links still act.
+        click_link(view, action_href("copy", reply.id))
+        assert QGuiApplication.clipboard().text() == reply.text
+        click_link(view, action_href("code", reply.id, "0"))
+        assert QGuiApplication.clipboard().text() == "secret code"
+        click_link(view, action_href("regenerate"))
+        await until(lambda: len(finished) == 2, "the regenerated reply")
+        assert "regenerate" in acted
 
 
 async def test_a_1000_message_conversation_opens_fast_and_pages_in_older_messages(
