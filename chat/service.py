@@ -14,6 +14,7 @@ message it carries): see docs/DESIGN.md, "A conversation is born with its first 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -40,6 +41,8 @@ from storage.tiered import check_thread_id
 log = logging.getLogger("cairn.chat")
 
 TITLE_LENGTH = 60
+STOP_SETTLE_SECONDS = 10.0
+"""After a Stop: how long at most to wait for the run's last checkpoints to land (see StorageManager.writes_settled)."""
 Role = Literal["user", "assistant", "system"]
 
 
@@ -447,7 +450,15 @@ class ConversationService:
             else:
                 at = str(last["config"]["configurable"]["checkpoint_id"])
                 queue.put_nowait(ReplyDone(str(messages[-1].id), _text(messages[-1]), checkpoint_id=at))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
+            # LangGraph stores a run's last writes in background tasks; cancelled, it hands over the task that
+            # finishes them (langgraph/pregel/_loop.py, AsyncPregelLoop.__aexit__). Wait for it: a write still on
+            # its way when storage closes (Quit right after Stop) would fail there and the user's message be lost.
+            for pending in cancelled.args:
+                if isinstance(pending, asyncio.Future):
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(pending)
+            await self.manager.writes_settled(STOP_SETTLE_SECONDS)
             at = last["config"] if last is not None else None
             queue.put_nowait(await self._keep_partial(thread_id, "".join(parts), at))
         except Exception as exc:

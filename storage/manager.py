@@ -63,6 +63,7 @@ WATCH_SECONDS = 0.5
 LOCAL_CHECK_SECONDS = 2.0
 """How often the local file is checked: still there, still the same file; writable again after a failure."""
 WRITES_SETTLE_SECONDS = 5.0
+SETTLE_TURNS = 5
 """How often the local file is asked whether another process wrote to it (``PRAGMA data_version``)."""
 # A turn writes several checkpoints a few milliseconds apart. The sync and the pending count start once writes
 # have paused this long (or this long at most after the first), so they do not read SQLite, take its lock and the
@@ -194,6 +195,7 @@ class StorageManager:
         self._changed(None)
 
     async def close(self) -> None:
+        await self.writes_settled(WRITES_SETTLE_SECONDS)
         self._closed = True
         for task in self._tasks:
             task.cancel()
@@ -797,11 +799,24 @@ class StorageManager:
 
     async def _writes_settled(self) -> None:
         """Wait (a little at most) for writes under way: one begun on the old tier may still be landing there."""
-        self._writes_idle.clear()
-        if self._inflight:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(WRITES_SETTLE_SECONDS):
-                    await self._writes_idle.wait()
+        await self.writes_settled(WRITES_SETTLE_SECONDS)
+
+    async def writes_settled(self, timeout: float) -> None:
+        """Wait until no write is under way, nor starts within a few turns of the loop (``timeout`` at most).
+
+        LangGraph stores a run's checkpoints in background tasks, each after the one before it: a run that was
+        stopped returns while they still land. What waits for them here: the service after a Stop, and ``close``
+        (a write arriving after it would fail, and the user's message with it)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    while self._inflight:
+                        self._writes_idle.clear()
+                        await self._writes_idle.wait()
+                    for _ in range(SETTLE_TURNS):
+                        await asyncio.sleep(0)  # a chained save starts a turn of the loop after the one before ends
+                    if not self._inflight:
+                        return
 
     async def _replace_local(self, old: SqliteBackend, why: str) -> None:
         """The file was deleted or replaced under us: make a new one at the path holding everything still readable
