@@ -710,7 +710,7 @@ class MainWindow(QMainWindow):
                 self.view.discard_reply()
                 self._show_failure(outcome)
             await self._reload(thread, at)
-        self.request_list_refresh(0)
+        await self.refresh_list()  # replyFinished promises the list is up to date
         self.replyFinished.emit(thread)
 
     def stop_reply(self) -> None:
