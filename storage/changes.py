@@ -33,11 +33,6 @@ class Changes:
     def threads(self) -> frozenset[str]:
         return self.turns | self.index | self.removed
 
-    def __or__(self, other: Changes) -> Changes:
-        return Changes(
-            self.turns | other.turns, self.index | other.index, self.removed | other.removed, self.source
-        )
-
 
 def of(
     *, turns: Iterable[str] = (), index: Iterable[str] = (), removed: Iterable[str] = (), source: Source = "local"

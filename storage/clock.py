@@ -17,23 +17,16 @@ LangGraph upgrade that renames it fails loudly there, and in the tests, instead 
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterable
 
 from langgraph.checkpoint.base import id as lg_id
 
+from storage.schema import checkpoint_stamp
+
 _lock = threading.Lock()
 
 
-def stamp(checkpoint_id: str) -> int | None:
-    """The 60-bit UUID v6 timestamp of an id (100 ns ticks since 1582), or None for any other id."""
-    try:
-        value = uuid.UUID(checkpoint_id)
-    except (ValueError, TypeError, AttributeError):
-        return None
-    if value.version != 6:
-        return None
-    return ((value.int >> 80) << 12) | ((value.int >> 64) & 0x0FFF)
+stamp = checkpoint_stamp
 
 
 def observe(checkpoint_id: str | None) -> None:
@@ -52,11 +45,6 @@ def observe(checkpoint_id: str | None) -> None:
 def observe_all(checkpoint_ids: Iterable[str]) -> None:
     newest = max((i for i in checkpoint_ids if i), default=None, key=lambda i: stamp(i) or 0)
     observe(newest)
-
-
-def floor() -> int | None:
-    """The stamp every new id is above (None before the first id)."""
-    return lg_id._last_v6_timestamp  # type: ignore[no-any-return]
 
 
 def check_lever() -> None:

@@ -34,16 +34,21 @@ _UUID6_EPOCH = 0x01B21DD213814000  # 1970-01-01 in those units
 _UUID6_TIME_DIGITS = (*range(1, 9), *range(10, 14), *range(16, 19))
 
 
-def checkpoint_time(checkpoint_id: str) -> float | None:
-    """Seconds since the epoch at which a checkpoint was made, from its id; None if the id is not a UUID v6."""
+def checkpoint_stamp(checkpoint_id: str | None) -> int | None:
+    """The 60-bit UUID v6 timestamp of a checkpoint id (100 ns ticks since 1582), or None for any other id."""
     try:
         value = uuid.UUID(checkpoint_id)
     except (ValueError, TypeError, AttributeError):
         return None
     if value.version != 6:
         return None
-    stamp = ((value.int >> 80) << 12) | ((value.int >> 64) & 0x0FFF)
-    return (stamp - _UUID6_EPOCH) / 1e7
+    return ((value.int >> 80) << 12) | ((value.int >> 64) & 0x0FFF)
+
+
+def checkpoint_time(checkpoint_id: str) -> float | None:
+    """Seconds since the epoch at which a checkpoint was made, from its id; None if the id is not a UUID v6."""
+    stamp = checkpoint_stamp(checkpoint_id)
+    return None if stamp is None else (stamp - _UUID6_EPOCH) / 1e7
 
 
 def _sqlite_checkpoint_time(checkpoint_id: str) -> str:

@@ -1,8 +1,8 @@
 """A long conversation stays small in every tier, loses nothing, and can still be resumed and branched.
 
 With plain savers every step re-stores the whole message list: a 1,000-turn chat (user ~200 characters, reply
-~300) takes 1.3 GB in SQLite and ~290 MB in Postgres (shared/FACTS.md, "Storage growth"). Cairn keeps messages in a
-``DeltaChannel`` (chat/state.py), so a turn stores only its new messages, plus a full snapshot every
+~300) takes 1.3 GB in SQLite and ~290 MB in Postgres (docs/PERFORMANCE.md, the Storage section). Cairn keeps
+messages in a ``DeltaChannel`` (chat/state.py), so a turn stores only its new messages, plus a full snapshot every
 ``SNAPSHOT_EVERY`` updates.
 """
 
