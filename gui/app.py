@@ -171,23 +171,19 @@ class CairnApp(QObject):
         return endpoint
 
     async def _pick_first_model(self) -> None:
-        """No model is configured: use the server's first, in the server's order (not the sorted one shown in the
-        menus), as the setting's description promises."""
-        from chat.endpoints import Endpoint, ModelListError, list_models
+        """No model is configured: use the server's first (``ConversationService.pick_first_model``, which each send
+        asks again while none is picked), and show it."""
+        from chat.endpoints import ModelListError
 
-        endpoint = self.endpoint()
+        if self.service is None:
+            return
         try:
-            models = await list_models(endpoint.base_url, endpoint.api_key, sort=False)
-        except ModelListError as exc:
+            await self.service.pick_first_model()
+        except (ModelListError, LookupError) as exc:
             log.info("no model chosen and the server lists none: %s", exc)
             return
-        if models and self.service is not None and not self.service.endpoint.model:
-            current = self.service.endpoint
-            self.service.set_endpoint(
-                Endpoint(current.base_url, models[0], current.api_key, current.system_prompt, current.timeout)
-            )
-            if self.window is not None:
-                self.window.set_settings(self.window.settings)
+        if self.window is not None:
+            self.window.set_settings(self.window.settings)
 
     # --- settings applied without a restart -----------------------------------------------------------------
     def _on_settings_applied(self, settings: Settings) -> None:
