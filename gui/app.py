@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -185,6 +186,15 @@ class CairnApp(QObject):
         if self.window is not None:
             self.window.set_settings(self.window.settings)
 
+    def _endpoint_keeping_model(self) -> Endpoint:
+        """The endpoint of the settings; with no model set there, the one picked from the same server so far
+        (saving any setting must not lose it: a send would fail until the server's models are listed again)."""
+        endpoint = self.endpoint()
+        current = self.service.endpoint if self.service is not None else None
+        if not endpoint.model and current is not None and current.base_url == endpoint.base_url and current.model:
+            endpoint = replace(endpoint, model=current.model)
+        return endpoint
+
     # --- settings applied without a restart -----------------------------------------------------------------
     def _on_settings_applied(self, settings: Settings) -> None:
         assert self.window is not None
@@ -194,8 +204,8 @@ class CairnApp(QObject):
         self.settings = settings
         assert self.window is not None and self.secrets is not None
         if self.service is not None:
-            self.service.set_endpoint(self.endpoint())
-            if not settings.model_name:
+            self.service.set_endpoint(self._endpoint_keeping_model())
+            if not self.service.endpoint.model:
                 await self._pick_first_model()
         self.window.set_settings(settings)
         await self.apply_storage_settings()
@@ -241,7 +251,7 @@ class CairnApp(QObject):
             if moved:
                 done = f"{done} {len(moved)} conversation(s) written while nothing was saved are saved there now."
         self.storage = storage
-        self.service = ConversationService(storage, self.endpoint())
+        self.service = ConversationService(storage, self._endpoint_keeping_model())
         window.attach_storage(storage)
         self._watch_storage(storage)
         window.attach_service(self.service)

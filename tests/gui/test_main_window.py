@@ -902,6 +902,30 @@ async def test_settings_apply_without_restart(qtbot: Any, cairn: Cairn, server: 
         await until(lambda: set(window.sidebar.thread_ids()) == {thread, second}, "both conversations")
 
 
+async def test_ok_in_settings_keeps_the_first_picked_model(
+    qtbot: Any, tmp_path: Path, server: ModelServer, pg_url: str
+) -> None:
+    server.models = ["zeta-main", "alpha-other"]
+    async with cairn_factory(tmp_path, server, settings={"MODEL_NAME": ""})() as app:
+        window = window_of(app)
+        await until(lambda: app.service is not None and app.service.endpoint.model == "zeta-main", "a model picked")
+        # The server's first model changes meanwhile: the model in use must stay the one picked, not be lost or
+        # picked again behind the user's back by a save of unrelated settings.
+        server.models = ["late-model", "zeta-main"]
+        old_storage = app.storage
+        dialog = window.open_settings()
+        dialog.use_postgres.setChecked(True)  # type: ignore[attr-defined]
+        dialog.postgres_url.setText(pg_url)  # type: ignore[attr-defined]
+        assert dialog.save() is not None  # type: ignore[attr-defined]
+        dialog.close()
+        await until(lambda: app.storage is not old_storage and window.service is app.service, "storage reopened")
+        assert app.service is not None and app.service.endpoint.model == "zeta-main"
+        await send_and_wait(qtbot, window, "after OK")
+        assert not window.view.has_error(), window.view.error_text()
+        assert window.view.messages()[-1].text == "Echo: after OK"
+        assert server.chat_requests[-1].model == "zeta-main"
+
+
 # --- quit and start again -------------------------------------------------------------------------------------
 
 
