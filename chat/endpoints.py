@@ -52,6 +52,26 @@ class ModelListError(Exception):
     """The server did not list its models; the message says why in words."""
 
 
+class ServerUnreachable(ModelListError):
+    """No connection to the model server at all (nothing listening, no such host): most often it is not started."""
+
+
+OLLAMA_PORT = 11434
+
+
+def unreachable_words(base_url: str) -> str:
+    """What to tell the user when nothing answers at ``base_url``: where we knocked, and what is likely not running
+    (Ollama, by its port, which its preset and its documentation use; else any server)."""
+    try:
+        url = httpx.URL(base_url.strip())
+        port = url.port or (443 if url.scheme == "https" else 80)
+        where = f"{url.host}:{port}" if url.host else base_url
+    except (httpx.InvalidURL, ValueError):
+        return f"Cannot reach the model server at {base_url} — is the server running?"
+    question = "is Ollama running?" if port == OLLAMA_PORT else "is the server running?"
+    return f"Cannot reach the model server at {where} — {question}"
+
+
 def check_base_url(base_url: str) -> str:
     """The URL if it can be asked at all (http or https, a host, a valid port); ModelListError saying why not."""
     example = "it should look like http://localhost:11434/v1"
@@ -81,7 +101,7 @@ async def list_models(
         async with httpx.AsyncClient(timeout=timeout) as client:
             response = await client.get(url, headers=headers)
     except httpx.ConnectError as exc:
-        raise ModelListError(f"Cannot reach {base_url}: {exc}") from exc
+        raise ServerUnreachable(f"Cannot reach {base_url}: {exc}") from exc
     except httpx.TimeoutException as exc:
         raise ModelListError(f"No answer from {base_url} within {timeout:g} s") from exc
     except httpx.HTTPError as exc:

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import openai
 
+from chat.endpoints import ModelListError, ServerUnreachable, unreachable_words
 
-def describe_model_error(exc: BaseException) -> tuple[str, str]:
-    """(message, kind); kind is auth, model, server, rate_limit, network, timeout, bad_request, config or bug."""
+
+def describe_model_error(exc: BaseException, base_url: str = "") -> tuple[str, str]:
+    """(message, kind); kind is auth, model, server, rate_limit, network, timeout, bad_request, config or bug.
+    ``base_url``: the server asked, named in the words when nothing answers there."""
+    if isinstance(exc, ServerUnreachable):
+        cause = _root_cause(exc)
+        words = unreachable_words(base_url) if base_url else "Cannot reach the model server. Is it running?"
+        return f"{words} ({str(cause) or type(cause).__name__})", "network"
+    if isinstance(exc, ModelListError):
+        return f"No model is chosen and the server did not list its models: {exc}", "config"
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return f"The model server refused the API key ({_detail(exc)}). Check it in Settings → Model.", "auth"
     if isinstance(exc, openai.NotFoundError):
@@ -27,6 +36,8 @@ def describe_model_error(exc: BaseException) -> tuple[str, str]:
                 f"The model server closed the connection before the reply was complete ({cause}). Try again.",
                 "network",
             )
+        if base_url:
+            return f"{unreachable_words(base_url)} ({cause})", "network"
         return f"Cannot reach the model server ({cause}). Is it running?", "network"
     if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIResponseValidationError):
         # What is left of APIError is the error event a server sends inside an HTTP 200 stream (LiteLLM, vLLM and

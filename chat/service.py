@@ -20,7 +20,7 @@ import logging
 import re
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -29,7 +29,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 
-from chat.endpoints import Endpoint, chat_model
+from chat.endpoints import Endpoint, ModelListError, chat_model, list_models
 from chat.errors import describe_model_error
 from chat.events import ChatEvent, ReplyDone, ReplyFailed, Token
 from chat.graph import MODEL_NODE, ChatContext, build_chat_graph
@@ -43,6 +43,8 @@ log = logging.getLogger("cairn.chat")
 TITLE_LENGTH = 60
 STOP_SETTLE_SECONDS = 10.0
 """After a Stop: how long at most to wait for the run's last checkpoints to land (see StorageManager.writes_settled)."""
+LIST_MODELS_TIMEOUT = 10.0
+ModelLister = Callable[..., Awaitable[list[str]]]
 Role = Literal["user", "assistant", "system"]
 
 
@@ -133,6 +135,7 @@ class ConversationService:
         endpoint: Endpoint,
         *,
         model_factory: Callable[[Endpoint], BaseChatModel] = chat_model,
+        model_lister: ModelLister = list_models,
     ) -> None:
         self.storage = storage
         self.manager = storage.manager
@@ -140,6 +143,7 @@ class ConversationService:
         self.graph = build_chat_graph(storage.saver)
         self.endpoint = endpoint
         self._model_factory = model_factory
+        self._model_lister = model_lister
         self._models: dict[Endpoint, BaseChatModel] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._answering: set[str] = set()
@@ -159,13 +163,33 @@ class ConversationService:
         self.endpoint = endpoint
         self._models.clear()
 
-    def _model_for(self, conversation_model: str) -> BaseChatModel:
+    async def pick_first_model(self) -> str:
+        """No model is chosen: use the server's first, in the server's order (not the sorted one of the menus), as
+        the setting's description promises; the model in use afterwards. Asked again at each send while none is
+        chosen, so a server started after the app is enough. ModelListError (``ServerUnreachable`` when nothing
+        answers) or LookupError (it lists none) when there is none to pick."""
+        endpoint = self.endpoint
+        if endpoint.model:
+            return endpoint.model
+        timeout = min(endpoint.timeout, LIST_MODELS_TIMEOUT)
+        models = await self._model_lister(endpoint.base_url, endpoint.api_key, timeout=timeout, sort=False)
+        if not models:
+            raise LookupError(
+                f"No model is chosen and the server at {endpoint.base_url} offers none: pick one in Settings → Model"
+            )
+        if not self.endpoint.model and self.endpoint.base_url == endpoint.base_url:  # settings may have changed
+            self.set_endpoint(replace(self.endpoint, model=models[0]))
+        return self.endpoint.model or models[0]
+
+    def _model_for(self, conversation_model: str, no_model: Exception | None = None) -> BaseChatModel:
         endpoint = self.endpoint
         if conversation_model:
             endpoint = Endpoint(
                 endpoint.base_url, conversation_model, endpoint.api_key, endpoint.system_prompt, endpoint.timeout
             )
         if not endpoint.model:
+            if no_model is not None:
+                raise no_model  # why no first model could be picked (ModelListError, LookupError)
             raise LookupError("No model is chosen: pick one in Settings → Model")
         # Called on the model thread (chat.offload) while set_endpoint may clear the cache on the loop's thread.
         model = self._models.get(endpoint)
@@ -421,7 +445,14 @@ class ConversationService:
             model = conversation.model if conversation else ""
             if waiting is not None and "model" in waiting:
                 model = waiting["model"]
-            context = ChatContext(lambda: self._model_for(model), self.endpoint.system_prompt)
+            no_model: Exception | None = None
+            if not model and not self.endpoint.model:
+                try:
+                    await self.pick_first_model()
+                except (ModelListError, LookupError) as exc:
+                    # Raised at the model call, not here: the question is stored first, and Retry asks again.
+                    no_model = exc
+            context = ChatContext(lambda: self._model_for(model, no_model), self.endpoint.system_prompt)
             modes = ["tasks", "messages", "checkpoints"]
             stream = self.graph.astream(graph_input, config, context=context, stream_mode=modes)
             async for mode, data in stream:
@@ -462,7 +493,7 @@ class ConversationService:
             at = last["config"] if last is not None else None
             queue.put_nowait(await self._keep_partial(thread_id, "".join(parts), at))
         except Exception as exc:
-            message, kind = describe_model_error(exc)
+            message, kind = describe_model_error(exc, self.endpoint.base_url)
             if kind == "bug":
                 log.exception("reply failed")
             queue.put_nowait(ReplyFailed(message, kind, "".join(parts)))

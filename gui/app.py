@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -171,23 +172,28 @@ class CairnApp(QObject):
         return endpoint
 
     async def _pick_first_model(self) -> None:
-        """No model is configured: use the server's first, in the server's order (not the sorted one shown in the
-        menus), as the setting's description promises."""
-        from chat.endpoints import Endpoint, ModelListError, list_models
+        """No model is configured: use the server's first (``ConversationService.pick_first_model``, which each send
+        asks again while none is picked), and show it."""
+        from chat.endpoints import ModelListError
 
-        endpoint = self.endpoint()
+        if self.service is None:
+            return
         try:
-            models = await list_models(endpoint.base_url, endpoint.api_key, sort=False)
-        except ModelListError as exc:
+            await self.service.pick_first_model()
+        except (ModelListError, LookupError) as exc:
             log.info("no model chosen and the server lists none: %s", exc)
             return
-        if models and self.service is not None and not self.service.endpoint.model:
-            current = self.service.endpoint
-            self.service.set_endpoint(
-                Endpoint(current.base_url, models[0], current.api_key, current.system_prompt, current.timeout)
-            )
-            if self.window is not None:
-                self.window.set_settings(self.window.settings)
+        if self.window is not None:
+            self.window.set_settings(self.window.settings)
+
+    def _endpoint_keeping_model(self) -> Endpoint:
+        """The endpoint of the settings; with no model set there, the one picked from the same server so far
+        (saving any setting must not lose it: a send would fail until the server's models are listed again)."""
+        endpoint = self.endpoint()
+        current = self.service.endpoint if self.service is not None else None
+        if not endpoint.model and current is not None and current.base_url == endpoint.base_url and current.model:
+            endpoint = replace(endpoint, model=current.model)
+        return endpoint
 
     # --- settings applied without a restart -----------------------------------------------------------------
     def _on_settings_applied(self, settings: Settings) -> None:
@@ -198,8 +204,8 @@ class CairnApp(QObject):
         self.settings = settings
         assert self.window is not None and self.secrets is not None
         if self.service is not None:
-            self.service.set_endpoint(self.endpoint())
-            if not settings.model_name:
+            self.service.set_endpoint(self._endpoint_keeping_model())
+            if not self.service.endpoint.model:
                 await self._pick_first_model()
         self.window.set_settings(settings)
         await self.apply_storage_settings()
@@ -245,7 +251,7 @@ class CairnApp(QObject):
             if moved:
                 done = f"{done} {len(moved)} conversation(s) written while nothing was saved are saved there now."
         self.storage = storage
-        self.service = ConversationService(storage, self.endpoint())
+        self.service = ConversationService(storage, self._endpoint_keeping_model())
         window.attach_storage(storage)
         self._watch_storage(storage)
         window.attach_service(self.service)

@@ -23,6 +23,7 @@ from chat.service import TITLE_LENGTH, ConversationService, make_title
 from storage.backends import SQLITE_FILE_NAME
 from storage.index import read_index
 from tests.model_server import ModelServer, last_user_text, tokenize
+from tests.netproxy import TcpProxy
 
 MODEL = "test-model"
 CLIENT_TIMEOUT = 30.0
@@ -303,6 +304,7 @@ async def test_the_conversation_model_is_what_the_server_receives(
 async def test_no_model_chosen_fails_and_retry_answers_once_one_is(
     open_storage: Any, tmp_path: Path, server: ModelServer
 ) -> None:
+    server.models = []  # nothing to pick from: a model must be chosen
     storage = await open_storage(tmp_path)
     service = ConversationService(storage, Endpoint(server.base_url, ""))
     thread_id = service.new_thread_id()
@@ -310,12 +312,13 @@ async def test_no_model_chosen_fails_and_retry_answers_once_one_is(
     failed = only_failed(await collect(service.send(thread_id, "anyone there?")))
 
     assert failed.kind == "config"
-    assert "No model is chosen" in failed.message
+    assert "No model is chosen" in failed.message and "offers none" in failed.message
     assert server.chat_requests == []
     view = await service.load(thread_id)
     assert [(m.role, m.text) for m in view.messages] == [("user", "anyone there?")]
     assert view.awaiting_reply
 
+    server.models = [MODEL]
     service.set_endpoint(Endpoint(server.base_url, MODEL))
     assert only_done(await collect(service.retry(thread_id))).text == "Echo: anyone there?"
     assert await pairs(service, thread_id) == [("user", "anyone there?"), ("assistant", "Echo: anyone there?")]
@@ -663,7 +666,7 @@ FAILURES = [
     Failure("auth", "auth", ("refused the API key", "HTTP 401", "Settings")),
     Failure("unknown_model", "model", ("model was not found", "HTTP 404", "no-such-model")),
     Failure("server_error", "server", ("model server failed", "HTTP 500")),
-    Failure("refused", "network", ("Cannot reach the model server", "Is it running?")),
+    Failure("refused", "network", ("Cannot reach the model server at 127.0.0.1:", "is the server running?")),
     Failure("timeout", "timeout", ("did not answer in time",)),
     Failure("disconnect", "network", ("closed the connection before the reply was complete",), partial_tokens=2),
     Failure(
@@ -985,3 +988,28 @@ async def test_exports_hold_every_message_in_order_with_any_text(
         position = text_at + len(text)
     assert markdown.count("**You**:") == len(texts)
     assert markdown.count("**Assistant**:") == len(texts)
+
+
+async def test_with_no_model_each_send_asks_the_server_again_for_its_first(
+    open_storage: Any, tmp_path: Path, server: ModelServer
+) -> None:
+    # Nothing listens at the address at first (the proxy refuses as a closed port does); then the server is there.
+    server.models = ["zeta-main", "alpha-other"]
+    with TcpProxy("127.0.0.1", server.port) as proxy:
+        proxy.refuse()
+        base_url = f"http://127.0.0.1:{proxy.port}/v1"
+        service = ConversationService(await open_storage(tmp_path), Endpoint(base_url, "", timeout=CLIENT_TIMEOUT))
+        thread_id = service.new_thread_id()
+
+        failed = only_failed(await collect(service.send(thread_id, "hello?")))
+        assert failed.kind == "network"
+        assert failed.message.startswith(
+            f"Cannot reach the model server at 127.0.0.1:{proxy.port} — is the server running? ("
+        ), failed.message
+        assert (await service.load(thread_id)).awaiting_reply  # the question is kept for the Retry
+
+        proxy.pass_through()
+        done = only_done(await collect(service.retry(thread_id)))
+        assert done.text == "Echo: hello?"
+        assert server.chat_requests[-1].model == "zeta-main"
+        assert service.endpoint.model == "zeta-main"

@@ -12,7 +12,17 @@ import openai
 import pytest
 from langchain_core.messages import HumanMessage
 
-from chat.endpoints import PRESETS, PRESETS_BY_KEY, Endpoint, ModelListError, api_key_name, chat_model, list_models
+from chat.endpoints import (
+    PRESETS,
+    PRESETS_BY_KEY,
+    Endpoint,
+    ModelListError,
+    ServerUnreachable,
+    api_key_name,
+    chat_model,
+    list_models,
+    unreachable_words,
+)
 from chat.errors import describe_model_error
 from tests.model_server import ModelServer
 
@@ -289,3 +299,26 @@ def test_presets() -> None:
     assert PRESETS_BY_KEY["openai"].needs_api_key
     assert not PRESETS_BY_KEY["ollama"].needs_api_key
     assert all(p.base_url.startswith("http") for p in PRESETS if p.key != "custom")
+
+
+def test_an_unreachable_server_is_named_and_ollama_only_at_its_address() -> None:
+    ollama = PRESETS_BY_KEY["ollama"].base_url
+    assert unreachable_words(ollama) == "Cannot reach the model server at localhost:11434 — is Ollama running?"
+    assert unreachable_words(PRESETS_BY_KEY["lmstudio"].base_url) == (
+        "Cannot reach the model server at localhost:1234 — is the server running?"
+    )
+    assert unreachable_words("https://models.example/v1").endswith("at models.example:443 — is the server running?")
+
+
+async def test_listing_a_closed_port_says_the_server_is_not_reachable_in_words() -> None:
+    base_url = f"http://127.0.0.1:{closed_port()}/v1"
+    with pytest.raises(ServerUnreachable) as caught:
+        await list_models(base_url, sort=False)
+    message, kind = describe_model_error(caught.value, base_url)
+    assert kind == "network"
+    assert message.startswith(f"{unreachable_words(base_url)} (")
+
+    refused = chat_model(Endpoint(base_url, "test-model"))
+    with pytest.raises(openai.APIConnectionError) as reply_caught:
+        await refused.ainvoke([HumanMessage("anyone?")])
+    assert describe_model_error(reply_caught.value, base_url)[0].startswith(unreachable_words(base_url))

@@ -39,6 +39,7 @@ from tests.keyring_backend import MemoryKeyring
 if TYPE_CHECKING:
     from keyring.backend import KeyringBackend
 from tests.model_server import ModelServer, tokenize
+from tests.netproxy import TcpProxy
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -295,6 +296,62 @@ async def test_with_no_model_chosen_the_first_model_the_server_lists_answers(
         await send_and_wait(qtbot, window, "hello")
         assert server.chat_requests[-1].model == "zeta-main"
         assert window.view.messages()[-1].text == "Echo: hello"
+
+
+async def test_a_model_server_started_after_the_app_answers_without_touching_settings(
+    qtbot: Any, tmp_path: Path, server: ModelServer
+) -> None:
+    # No model set, and nothing listens at the server's address when the app starts (the proxy refuses, as a
+    # closed port does) nor at the first send; then the server comes up at that address.
+    server.models = ["zeta-main", "alpha-other"]
+    with TcpProxy("127.0.0.1", server.port) as proxy:
+        proxy.refuse()
+        url = f"http://127.0.0.1:{proxy.port}/v1"
+        async with cairn_factory(tmp_path, server, settings={"MODEL_BASE_URL": url, "MODEL_NAME": ""})() as app:
+            window = window_of(app)
+            view = window.view
+            text = "is anyone there?"
+            thread = await send_and_wait(qtbot, window, text)
+            assert view.has_error()
+            words = f"Cannot reach the model server at 127.0.0.1:{proxy.port} — is the server running?"
+            assert words in view.error_text(), view.error_text()
+            assert "Ollama" not in view.error_text()  # not Ollama's address: no guess that it is Ollama
+            assert action_href("retry") in view.hrefs()
+
+            proxy.pass_through()  # the server is up now: Retry is enough
+            finished: list[str] = []
+            window.replyFinished.connect(finished.append)
+            click_link(view, action_href("retry"))
+            await until(lambda: bool(finished), "the retried reply")
+            assert not view.has_error(), view.error_text()
+            assert roles_and_texts(view.messages()) == [("user", text), ("assistant", "Echo: " + text)]
+            assert server.chat_requests[-1].model == "zeta-main"  # the server's first, in its order
+            assert app.service is not None and app.service.endpoint.model == "zeta-main"
+            assert "zeta-main" in window.model_label.text()
+            assert window.current == thread
+
+            window.new_chat()
+            await send_and_wait(qtbot, window, "and a new one")
+            assert view.messages()[-1].text == "Echo: and a new one"
+
+
+async def test_a_first_send_after_the_model_server_comes_up_answers(
+    qtbot: Any, tmp_path: Path, server: ModelServer
+) -> None:
+    # As above, but the user sends a new message instead of pressing Retry.
+    with TcpProxy("127.0.0.1", server.port) as proxy:
+        proxy.refuse()
+        url = f"http://127.0.0.1:{proxy.port}/v1"
+        async with cairn_factory(tmp_path, server, settings={"MODEL_BASE_URL": url, "MODEL_NAME": ""})() as app:
+            window = window_of(app)
+            await send_and_wait(qtbot, window, "first try")
+            assert "Cannot reach the model server at" in window.view.error_text()
+            proxy.pass_through()
+            window.new_chat()
+            await send_and_wait(qtbot, window, "second try")
+            assert not window.view.has_error(), window.view.error_text()
+            assert window.view.messages()[-1].text == "Echo: second try"
+            assert server.chat_requests[-1].model == "test-model"
 
 
 async def test_stop_mid_stream_keeps_the_partial_reply(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
@@ -843,6 +900,30 @@ async def test_settings_apply_without_restart(qtbot: Any, cairn: Cairn, server: 
         window.new_chat()
         second = await send_and_wait(qtbot, window, "after reopening storage")
         await until(lambda: set(window.sidebar.thread_ids()) == {thread, second}, "both conversations")
+
+
+async def test_ok_in_settings_keeps_the_first_picked_model(
+    qtbot: Any, tmp_path: Path, server: ModelServer, pg_url: str
+) -> None:
+    server.models = ["zeta-main", "alpha-other"]
+    async with cairn_factory(tmp_path, server, settings={"MODEL_NAME": ""})() as app:
+        window = window_of(app)
+        await until(lambda: app.service is not None and app.service.endpoint.model == "zeta-main", "a model picked")
+        # The server's first model changes meanwhile: the model in use must stay the one picked, not be lost or
+        # picked again behind the user's back by a save of unrelated settings.
+        server.models = ["late-model", "zeta-main"]
+        old_storage = app.storage
+        dialog = window.open_settings()
+        dialog.use_postgres.setChecked(True)  # type: ignore[attr-defined]
+        dialog.postgres_url.setText(pg_url)  # type: ignore[attr-defined]
+        assert dialog.save() is not None  # type: ignore[attr-defined]
+        dialog.close()
+        await until(lambda: app.storage is not old_storage and window.service is app.service, "storage reopened")
+        assert app.service is not None and app.service.endpoint.model == "zeta-main"
+        await send_and_wait(qtbot, window, "after OK")
+        assert not window.view.has_error(), window.view.error_text()
+        assert window.view.messages()[-1].text == "Echo: after OK"
+        assert server.chat_requests[-1].model == "zeta-main"
 
 
 # --- quit and start again -------------------------------------------------------------------------------------
