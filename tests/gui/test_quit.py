@@ -146,7 +146,8 @@ async def test_choosing_another_folder_while_nothing_is_saved_saves_everything_t
         assert window.banner.isVisible() and window.banner.folder_button.isVisible()
 
         dialog = window.choose_data_folder()  # the banner's button
-        dialog.fileSelected.emit(str(chosen))  # the user picks the folder
+        dialog.selectFile(str(chosen))  # the user picks the folder
+        dialog.accept()
         await until(
             lambda: app.storage is not None and app.storage.manager.status().active_tier == "sqlite",
             "saving in the chosen folder",
