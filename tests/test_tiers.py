@@ -750,10 +750,21 @@ def test_run_uses_a_selector_loop(pg_url: str, plain_thread: None) -> None:
     assert loop_factory.run(main()) == (True, 1)
 
 
+# Every qasync loop stays referenced for the session (as in tests/gui/conftest.py): a closed loop can still have Qt
+# timers pending on its timer object (a storage task's sleep), and if the garbage collector frees that object while
+# Qt delivers one of them (pytest-qt processes events after every test), the process crashes.
+_QT_LOOPS: list[asyncio.AbstractEventLoop] = []
+
+
+def kept(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+    _QT_LOOPS.append(loop)
+    return loop
+
+
 def test_new_qt_loop_is_qasyncs_selector_loop_and_runs_psycopg_async(
     pg_url: str, qapp: Any, plain_thread: None
 ) -> None:
-    loop = loop_factory.new_qt_loop(qapp)
+    loop = kept(loop_factory.new_qt_loop(qapp))
     try:
         assert isinstance(loop, qasync.QSelectorEventLoop)
         assert isinstance(loop, asyncio.SelectorEventLoop)
@@ -783,7 +794,7 @@ def test_qt_loop_runs_a_storage_turn_against_postgres(
         finally:
             await manager.close()
 
-    loop = loop_factory.new_qt_loop(qapp)
+    loop = kept(loop_factory.new_qt_loop(qapp))
     try:
         assert loop.run_until_complete(main()) == ("postgres", "async")
     finally:
