@@ -44,7 +44,7 @@ from typing import Any
 import psycopg
 from langchain_core.messages import HumanMessage
 
-from bench.report import machine, write_section
+from bench.report import machine, postgres_line, write_section
 from bench.storage import Tiered, chat_graph, user_text, versions
 from chat.state import ChatState, with_id
 from storage import sync
@@ -343,14 +343,11 @@ def catch_up(*, write: bool, quick: bool, runs: int | None = None) -> int:
     started = time.perf_counter()
     server = open_test_server()
     try:
-        with psycopg.connect(server.url(), autocommit=True) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-            fsync = conn.execute("SHOW fsync").fetchone()[0]  # type: ignore[index]
+        postgres = postgres_line(server.url())
         backlog, turn, total = run(bench(server, quick=quick, runs=runs, samples=samples))
     finally:
         server.close()
     minutes = (time.perf_counter() - started) / 60
-    postgres = f"{version} on loopback, fsync {fsync}"
     load = (load_start, os.getloadavg()[0])
     conversations = QUICK_CONVERSATIONS if quick else CONVERSATIONS
     text, ok = report(

@@ -32,6 +32,16 @@ def versions(names: Iterable[str]) -> str:
     return ", ".join(found)
 
 
+def postgres_line(url: str) -> str:
+    """The Postgres a benchmark ran against: "15.18 (...) on loopback, fsync off"."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        fsync = conn.execute("SHOW fsync").fetchone()[0]  # type: ignore[index]
+    return f"{version} on loopback, fsync {fsync}"
+
+
 def write_section(heading: str, section: str, *, new_file: str = "# Performance\n\n") -> None:
     """Replace the section under ``heading`` in docs/PERFORMANCE.md (other sections are kept)."""
     text = DOCS.read_text() if DOCS.exists() else new_file

@@ -65,7 +65,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from bench.report import machine, write_section
+from bench.report import machine, postgres_line, write_section
 from bench.report import versions as report_versions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -753,10 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     server = open_test_server()
     try:
-        with psycopg.connect(server.url(), autocommit=True) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-            fsync = conn.execute("SHOW fsync").fetchone()[0]  # type: ignore[index]
-        postgres = f"{version} on loopback, fsync {fsync}"
+        postgres = postgres_line(server.url())
         log(f"Postgres {postgres}; histories {', '.join(map(str, histories))}; {args.timed} timed turns each")
         series = run(bench(server, histories, args.timed, log))
     finally:
