@@ -44,6 +44,17 @@ from storage.upload import StoredCheckpoint, StoredWrite
 
 log = logging.getLogger("cairn.storage")
 
+# storage.conversations.merge_conversations's choice of the row whose title, model and pin win, in each SQL: the
+# newest edit, on a tie the larger values. Postgres compares text by the database's collation unless told "C"
+# (code point order, as Python and SQLite's BINARY do).
+_THEIRS_WIN = (
+    "(excluded.meta_changed, excluded.title, excluded.model, excluded.pinned) > (meta_changed, title, model, pinned)"
+)
+_THEIRS_WIN_PG = (
+    '(excluded.meta_changed, excluded.title COLLATE "C", excluded.model COLLATE "C", excluded.pinned)'
+    ' > (cur.meta_changed, cur.title COLLATE "C", cur.model COLLATE "C", cur.pinned)'
+)
+
 Key = tuple[str, str, str]
 """(thread_id, checkpoint_ns, checkpoint_id): how every saver keys a checkpoint."""
 WriteKey = tuple[str, str, str, str, int]
@@ -235,10 +246,10 @@ class SqliteBackend(LocalBackend):
         await self._execute(
             f"""INSERT INTO cairn_conversations ({schema.INDEX_COLUMNS}, dirty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (thread_id) DO UPDATE SET
-              title = CASE WHEN excluded.meta_changed > meta_changed THEN excluded.title ELSE title END,
-              model = CASE WHEN excluded.meta_changed > meta_changed THEN excluded.model ELSE model END,
-              pinned = CASE WHEN excluded.meta_changed > meta_changed THEN excluded.pinned ELSE pinned END,
-              created = CASE WHEN excluded.created > 0 AND excluded.created < created
+              title = CASE WHEN {_THEIRS_WIN} THEN excluded.title ELSE title END,
+              model = CASE WHEN {_THEIRS_WIN} THEN excluded.model ELSE model END,
+              pinned = CASE WHEN {_THEIRS_WIN} THEN excluded.pinned ELSE pinned END,
+              created = CASE WHEN excluded.created > 0 AND (created = 0 OR excluded.created < created)
                              THEN excluded.created ELSE created END,
               updated = max(updated, excluded.updated),
               meta_changed = max(meta_changed, excluded.meta_changed),
@@ -827,10 +838,10 @@ class PostgresBackend(Backend):
             f"""INSERT INTO cairn_conversations AS cur ({schema.INDEX_COLUMNS})
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (thread_id) DO UPDATE SET
-              title = CASE WHEN excluded.meta_changed > cur.meta_changed THEN excluded.title ELSE cur.title END,
-              model = CASE WHEN excluded.meta_changed > cur.meta_changed THEN excluded.model ELSE cur.model END,
-              pinned = CASE WHEN excluded.meta_changed > cur.meta_changed THEN excluded.pinned ELSE cur.pinned END,
-              created = CASE WHEN excluded.created > 0 AND excluded.created < cur.created
+              title = CASE WHEN {_THEIRS_WIN_PG} THEN excluded.title ELSE cur.title END,
+              model = CASE WHEN {_THEIRS_WIN_PG} THEN excluded.model ELSE cur.model END,
+              pinned = CASE WHEN {_THEIRS_WIN_PG} THEN excluded.pinned ELSE cur.pinned END,
+              created = CASE WHEN excluded.created > 0 AND (cur.created = 0 OR excluded.created < cur.created)
                              THEN excluded.created ELSE cur.created END,
               updated = greatest(cur.updated, excluded.updated),
               meta_changed = greatest(cur.meta_changed, excluded.meta_changed),

@@ -44,14 +44,23 @@ def row_to_conversation(row: Sequence[Any]) -> Conversation:
     )
 
 
+def _metadata_order(row: Conversation) -> tuple[float, str, str, bool]:
+    """Which row's title, model and pin win: the newest edit; on a tie (two machines stamped the same time) the
+    larger values, so that both machines pick the same row whichever merges first."""
+    return (row.meta_changed, row.title, row.model, row.pinned)
+
+
 def merge_conversations(mine: Conversation | None, theirs: Conversation) -> Conversation:
-    """The merge both databases apply: newest metadata wins, a deletion is forever, times widen."""
+    """The merge every tier applies (SQLite and Postgres as SQL in storage/backends.py, held to this one by
+    tests/storage/test_rule_copies.py): newest metadata wins, a deletion is forever, times widen. It is
+    commutative, so two devices that exchange rows in any order hold the same row."""
     if mine is None:
         return theirs
-    newer = theirs if theirs.meta_changed > mine.meta_changed else mine
+    newer = theirs if _metadata_order(theirs) > _metadata_order(mine) else mine
+    known = [c for c in (mine.created, theirs.created) if c]  # 0 is "not known yet", not the earliest time
     return replace(
         newer,
-        created=min(mine.created, theirs.created) if mine.created and theirs.created else mine.created,
+        created=min(known, default=0.0),
         updated=max(mine.updated, theirs.updated),
         meta_changed=max(mine.meta_changed, theirs.meta_changed),
         deleted=mine.deleted or theirs.deleted,
