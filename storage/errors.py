@@ -15,31 +15,46 @@ from typing import Literal
 import psycopg
 import psycopg_pool
 
-# Messages sqlite3 uses for conditions of the machine rather than of our SQL.
-_SQLITE_ENVIRONMENT_MESSAGES = (
-    "database is locked",
-    "disk i/o error",
-    "unable to open database file",
-    "readonly database",
-    "database or disk is full",
-    "disk image is malformed",
-    "file is not a database",
+# SQLite's primary result codes (https://sqlite.org/rescode.html; ``sqlite3.Error.sqlite_errorcode``, whose low byte
+# is the primary code of an extended one such as SQLITE_IOERR_WRITE) that are conditions of the machine rather than
+# of our SQL: a busy or locked file, a disk that fails, is full or read-only, a file that cannot be opened or is not
+# (or no longer) a database, no memory. Anything else (a syntax error, a constraint) is a bug.
+_SQLITE_ENVIRONMENT_CODES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+# A corrupt file is answered by moving the file aside, not only by changing tier.
+_SQLITE_CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+# The only failures of a local connection that carry no code: Python's sqlite3 on a connection closed under it,
+# aiosqlite after its connection was closed or its worker thread stopped. Both come from a file Cairn closed because
+# it failed (and replaced), so they are the environment; matched whole, not as parts of other messages.
+_CLOSED_CONNECTION_MESSAGES = (
+    "cannot operate on a closed database.",
     "no active connection",
-    "cannot operate on a closed database",
-    "out of memory",
+    "connection closed",
 )
 
-# Signs of a corrupt file: these are answered by moving the file aside, not only by changing tier.
-_SQLITE_CORRUPTION_MESSAGES = ("disk image is malformed", "file is not a database")
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
 
 
 # libpq's answer to an option it cannot use ("invalid sslmode value", "invalid integer value ... port"), given before
 # any connection is attempted: a wrong setting, not a network that may come back.
 _POSTGRES_SETTINGS_MESSAGES = ("connection is bad: invalid",)
-
-
-class StorageUnavailable(Exception):
-    """No tier could take a write. Raised only when even memory failed, which is a bug."""
 
 
 def is_environment_error(exc: BaseException) -> bool:
@@ -62,10 +77,12 @@ def is_environment_error(exc: BaseException) -> bool:
     if isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc).lower():
         return True
     if isinstance(exc, sqlite3.Error):
-        text = str(exc).lower()
-        return any(message in text for message in _SQLITE_ENVIRONMENT_MESSAGES)
-    if isinstance(exc, ValueError) and str(exc).lower() in ("no active connection", "connection closed"):
-        return True  # aiosqlite after its connection was closed or its worker thread stopped
+        code = _sqlite_code(exc)
+        if code is not None:
+            return code in _SQLITE_ENVIRONMENT_CODES
+        return isinstance(exc, sqlite3.ProgrammingError) and str(exc).lower() in _CLOSED_CONNECTION_MESSAGES
+    if isinstance(exc, ValueError) and str(exc).lower() in _CLOSED_CONNECTION_MESSAGES:
+        return True
     return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError | ConnectionError)
 
 
@@ -134,8 +151,7 @@ def is_login_rejected(exc: BaseException) -> bool:
 
 
 def is_corruption(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, sqlite3.DatabaseError) and any(m in text for m in _SQLITE_CORRUPTION_MESSAGES)
+    return isinstance(exc, sqlite3.DatabaseError) and _sqlite_code(exc) in _SQLITE_CORRUPTION_CODES
 
 
 def describe(exc: BaseException) -> str:

@@ -611,7 +611,10 @@ async def test_sqlite_failing_between_a_checkpoint_and_its_writes_loses_nothing(
     assert sqlite is not None
 
     async def disk_full(*args: Any, **kwargs: Any) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
+        # As the driver raises it: storage/errors.py decides by the result code, not by the words.
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorcode, error.sqlite_errorname = sqlite3.SQLITE_FULL, "SQLITE_FULL"
+        raise error
 
     sqlite.saver.aput_writes = disk_full  # type: ignore[method-assign]  # checkpoints still go in; writes fail
     await turns_work(storage, thread_id, ["split turn", "after"], before=("before",))
