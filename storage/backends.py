@@ -36,7 +36,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from storage import schema, upload
 from storage.conversations import Conversation, merge_conversations, row_to_conversation
-from storage.errors import describe, is_corruption
+from storage.errors import describe, is_corruption, is_environment_error
 from storage.schema import SQLITE_FILE_NAME
 from storage.secrets import mask_secrets
 from storage.threaded import ThreadedSaver
@@ -388,8 +388,13 @@ class SqliteBackend(LocalBackend):
         await self._execute("DELETE FROM cairn_outbox WHERE thread_id = ?", (thread_id,))
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self.saver.conn.close()
+        except Exception as exc:
+            if not is_environment_error(exc):
+                raise
+            # A file that failed (deleted, full, its disk gone) may fail to close too: it is let go either way.
+            log.debug("closing %s: %s", self.path, describe(exc))
 
 
 FOLDED_CONTAINS = "cairn_folded_contains"
@@ -869,7 +874,10 @@ class PostgresBackend(Backend):
                 await self.pool.close(timeout=1.0)
             else:
                 await asyncio.to_thread(self.pool.close, 1.0)
-        except Exception as exc:  # closing a pool to a dead server must not stop a tier change
+        except Exception as exc:
+            if not is_environment_error(exc):
+                raise
+            # Closing a pool to a dead server must not stop a tier change.
             log.debug("closing the Postgres pool: %s", describe(exc))
 
 

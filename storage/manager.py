@@ -197,11 +197,18 @@ class StorageManager:
     async def close(self) -> None:
         await self.writes_settled(WRITES_SETTLE_SECONDS)
         self._closed = True
+        reported = {task for task in self._tasks if task.done()}  # a failure of these was logged when it happened
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:
+                # Closing goes on (the files must be closed whatever happened), but a bug is not passed over.
+                if task not in reported and not is_environment_error(exc):
+                    log.error("storage task %s failed while closing", task.get_name(), exc_info=exc)
         self._tasks.clear()
         if self.remote is not None:
             await self.remote.close()
@@ -379,8 +386,13 @@ class StorageManager:
         """Delete everywhere reachable now and leave a tombstone, so the deletion syncs and nothing comes back."""
         for backend in (self.sqlite, self.memory):
             if backend is not None and (backend is not self.sqlite or not self.sqlite_failed):
-                with contextlib.suppress(Exception):
+                try:
                     await backend.delete_thread(thread_id)
+                except Exception as exc:
+                    if not is_environment_error(exc):
+                        raise
+                    # The tombstone below still goes wherever writes go now, so the deletion is not lost.
+                    log.warning("deleting %s from %s: %s", thread_id, backend.tier, describe(exc))
         await self.update_conversation(thread_id, deleted=True)
         if self.write_target() is self.remote and self.remote is not None:
             await self.write(thread_id, lambda b: b.delete_thread(thread_id))
@@ -593,12 +605,17 @@ class StorageManager:
         total = rows = 0
         async with self._count_lock:
             for local in self._locals():
-                with contextlib.suppress(Exception):
-                    total += await local.pending_count()
-                with contextlib.suppress(Exception):
+                try:
+                    count = await local.pending_count()
                     dirty = len(await local.dirty_conversations())
-                    total += dirty
-                    rows += dirty
+                except Exception as exc:
+                    if not is_environment_error(exc):
+                        raise
+                    # A file that cannot be read now (its tier shows why): what it holds is counted when it can be.
+                    log.debug("counting what %s has to sync: %s", local.tier, describe(exc))
+                    continue
+                total += count + dirty
+                rows += dirty
         if (total, rows) != (self._pending, self._pending_rows):
             self._pending, self._pending_rows = total, rows
             self._changed(None)
