@@ -159,9 +159,7 @@ async def test_offline_first_then_everything_reaches_postgres(pg_cluster, pg_url
     assert manager.status().active_tier == "sqlite"
 
     await run_blocking(pg_cluster.start)
-    started = time.monotonic()
     await wait_for_status(manager, is_synced, SYNC_TIMEOUT)
-    assert time.monotonic() - started < SYNC_TIMEOUT
 
     assert await pg_checkpoint_keys(pg_url) == checkpoints
     assert await pg_write_keys(pg_url) == writes
@@ -428,7 +426,9 @@ async def test_two_machines_continue_one_conversation_apart(pg_cluster, pg_url, 
 
 async def test_blackholed_postgres_is_off_the_turn_path(pg_cluster, pg_url, pg_proxy, open_storage, tmp_path: Path):
     url = pg_proxy.url_for(pg_url)
-    storage = await open_storage(tmp_path / "data", url)
+    # A turn that waited on the silent server would take the connect timeout at least (10 s) or hang until TCP gives
+    # up: 3 s separates that from a slow machine.
+    storage = await open_storage(tmp_path / "data", url, connect_timeout=10.0)
     manager = storage.manager
     assert manager.status().active_tier == "postgres"
     graph = build_graph(storage.saver)
@@ -440,17 +440,17 @@ async def test_blackholed_postgres_is_off_the_turn_path(pg_cluster, pg_url, pg_p
         started = time.monotonic()
         await turn(graph, "partition", f"during {i}")
         elapsed = time.monotonic() - started
-        assert elapsed < 1.0, f"turn {i} took {elapsed:.2f} s with Postgres black-holed"
+        assert elapsed < 3.0, f"turn {i} took {elapsed:.2f} s with Postgres black-holed"
     # While the upload hangs, the status counts what Postgres (asked directly) lacks, not the count from before.
     checkpoints, _ = await local_keys(manager, "partition")
     missing = len(checkpoints - await pg_checkpoint_keys(pg_url, "partition"))
     assert missing == 9  # three turns of three checkpoints each
     await eventually(
-        lambda: manager.status().pending_sync == missing, 1.0, f"pending_sync {missing}: {manager.status()}"
+        lambda: manager.status().pending_sync == missing, 5.0, f"pending_sync {missing}: {manager.status()}"
     )
     started = time.monotonic()
     listed = {c.thread_id for c in await manager.conversations()}
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0
     assert "partition" in listed
     expected = summary(await messages(graph, "partition"))
     assert len(expected) == 8

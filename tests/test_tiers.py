@@ -40,6 +40,12 @@ from tests.waiting import eventually, wait_for_status
 CORRUPT_NAME = re.compile(re.escape(SQLITE_FILE_NAME) + r"\.corrupt-\d{8}T\d{6}Z(?:-\d+)?$")
 
 
+# Bounds that separate "waited on the network" from "a slow machine": the network would hold a call for the connect
+# timeout (BLOCKED seconds), so anything well below it answered without waiting. Speed is measured in bench/.
+BLOCKED = 10.0
+NOT_BLOCKED = 3.0
+
+
 def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -130,11 +136,11 @@ async def test_refused_port_gives_sqlite_within_a_second(
     else:
         url = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"
     started = time.monotonic()
-    storage = await open_storage(tmp_path / "data", url, wait=False)
+    storage = await open_storage(tmp_path / "data", url, wait=False, connect_timeout=BLOCKED)
     assert storage.manager.status().active_tier == "sqlite"  # at once: start never waits on the network
-    status = await wait_for_status(storage.manager, lambda s: s.tiers["postgres"].state == "down", timeout=1.0)
+    status = await wait_for_status(storage.manager, lambda s: s.tiers["postgres"].state == "down", timeout=NOT_BLOCKED)
     elapsed = time.monotonic() - started
-    assert elapsed < 1.0, elapsed
+    assert elapsed < NOT_BLOCKED, elapsed
     assert status.active_tier == "sqlite"
     assert "connection refused" in status.reason.lower(), status.reason
     assert "OperationalError" in status.reason
@@ -146,9 +152,9 @@ async def test_refused_port_wait_for_postgres_returns_within_a_second(
 ) -> None:
     pg_proxy.refuse()
     started = time.monotonic()
-    storage = await open_storage(tmp_path / "data", pg_proxy.url_for(pg_url), wait=True)
+    storage = await open_storage(tmp_path / "data", pg_proxy.url_for(pg_url), wait=True, connect_timeout=BLOCKED)
     elapsed = time.monotonic() - started
-    assert elapsed < 1.0, elapsed
+    assert elapsed < NOT_BLOCKED, elapsed
     status = storage.manager.status()
     assert status.active_tier == "sqlite"
     assert "connection refused" in status.reason.lower(), status.reason
@@ -175,11 +181,11 @@ async def test_black_holed_host_start_without_waiting_is_instant(
 ) -> None:
     pg_proxy.blackhole()
     started = time.monotonic()
-    storage = await open_storage(tmp_path / "data", pg_proxy.url_for(pg_url), wait=False)
+    storage = await open_storage(tmp_path / "data", pg_proxy.url_for(pg_url), wait=False, connect_timeout=BLOCKED)
     thread_id = thread()
     await turns_work(storage, thread_id, ["typed while Postgres hangs"])
     elapsed = time.monotonic() - started
-    assert elapsed < 1.0, elapsed  # neither the start nor the turn waited on the silent host
+    assert elapsed < NOT_BLOCKED, elapsed  # neither the start nor the turn waited on the silent host
     assert storage.manager.status().tiers["postgres"].state == "connecting"
 
 
@@ -450,8 +456,8 @@ async def test_invalid_url_gives_sqlite_with_a_clear_reason(
     url: str, expected: str, tmp_path: Path, open_storage: Any
 ) -> None:
     started = time.monotonic()
-    storage = await open_storage(tmp_path / "data", url)
-    assert time.monotonic() - started < 1.0
+    storage = await open_storage(tmp_path / "data", url, connect_timeout=BLOCKED)
+    assert time.monotonic() - started < NOT_BLOCKED  # no connection was tried
     status = storage.manager.status()
     assert status.active_tier == "sqlite"
     assert status.tiers["postgres"].state == "failed", status.tiers["postgres"]
@@ -540,8 +546,8 @@ async def test_sqlite_failing_mid_session_moves_the_next_turn_to_postgres(
     before = await remote.checkpoint_keys(thread_id)
 
     await _break_sqlite(storage, how)
-    events: list[Any] = []
-    manager.subscribe(lambda status, event: events.append(event))
+    heard: list[Any] = []
+    manager.subscribe(lambda status, event: heard.append(status))
     big = "second, straight to Postgres " + "y" * 300_000  # large enough to need new pages
     await turns_work(storage, thread_id, [big], before=("first, written to SQLite",))
 
@@ -551,6 +557,8 @@ async def test_sqlite_failing_mid_session_moves_the_next_turn_to_postgres(
     assert status.tiers["sqlite"].reason
     if how == "disk-full":
         assert "full" in status.tiers["sqlite"].reason
+    # The listeners (the badge, the window's notice) heard of the failure as it happened, with its reason.
+    assert any(s.tiers["sqlite"].state == "failed" and s.local_failed for s in heard), heard
     after = await remote.checkpoint_keys(thread_id)
     assert len(after) > len(before)
     latest = await latest_checkpoint_id(storage, thread_id)
@@ -699,8 +707,9 @@ async def test_sync_postgres_mode_uses_postgres_saver_and_keeps_the_loop_free(
     graph = build_graph(storage.saver)
     thread_id = thread()
     texts = [f"turn {i} " + "w" * 2000 for i in range(4)]
-    # 30 ms round trips: a driver call made on the loop's thread would stall it for one or more per write.
-    pg_proxy.delay(15)
+    # 200 ms round trips: a driver call made on the loop's thread would stall it for one or more per write, far
+    # above what a busy machine's scheduling adds.
+    pg_proxy.delay(100)
 
     async def run_turns(batch: list[str]) -> None:
         for text in batch:
@@ -712,7 +721,7 @@ async def test_sync_postgres_mode_uses_postgres_saver_and_keeps_the_loop_free(
     # this (2-core, shared) machine descheduling us. Both windows must stall for the test to fail.
     _, second = await _largest_stall_during(run_turns(texts[2:]))
     stall = min(first, second)
-    assert stall < 0.050, f"the loop stalled {first * 1000:.1f} ms and {second * 1000:.1f} ms"
+    assert stall < 0.150, f"the loop stalled {first * 1000:.1f} ms and {second * 1000:.1f} ms"
     sent = [m.content for m in (await messages(graph, thread_id))[::2]]
     assert sent == texts
 
