@@ -20,6 +20,7 @@ import shiboken6
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -204,6 +205,15 @@ class MainWindow(QMainWindow):
         self.retry_action = self._action("&Retry", self.retry)
         self.export_md_action = self._action("Export as &Markdown…", lambda: self.ask_export(self.current, "markdown"))
         self.export_json_action = self._action("Export as &JSON…", lambda: self.ask_export(self.current, "json"))
+        self.sidebar_action = self._action("Show &sidebar", self.toggle_sidebar, "Ctrl+B")
+        self.sidebar_action.setCheckable(True)
+        self.sidebar_action.setChecked(True)
+        self.next_action = self._action("&Next conversation", lambda: self.sidebar.step(1))
+        self.next_action.setShortcuts([QKeySequence("Ctrl+PgDown"), QKeySequence("Ctrl+Tab")])
+        self.previous_action = self._action("&Previous conversation", lambda: self.sidebar.step(-1))
+        self.previous_action.setShortcuts(
+            [QKeySequence("Ctrl+PgUp"), QKeySequence("Ctrl+Shift+Tab"), QKeySequence("Ctrl+Shift+Backtab")]
+        )
         self.quit_action = self._action("&Quit", self.close)
         # The platform's Quit keys (Cmd+Q, Ctrl+Q); Windows and the offscreen platform have none: Ctrl+Q there.
         self.quit_action.setShortcuts(
@@ -221,6 +231,9 @@ class MainWindow(QMainWindow):
         edit_menu = menus.addMenu("&Edit")
         edit_menu.addAction(self.copy_action)
         edit_menu.addAction(self.search_action)
+        view_menu = menus.addMenu("&View")
+        for action in (self.sidebar_action, self.next_action, self.previous_action):
+            view_menu.addAction(action)
         chat_menu = menus.addMenu("&Conversation")
         for action in (self.stop_action, self.regenerate_action, self.retry_action):
             chat_menu.addAction(action)
@@ -376,6 +389,17 @@ class MainWindow(QMainWindow):
             if generation > self._model_fresh_after.get(conversation.thread_id, -1):
                 self._thread_models[conversation.thread_id] = conversation.model
 
+    def toggle_sidebar(self) -> None:
+        self.show_sidebar(self.sidebar.isHidden())
+
+    def show_sidebar(self, shown: bool) -> None:
+        """Show or hide the conversation list (Ctrl+B); hidden, the keyboard focus it held goes to the composer."""
+        had_focus = self.sidebar.isAncestorOf(QApplication.focusWidget())
+        self.sidebar.setVisible(shown)
+        self.sidebar_action.setChecked(shown)
+        if not shown and had_focus:
+            self.composer.edit.setFocus(Qt.FocusReason.OtherFocusReason)
+
     # --- state across runs ----------------------------------------------------------------------------------
     def restore_state(self) -> str | None:
         """Geometry and splitter from the last run; returns the conversation that was open then."""
@@ -385,12 +409,14 @@ class MainWindow(QMainWindow):
         splitter = self.state.value("window/splitter")
         if isinstance(splitter, QByteArray) and not splitter.isEmpty():
             self.splitter.restoreState(splitter)
+        self.show_sidebar(self.state.value("window/sidebar", True) not in (False, "false"))
         thread = self.state.value("session/open_thread")
         return str(thread) if thread else None
 
     def save_state(self) -> None:
         self.state.setValue("window/geometry", self.saveGeometry())
         self.state.setValue("window/splitter", self.splitter.saveState())
+        self.state.setValue("window/sidebar", not self.sidebar.isHidden())
         self.state.setValue("session/open_thread", self.current or "")
         self.state.sync()
 
@@ -461,6 +487,7 @@ class MainWindow(QMainWindow):
         self.request_list_refresh(0)
 
     def focus_search(self) -> None:
+        self.show_sidebar(True)  # Ctrl+K with the list hidden brings it back
         self.sidebar.focus_search()
 
     # --- opening conversations ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The conversation list: New chat, search, pinned first, and a context menu (rename, pin, export, delete)."""
+"""The conversation list: New chat, search, pinned first then by date (Today, Yesterday, ...), and a context menu
+(rename, pin, export, delete); every part of it reachable from the keyboard."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Protocol
 
-from PySide6.QtCore import QPoint, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QFont, QKeyEvent
+from PySide6.QtCore import QEvent, QModelIndex, QObject, QPersistentModelIndex, QPoint, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QFont, QKeyEvent, QMouseEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QLabel,
@@ -18,6 +19,8 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QPushButton,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QVBoxLayout,
     QWidget,
 )
@@ -43,6 +46,25 @@ class ConversationLike(Protocol):
     def updated(self) -> float: ...
 
 
+def group_of(timestamp: float, today: date) -> str:
+    """The date group a conversation last active at ``timestamp`` is listed under, as in other chat apps."""
+    if not timestamp:
+        return "Older"
+    day = datetime.fromtimestamp(timestamp).date()
+    age = (today - day).days
+    if age <= 0:  # today, or a clock that ran ahead
+        return "Today"
+    if age == 1:
+        return "Yesterday"
+    if age < 7:
+        return "Previous 7 days"
+    if age < 30:
+        return "Previous 30 days"
+    if day.year == today.year:
+        return day.strftime("%B")
+    return str(day.year)
+
+
 def _when(timestamp: float) -> str:
     if not timestamp:
         return ""
@@ -60,13 +82,24 @@ class _Row:
     title: str
     pinned: bool
     tooltip: str
+    group: str
+
+
+class _RowDelegate(QStyledItemDelegate):
+    """Rows as wide as the list, never wider: a long title ends in an ellipsis instead of widening every row and
+    bringing a horizontal scrollbar (which QListView did as soon as the vertical one appeared)."""
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QSize:
+        return QSize(1, super().sizeHint(option, index).height())
 
 
 class ConversationList(QListWidget):
-    """F2 renames, Delete deletes: the keyboard reaches what the context menu offers."""
+    """F2 renames, Delete deletes: the keyboard reaches what the context menu offers. Up from the first row goes
+    back to the search box (``leftAtTop``)."""
 
     renameKey = Signal()
     deleteKey = Signal()
+    leftAtTop = Signal()
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         if event.key() == Qt.Key.Key_F2 and self.currentItem() is not None and self.state() != self.State.EditingState:
@@ -75,7 +108,20 @@ class ConversationList(QListWidget):
         if event.key() == Qt.Key.Key_Delete and self.state() != self.State.EditingState:
             self.deleteKey.emit()
             return
+        if event.key() == Qt.Key.Key_Up and event.modifiers() == Qt.KeyboardModifier.NoModifier:
+            first = next((self.item(i) for i in range(self.count()) if self.item(i).data(THREAD_ROLE)), None)
+            if first is None or self.currentItem() is first or self.currentItem() is None:
+                self.leftAtTop.emit()
+                return
         super().keyPressEvent(event)
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        # A right click opens the menu of the row under it (customContextMenuRequested) and leaves the open
+        # conversation highlighted: it must not look as if another one had been opened.
+        if event.button() == Qt.MouseButton.RightButton:
+            event.accept()
+            return
+        super().mousePressEvent(event)
 
 
 class Sidebar(QWidget):
@@ -107,10 +153,13 @@ class Sidebar(QWidget):
         self.list.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.list.setWordWrap(False)
+        self.list.setItemDelegate(_RowDelegate(self.list))
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.empty_label = QLabel()
         self.empty_label.setObjectName("emptyListLabel")
         self.empty_label.setWordWrap(True)
-        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
         self.empty_label.setEnabled(False)  # drawn in the palette's disabled (muted) text colour
         self.empty_label.hide()
 
@@ -118,8 +167,8 @@ class Sidebar(QWidget):
         layout.setContentsMargins(8, 8, 4, 8)
         layout.addWidget(self.new_button)
         layout.addWidget(self.search)
+        layout.addWidget(self.empty_label)  # under the search box, where the eye is, not at the bottom
         layout.addWidget(self.list, 1)
-        layout.addWidget(self.empty_label)
 
         self._search_timer = QTimer(self)
         self._search_timer.setSingleShot(True)
@@ -127,6 +176,8 @@ class Sidebar(QWidget):
         self._search_timer.timeout.connect(lambda: self.searchChanged.emit(self.search.text().strip()))
         self.search.textChanged.connect(lambda _text: self._search_timer.start())
         self.search.returnPressed.connect(self._activate_first)
+        self.search.installEventFilter(self)
+        self.list.leftAtTop.connect(lambda: self.search.setFocus(Qt.FocusReason.OtherFocusReason))
         self.list.itemActivated.connect(self._on_activated)
         self.list.itemClicked.connect(self._on_activated)
         self.list.itemChanged.connect(self._on_item_changed)
@@ -154,7 +205,7 @@ class Sidebar(QWidget):
             return
         self._deferred = None
         rows = self._rows_for(conversations)
-        if [(r.thread_id, r.pinned) for r in rows] == [(r.thread_id, r.pinned) for r in self._rows]:
+        if [(r.thread_id, r.group) for r in rows] == [(r.thread_id, r.group) for r in self._rows]:
             # The same conversations in the same order (a refresh after a reply, a rename, a tier change): only
             # what changed is updated. Rebuilding 1,000 items took the loop away for about 20 ms every time.
             self._filling = True
@@ -186,16 +237,17 @@ class Sidebar(QWidget):
             if known is not None and known[0] == key and conversation.thread_id not in self._renamed:
                 row = known[1]
             else:
-                row = self._row(conversation)
+                row = self._row(conversation, today)
             self._made[conversation.thread_id] = (key, row)
             rows.append(row)
         return rows
 
-    def _row(self, conversation: ConversationLike) -> _Row:
+    def _row(self, conversation: ConversationLike, today: date) -> _Row:
         title = self._title(conversation)
         when = _when(conversation.updated)
         tooltip = f"{title}\n{'Pinned · ' if conversation.pinned else ''}Last message {when}".strip()
-        return _Row(conversation.thread_id, title, conversation.pinned, tooltip)
+        group = "Pinned" if conversation.pinned else group_of(conversation.updated, today)
+        return _Row(conversation.thread_id, title, conversation.pinned, tooltip, group)
 
     def _rebuild(self, rows: list[_Row]) -> None:
         self._filling = True
@@ -206,12 +258,11 @@ class Sidebar(QWidget):
             header_font = QFont(self.list.font())
             header_font.setBold(True)
             header_font.setPointSizeF(max(6.0, header_font.pointSizeF() * 0.85))
-            any_pinned = any(r.pinned for r in rows)
-            section: bool | None = None
+            section: str | None = None
             for row in rows:
-                if any_pinned and row.pinned != section:
-                    section = row.pinned
-                    self._add_header("Pinned" if section else "Conversations", header_font)
+                if row.group != section:
+                    section = row.group
+                    self._add_header(section, header_font)
                 item = QListWidgetItem(row.title)
                 item.setData(THREAD_ROLE, row.thread_id)
                 item.setData(TITLE_ROLE, row.title)
@@ -285,9 +336,44 @@ class Sidebar(QWidget):
         item = self.list.currentItem()
         return item.data(THREAD_ROLE) if item is not None else None
 
+    def headers(self) -> list[str]:
+        """The group headings shown, in order."""
+        items = (self.list.item(i) for i in range(self.list.count()))
+        return [item.text() for item in items if not item.data(THREAD_ROLE)]
+
     def focus_search(self) -> None:
         self.search.setFocus(Qt.FocusReason.ShortcutFocusReason)
         self.search.selectAll()
+
+    def step(self, by: int) -> None:
+        """Open the conversation ``by`` rows after the open one (before it when negative), round the list."""
+        threads = self.thread_ids()
+        if not threads:
+            return
+        if self._selected in threads:
+            target = threads[(threads.index(self._selected) + by) % len(threads)]
+        else:
+            target = threads[0] if by > 0 else threads[-1]
+        item = self._by_thread[target]
+        self.list.setCurrentItem(item)
+        self.list.scrollToItem(item)
+        self._on_activated(item)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.search and event.type() == QEvent.Type.KeyPress:
+            assert isinstance(event, QKeyEvent)
+            if event.key() == Qt.Key.Key_Down and event.modifiers() == Qt.KeyboardModifier.NoModifier:
+                # Down enters the results: the first one becomes current (Enter opens it).
+                items = self._items()
+                if items:
+                    self.list.setFocus(Qt.FocusReason.OtherFocusReason)
+                    self.list.setCurrentItem(items[0])
+                return True
+            escape = event.key() == Qt.Key.Key_Escape and event.modifiers() == Qt.KeyboardModifier.NoModifier
+            if escape and self.search.text():
+                self.search.clear()
+                return True
+        return super().eventFilter(watched, event)
 
     # --- context menu ---------------------------------------------------------------------------------------
     def context_menu(self, thread_id: str) -> QMenu:

@@ -8,6 +8,7 @@ against doing everything again from scratch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -213,9 +214,11 @@ def test_a_list_refresh_with_the_same_conversations_updates_items_in_place(qtbot
     assert sidebar.titles()[3] == "Renamed"
     assert "Renamed" in items[3].toolTip()
     tooltip = items[4].toolTip()
-    rows[4] = Conversation("t4", rows[4].title, updated=2_000_000_000.0)  # a new turn, in 2033
+    rows[4] = Conversation("t4", rows[4].title, updated=rows[4].updated + 86_400)  # a new turn, a day later
     sidebar.set_conversations(rows)
-    assert items[4].toolTip() != tooltip and "2033-" in items[4].toolTip()
+    assert [sidebar.item_for(r.thread_id) for r in rows] == items  # the same date group: still in place
+    day = datetime.fromtimestamp(rows[4].updated).strftime("%Y-%m-%d")
+    assert items[4].toolTip() != tooltip and day in items[4].toolTip()
 
     moved = [rows[5], *rows[:5], *rows[6:]]
     sidebar.set_conversations(moved)
