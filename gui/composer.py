@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QFontMetrics, QKeyEvent
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
@@ -36,9 +38,23 @@ class MessageEdit(QPlainTextEdit):
                 return
         super().keyPressEvent(event)
 
+    def _text_height(self) -> float:
+        """The height of the first ``MAX_LINES`` lines as laid out. Not lines × the font's line spacing: a line in a
+        fallback font (Chinese, Japanese, emoji) is taller than the primary font's, and the box then scrolled."""
+        height, lines = 0.0, 0
+        block = self.document().firstBlock()
+        while block.isValid() and lines < MAX_LINES:
+            rect = self.blockBoundingRect(block)
+            count = max(1, block.layout().lineCount())
+            if lines + count > MAX_LINES:
+                return height + rect.height() * (MAX_LINES - lines) / count
+            height += rect.height()
+            lines += count
+            block = block.next()
+        return max(height, QFontMetrics(self.font()).lineSpacing())
+
     def sizeHint(self) -> QSize:
-        lines = max(1, min(MAX_LINES, self.document().lineCount()))
-        text_height = QFontMetrics(self.font()).lineSpacing() * lines + round(self.document().documentMargin() * 2)
+        text_height = math.ceil(self._text_height() + self.document().documentMargin() * 2)
         # The frame, the style sheet's padding and the viewport margins: whatever is not the viewport.
         chrome = max(0, self.height() - self.viewport().height()) if self.isVisible() else 2 * self.frameWidth() + 8
         return QSize(super().sizeHint().width(), text_height + chrome + 2)

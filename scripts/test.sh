@@ -5,8 +5,8 @@
 #   scripts/test.sh -q -k proxy      # extra arguments go to pytest
 #
 # Installs Debian's `postgresql` package when no server binaries are found (unless TEST_POSTGRES_URL
-# points at a server) and `faketime` when missing, creates .venv, installs the project with its test extras,
-# then runs pytest.
+# points at a server), and `faketime`, a CJK font and the other tools the tests use when missing, creates .venv,
+# installs the project with its test extras, then runs pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -50,6 +50,11 @@ fi
 # tests/test_local_disk.py makes an ext4 image (mkfs.ext4) and marks files immutable (chattr): e2fsprogs.
 if ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v chattr >/dev/null 2>&1; then
     apt_packages+=(e2fsprogs)
+fi
+
+# tests/gui/test_composer.py types Chinese: a font with CJK characters (a fallback font's taller lines).
+if ! fc-list :lang=zh 2>/dev/null | grep -q .; then
+    apt_packages+=(fonts-wqy-microhei)
 fi
 
 # PyInstaller, which tests/test_bundle.py runs to build the Linux bundle, needs objdump.
