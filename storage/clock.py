@@ -37,9 +37,9 @@ def observe(checkpoint_id: str | None) -> None:
     if ticks is None:
         return
     with _lock:
-        floor = lg_id._last_v6_timestamp
+        floor: int | None = lg_id._last_v6_timestamp
         if floor is None or ticks > floor:
-            lg_id._last_v6_timestamp = ticks
+            lg_id._last_v6_timestamp = ticks  # type: ignore[assignment]  # typed None: its initial value
 
 
 def observe_all(checkpoint_ids: Iterable[str]) -> None:
@@ -55,7 +55,7 @@ def check_lever() -> None:
     ahead = (stamp(probe) or 0) + 36_000_000_000  # one hour of ticks
     with _lock:
         saved = lg_id._last_v6_timestamp
-        lg_id._last_v6_timestamp = ahead
+        lg_id._last_v6_timestamp = ahead  # type: ignore[assignment]  # typed None: its initial value
         try:
             made = stamp(str(lg_id.uuid6())) or 0
         finally:

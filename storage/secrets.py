@@ -187,10 +187,10 @@ def split_password(url: str) -> tuple[str, str | None]:
         params = conninfo_to_dict(url)
     except Exception as exc:  # psycopg raises ProgrammingError; we only know "libpq could not parse it"
         raise ValueError("not a valid PostgreSQL connection string") from exc
-    password = params.pop("password", None)
-    if password is None:
+    inline = params.pop("password", None)
+    if inline is None:
         return url, None
-    return make_conninfo("", **params), str(password) or None
+    return make_conninfo("", **params), str(inline) or None
 
 
 def mask_url(url: str) -> str:
