@@ -119,6 +119,7 @@ class MainWindow(QMainWindow):
         self._list_applied = 0
         self._load_generation = 0
         self._pending_counter = 0
+        self._early: list[Shown] = []  # messages sent before the chat engine loaded, in order
         self.details_dialog: StorageDetailsDialog | None = None
         self.quit_warning: QuitWarning | None = None
         self._close_confirmed = False  # Quit anyway was chosen, or the app is quitting: close without asking
@@ -286,7 +287,7 @@ class MainWindow(QMainWindow):
         self._show_model()
         if self.current is not None:
             self.open_conversation(self.current, force=True)
-        elif self.view.thread_id is None:
+        elif self.view.thread_id is None and not self._early:
             self.view.show_note("")
         self.request_list_refresh(0)
 
@@ -607,7 +608,9 @@ class MainWindow(QMainWindow):
     # --- replies --------------------------------------------------------------------------------------------
     def _on_send(self, text: str) -> None:
         editing = self.composer.editing_id
-        if editing is not None:
+        if self.service is None and editing is None:
+            self._send_early(text)
+        elif editing is not None:
             self.composer.finish_edit()
             self.tasks.spawn(self._edit_and_resend(editing, text), "Sending the edited message")
         else:
@@ -616,6 +619,25 @@ class MainWindow(QMainWindow):
     def _pending(self, text: str) -> Shown:
         self._pending_counter += 1
         return Shown(f"pending:{self._pending_counter}", "user", text)
+
+    def _send_early(self, text: str) -> None:
+        """A message sent before the chat engine has loaded: shown at once, sent as soon as the engine is there, in
+        the order typed and into one conversation (each waiting for the reply before it)."""
+        shown = self._pending(text)
+        self._early.append(shown)
+        self.view.append_message(shown)
+        self.show_status("Loading the chat engine: your message is sent as soon as it is ready.")
+        if len(self._early) == 1:
+            self.tasks.spawn(self._send_early_messages(), "Sending the message")
+
+    async def _send_early_messages(self) -> None:
+        await self._ready()
+        ids = [m.id for m in self.view.messages()]
+        first = next((ids.index(m.id) for m in self._early if m.id in ids), None)
+        if first is not None:
+            self.view.remove_messages_from(first)  # each is shown again as it is sent
+        while self._early:
+            await self._send(self._early.pop(0).text)
 
     async def _send(self, text: str) -> None:
         thread = self.current
