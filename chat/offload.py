@@ -50,6 +50,29 @@ class ModelThread:
                 self._loop, self._thread = loop, thread
             return self._loop
 
+    def stop(self, timeout: float = CANCEL_GRACE_SECONDS) -> bool:
+        """Cancel what still runs there (closing its HTTP streams), stop the loop and wait for the thread; True when
+        it ended within ``timeout``. Called when the app quits; a later ``run`` starts a new thread."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None or not thread.is_alive():
+            return True
+
+        async def wind_down() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=timeout) if tasks else None
+            asyncio.get_running_loop().stop()
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(wind_down()))
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        loop.close()
+        return True
+
     @staticmethod
     def _main(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         asyncio.set_event_loop(loop)
@@ -86,9 +109,12 @@ class ModelThread:
         try:
             return await asyncio.shield(outcome)
         except asyncio.CancelledError:
-            if outcome.done() and not outcome.cancelled():
-                raise  # we were cancelled ourselves just as the call finished
-            worker.call_soon_threadsafe(cancel)
+            if outcome.done():
+                raise  # the call ended (or the model thread was stopped) just as we were cancelled
+            try:
+                worker.call_soon_threadsafe(cancel)
+            except RuntimeError:  # the model thread stopped meanwhile: the call was cancelled with it
+                raise asyncio.CancelledError from None
             await asyncio.wait([outcome], timeout=CANCEL_GRACE_SECONDS)
             if outcome.done() and not outcome.cancelled():
                 outcome.exception()  # retrieved: the caller is gone, nobody else will look at it

@@ -7,7 +7,6 @@ checked, and "Settings…" at the end. Choosing emits ``chosen(model)``, "" for 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import shiboken6
@@ -16,6 +15,7 @@ from PySide6.QtGui import QAction, QActionGroup
 from PySide6.QtWidgets import QMenu, QWidget
 
 from chat.endpoints import ModelListError, list_models
+from chat.offload import model_thread
 from storage.secrets import mask_secrets
 
 log = logging.getLogger("cairn.gui")
@@ -131,9 +131,9 @@ class ModelMenu(QMenu):
     async def load(self, base_url: str, api_key: str | None) -> None:
         """Ask the server for its models and show them (or why not)."""
         try:
-            # On a private loop in a worker thread, as the settings dialog does: building an httpx client loads an
-            # SSL context synchronously (30-60 ms), which would stall the window's loop.
-            models = await asyncio.to_thread(asyncio.run, list_models(base_url, api_key, timeout=MODEL_LIST_TIMEOUT))
+            # On the model thread's loop: building an httpx client loads an SSL context synchronously (30-60 ms),
+            # which would stall the window's loop. Cancelling this task (the window closing) cancels the request.
+            models = await model_thread().run(list_models(base_url, api_key, timeout=MODEL_LIST_TIMEOUT))
         except ModelListError as exc:
             message = str(exc)
         except Exception as exc:

@@ -74,3 +74,28 @@ async def test_the_callers_loop_keeps_running_while_the_model_thread_works() -> 
     finally:
         ticker.cancel()
     assert ticks > 10
+
+
+async def test_stop_cancels_what_runs_there_and_ends_the_thread() -> None:
+    worker = ModelThread("test-stopped-thread")
+    started, cleaned_up = threading.Event(), threading.Event()
+
+    async def stream() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a reply that never ends
+        finally:
+            cleaned_up.set()
+
+    call = asyncio.ensure_future(worker.run(stream()))
+    assert await asyncio.to_thread(started.wait, 5)
+    thread = worker._thread
+    assert thread is not None and thread.is_alive()
+
+    assert await asyncio.to_thread(worker.stop, 5)
+    assert cleaned_up.is_set() and not thread.is_alive()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(call, 5)
+    assert await worker.run(asyncio.sleep(0, "a new thread")) == "a new thread"  # usable again
+    assert await asyncio.to_thread(worker.stop, 5)
+    assert ModelThread().stop()  # never started: nothing to do
