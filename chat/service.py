@@ -21,7 +21,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -33,9 +33,10 @@ from chat.endpoints import Endpoint, ModelListError, chat_model, list_models
 from chat.errors import describe_model_error
 from chat.events import ChatEvent, ReplyDone, ReplyFailed, Token
 from chat.graph import MODEL_NODE, ChatContext, build_chat_graph
-from chat.state import with_id
+from chat.state import created_stamp, with_id
 from storage.backends import Conversation
 from storage.factory import Storage
+from storage.schema import checkpoint_time
 from storage.tiered import check_thread_id
 
 log = logging.getLogger("cairn.chat")
@@ -54,6 +55,22 @@ class ChatMessage:
     role: Role
     text: str
     stopped: bool = False
+    created: float | None = None
+    """When it was made (seconds since the epoch); None for messages from before Cairn stamped them."""
+
+
+@dataclass(frozen=True)
+class Versions:
+    """The versions of one message of the branch shown: an edit, a regenerate, or a turn taken on another device
+    from the same point. ``index`` (from 1) is the one shown; ``checkpoints[i]`` shows version ``i + 1`` (the newest
+    branch holding it), in the order they were made."""
+
+    index: int
+    checkpoints: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.checkpoints)
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class ConversationView:
     devices at once while they could not reach each other."""
     checkpoint_id: str = ""
     """The checkpoint shown: a message sent from this view continues it (``send(..., at=)``)."""
+    versions: dict[str, Versions] = field(default_factory=dict)
+    """For each message shown that has other versions (by message id): which one it is and how to show the others."""
 
 
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
@@ -269,21 +288,59 @@ class ConversationService:
         """The conversation as of checkpoint ``at`` (a reply's own result), or its newest."""
         check_thread_id(thread_id)
         state = await self.graph.aget_state(self._config(thread_id, at))
+        stored = state.values.get("messages", [])
         messages = [
             ChatMessage(
                 str(m.id),
                 _role(m),
                 _text(m),
                 stopped=bool(m.response_metadata.get("stopped")) if isinstance(m, AIMessage) else False,
+                created=checkpoint_time(created_stamp(m)),
             )
-            for m in state.values.get("messages", [])
+            for m in stored
         ]
         conversation = await self.conversation(thread_id)
         awaiting = bool(messages) and messages[-1].role == "user"
         shown = state.config.get("configurable", {}).get("checkpoint_id") if state.config else None
-        others = len((await self.manager.leaves(thread_id)) - {shown}) if shown else 0
+        other_leaves = ((await self.manager.leaves(thread_id)) - {shown}) if shown else set()
+        versions = await self._versions(thread_id, stored, shown, other_leaves) if other_leaves else {}
         title = conversation.title if conversation else ""
-        return ConversationView(thread_id, title, messages, awaiting, others, shown or "")
+        return ConversationView(thread_id, title, messages, awaiting, len(other_leaves), shown or "", versions)
+
+    async def _versions(
+        self, thread_id: str, shown: list[BaseMessage], at: str | None, leaves: set[str]
+    ) -> dict[str, Versions]:
+        """Each branch that leaves the one shown at message ``i`` (the same messages before it, another one there)
+        offers a version of message ``i``: the newest such branch shows it."""
+        shown_ids = [str(m.id) for m in shown]
+        found: dict[int, dict[str, tuple[str, str]]] = {}  # position -> version id -> (its stamp, newest leaf)
+        for leaf in sorted(leaves):  # oldest first: a later leaf holding the same version replaces the older one
+            branch = (await self.graph.aget_state(self._config(thread_id, leaf))).values.get("messages", [])
+            common = 0
+            while common < min(len(branch), len(shown)) and str(branch[common].id) == shown_ids[common]:
+                common += 1
+            if common < len(branch) and common < len(shown):
+                version = branch[common]
+                found.setdefault(common, {})[str(version.id)] = (created_stamp(version), leaf)
+        result: dict[str, Versions] = {}
+        for position, others in found.items():
+            mine = shown[position]
+            options = {**others, shown_ids[position]: (created_stamp(mine), at or "")}
+            order = sorted(options, key=lambda version: (options[version][0], version))
+            result[shown_ids[position]] = Versions(
+                order.index(shown_ids[position]) + 1, tuple(options[version][1] for version in order)
+            )
+        return result
+
+    async def show_version(self, thread_id: str, checkpoint_id: str) -> str:
+        """Make the branch ending at ``checkpoint_id`` the one the conversation opens on, here and on every device:
+        a checkpoint continuing it, holding the same messages, becomes the thread's newest. Returns its id."""
+        check_thread_id(thread_id)
+        self._check_idle(thread_id)
+        if await self.saver.aget_tuple(self._config(thread_id, checkpoint_id)) is None:
+            raise LookupError(f"Checkpoint {checkpoint_id} is not in this conversation")
+        stored = await self.graph.aupdate_state(self._config(thread_id, checkpoint_id), None)
+        return str(stored["configurable"]["checkpoint_id"])
 
     # --- replies --------------------------------------------------------------------------------------------
     def is_running(self, thread_id: str) -> bool:
@@ -343,6 +400,13 @@ class ConversationService:
         last_user = next((m for m in reversed(view.messages) if m.role == "user"), None)
         if last_user is None:
             raise LookupError("This conversation has no message to answer")
+        found = await self._question_checkpoints(thread_id, last_user.id, view.checkpoint_id or None)
+        if found is not None and found[1] is not None:
+            # The same question asked again from where it was asked: the new reply is another version of the reply
+            # (the question keeps its id), which the window lets the user walk between.
+            async for event in self._run(thread_id, None, found[1]):
+                yield event
+            return
         async for event in self.edit_and_resend(thread_id, last_user.id, last_user.text, view.checkpoint_id or None):
             yield event
 
@@ -380,15 +444,25 @@ class ConversationService:
         self, thread_id: str, message_id: str, at: str | None = None
     ) -> RunnableConfig | None:
         """Walk the branch shown back to the checkpoint where this user message was the input."""
+        found = await self._question_checkpoints(thread_id, message_id, at)
+        return found[0] if found is not None else None
+
+    async def _question_checkpoints(
+        self, thread_id: str, message_id: str, at: str | None = None
+    ) -> tuple[RunnableConfig, RunnableConfig | None] | None:
+        """On the branch shown: the checkpoint where this user message was the input, and the next one on the
+        branch (which holds the message, the model's call still to make; None if the branch ends at the input)."""
         found = await self.saver.aget_tuple(self._config(thread_id, at))
+        after: RunnableConfig | None = None
         while found is not None:
             if found.metadata.get("source") == "input":
                 for _task, channel, value in found.pending_writes or []:
                     values = value if isinstance(value, list) else [value]
                     if channel == "messages" and any(getattr(m, "id", None) == message_id for m in values):
-                        return found.config
+                        return found.config, after
             if found.parent_config is None:
                 return None
+            after = found.config
             found = await self.saver.aget_tuple(found.parent_config)
         return None
 
@@ -541,7 +615,7 @@ class ConversationService:
             return ReplyDone(str(messages[-1].id), _text(messages[-1]), checkpoint_id=shown)
         if not partial:
             return ReplyFailed("Stopped before the model answered", "stopped")
-        reply = AIMessage(partial, id=str(uuid.uuid4()), response_metadata={"stopped": True})
+        reply = with_id(AIMessage(partial, id=str(uuid.uuid4()), response_metadata={"stopped": True}))
         stored = await self.graph.aupdate_state(thread, {"messages": [reply]}, as_node=MODEL_NODE)
         at = str(stored["configurable"].get("checkpoint_id") or "")
         return ReplyDone(str(reply.id), partial, stopped=True, checkpoint_id=at)

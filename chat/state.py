@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from langchain_core.messages import AnyMessage, BaseMessage, BaseMessageChunk, message_chunk_to_message
 from langgraph.channels.delta import DeltaChannel
+from langgraph.checkpoint.base.id import uuid6
 from langgraph.pregel._messages import _messages_delta_reducer
 from typing_extensions import TypedDict
 
@@ -38,13 +39,29 @@ def _normalise_one(message: Any) -> Any:
     return message
 
 
+CREATED = "cairn_created"
+"""The key in a message's ``response_metadata`` holding when it was made: a UUID v6 from LangGraph's generator, which
+storage/clock.py keeps after every id this device has seen, so stamps order versions of a message causally whatever
+the devices' clocks say (and give its time for showing). Never sent to the model (providers get role and content)."""
+
+
 def with_id(message: BaseMessage) -> BaseMessage:
-    """The message with a fresh id if it has none (call where the message is made, not in the reducer)."""
+    """The message with a fresh id if it has none, and the time it was made (call where the message is made, not in
+    the reducer). A reply keeps the id it streamed under: LangGraph would send a message whose id it had not streamed
+    once more, whole."""
     if isinstance(message, BaseMessageChunk):
         message = message_chunk_to_message(message)
+    update: dict[str, Any] = {}
     if message.id is None:
-        message = message.model_copy(update={"id": str(uuid.uuid4())})
-    return message
+        update["id"] = str(uuid.uuid4())
+    if CREATED not in message.response_metadata:
+        update["response_metadata"] = {**message.response_metadata, CREATED: str(uuid6())}
+    return message.model_copy(update=update) if update else message
+
+
+def created_stamp(message: BaseMessage) -> str:
+    """When the message was made, as a sortable stamp; "" for messages from before Cairn stamped them."""
+    return str(message.response_metadata.get(CREATED, ""))
 
 
 class ChatState(TypedDict):
