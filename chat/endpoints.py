@@ -120,9 +120,7 @@ async def list_models(
 
 def chat_model(endpoint: Endpoint) -> BaseChatModel:
     """A streaming LangChain chat model for the endpoint (imported here: langchain-openai takes 2 s to import)."""
-    from langchain_openai import ChatOpenAI
-
-    return ChatOpenAI(
+    return _reasoning_chat_openai()(
         base_url=endpoint.base_url,
         api_key=endpoint.api_key or "not-needed",  # local servers ignore it; the client insists on one
         model=endpoint.model,
@@ -132,4 +130,37 @@ def chat_model(endpoint: Endpoint) -> BaseChatModel:
         # Off: it wraps each chunk read in asyncio.wait_for, which on Python 3.11 can swallow the cancellation of
         # Stop (CPython gh-86296), so the reply went on streaming. The read timeout above still bounds a silent server.
         stream_chunk_timeout=None,
+        # Ask for the token counts (``stream_options.include_usage``): stored with each reply and shown under it.
+        stream_usage=True,
     )
+
+
+_REASONING_CLASS: type[BaseChatModel] | None = None
+
+
+def _reasoning_chat_openai() -> type[BaseChatModel]:
+    """ChatOpenAI that keeps ``delta.reasoning_content``, which it drops (it follows OpenAI's own API only): thinking
+    models behind Ollama, vLLM, LM Studio and DeepSeek stream their reasoning there (see chat/thinking.py). The
+    override is the one langchain-deepseek's ChatDeepSeek makes, for any OpenAI-compatible server."""
+    global _REASONING_CLASS
+    if _REASONING_CLASS is not None:
+        return _REASONING_CLASS
+    from langchain_core.outputs import ChatGenerationChunk
+    from langchain_openai import ChatOpenAI
+
+    from chat.thinking import REASONING
+
+    class ReasoningChatOpenAI(ChatOpenAI):
+        def _convert_chunk_to_generation_chunk(
+            self, chunk: dict[str, Any], default_chunk_class: type, base_generation_info: dict[str, Any] | None
+        ) -> ChatGenerationChunk | None:
+            generation = super()._convert_chunk_to_generation_chunk(chunk, default_chunk_class, base_generation_info)
+            choices = chunk.get("choices") or []
+            delta = (choices[0].get("delta") or {}) if choices else {}
+            thought = delta.get(REASONING) or delta.get("reasoning")  # vLLM's newer name
+            if generation is not None and isinstance(thought, str) and thought:
+                generation.message.additional_kwargs[REASONING] = thought
+            return generation
+
+    _REASONING_CLASS = ReasoningChatOpenAI
+    return ReasoningChatOpenAI

@@ -13,6 +13,14 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Thinking:
+    """A piece of the model's reasoning as it streams (thinking models; see chat/thinking.py): shown apart from the
+    answer, stored with it, never sent back to the model."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ReplyDone:
     """The reply is complete and stored. ``stopped`` when the user stopped it (the partial reply is kept)."""
 
@@ -32,4 +40,4 @@ class ReplyFailed:
     partial_text: str = ""
 
 
-ChatEvent = Token | ReplyDone | ReplyFailed
+ChatEvent = Token | Thinking | ReplyDone | ReplyFailed

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, BaseMessageChunk, SystemMessage, message_chunk_to_message
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -15,6 +16,7 @@ from langgraph.runtime import Runtime
 
 from chat.offload import model_thread
 from chat.state import ChatState, with_id
+from chat.thinking import InlineThinking, reasoning_of, separated
 
 MODEL_NODE = "model"
 
@@ -44,10 +46,49 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
         history = [SystemMessage(context.system_prompt), *history]
 
     async def ask() -> BaseMessage:
-        return await context.model().ainvoke(history, config)
+        return await _streamed_reply(context.model(), history, config)
 
     reply = await (model_thread().run(ask()) if context.offload else ask())
+    if isinstance(reply, AIMessage):
+        reply = separated(reply)
     return {"messages": [with_id(reply)]}
+
+
+STREAM_TIMES = "cairn_stream"
+"""The key in a reply's ``response_metadata`` holding how its stream went, in seconds: ``waited`` (to the first
+token), ``thinking`` (reasoning, when there was some) and ``writing`` (the answer). With the server's token counts
+(``usage_metadata``) they give the speed shown under the reply."""
+
+
+async def _streamed_reply(model: BaseChatModel, history: list[BaseMessage], config: RunnableConfig) -> BaseMessage:
+    """The model's reply, streamed (LangGraph hands each chunk to the window as it comes) and timed."""
+    started = time.monotonic()
+    inline = InlineThinking()
+    first_thought: float | None = None
+    first_answer: float | None = None
+    last = started
+    reply: BaseMessageChunk | None = None
+    async for chunk in model.astream(history, config):
+        now = time.monotonic()
+        text = chunk.content if isinstance(chunk.content, str) else ""
+        parts = list(inline.feed(text)) if text else []
+        if first_thought is None and (reasoning_of(chunk) or any(kind == "reasoning" for kind, _ in parts)):
+            first_thought = now
+        if first_answer is None and any(kind == "answer" and piece.strip() for kind, piece in parts):
+            first_answer = now
+        if text or reasoning_of(chunk):
+            last = now
+        reply = chunk if reply is None else reply + chunk
+    if reply is None:
+        raise RuntimeError("The model server ended the reply without sending anything")
+    message = message_chunk_to_message(reply)
+    began = first_thought if first_thought is not None else first_answer
+    times = {
+        "waited": round((began if began is not None else last) - started, 3),
+        "thinking": round((first_answer or last) - first_thought, 3) if first_thought is not None else 0.0,
+        "writing": round(last - first_answer, 3) if first_answer is not None else 0.0,
+    }
+    return message.model_copy(update={"response_metadata": {**message.response_metadata, STREAM_TIMES: times}})
 
 
 def build_chat_graph(checkpointer: BaseCheckpointSaver[Any]) -> Any:

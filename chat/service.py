@@ -31,9 +31,10 @@ from langchain_core.runnables import RunnableConfig
 
 from chat.endpoints import Endpoint, ModelListError, chat_model, list_models
 from chat.errors import describe_model_error
-from chat.events import ChatEvent, ReplyDone, ReplyFailed, Token
-from chat.graph import MODEL_NODE, ChatContext, build_chat_graph
+from chat.events import ChatEvent, ReplyDone, ReplyFailed, Thinking, Token
+from chat.graph import MODEL_NODE, STREAM_TIMES, ChatContext, build_chat_graph
 from chat.state import created_stamp, with_id
+from chat.thinking import REASONING, InlineThinking, reasoning_of
 from storage.backends import Conversation
 from storage.factory import Storage
 from storage.schema import checkpoint_time
@@ -57,6 +58,45 @@ class ChatMessage:
     stopped: bool = False
     created: float | None = None
     """When it was made (seconds since the epoch); None for messages from before Cairn stamped them."""
+    reasoning: str = ""
+    """A thinking model's reasoning before this reply (chat/thinking.py): shown folded, never sent back."""
+    thinking_seconds: float | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens the server counted (``stream_options.include_usage``) and the seconds the reply took to stream."""
+
+    input_tokens: int
+    output_tokens: int
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.output_tokens / self.seconds if self.seconds > 0 and self.output_tokens else None
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.seconds + other.seconds,
+        )
+
+
+def _usage(message: BaseMessage) -> Usage | None:
+    counted = getattr(message, "usage_metadata", None)
+    if not counted:
+        return None
+    times = message.response_metadata.get(STREAM_TIMES) or {}
+    seconds = float(times.get("thinking", 0.0)) + float(times.get("writing", 0.0))
+    return Usage(int(counted.get("input_tokens", 0)), int(counted.get("output_tokens", 0)), seconds)
+
+
+def _thinking_seconds(message: BaseMessage) -> float | None:
+    times = message.response_metadata.get(STREAM_TIMES) or {}
+    seconds = times.get("thinking")
+    return float(seconds) if seconds else None
 
 
 @dataclass(frozen=True)
@@ -87,6 +127,8 @@ class ConversationView:
     """The checkpoint shown: a message sent from this view continues it (``send(..., at=)``)."""
     versions: dict[str, Versions] = field(default_factory=dict)
     """For each message shown that has other versions (by message id): which one it is and how to show the others."""
+    usage: Usage | None = None
+    """The tokens of the replies shown, added up (None when the server counted none)."""
 
 
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
@@ -296,6 +338,9 @@ class ConversationService:
                 _text(m),
                 stopped=bool(m.response_metadata.get("stopped")) if isinstance(m, AIMessage) else False,
                 created=checkpoint_time(created_stamp(m)),
+                reasoning=reasoning_of(m),
+                thinking_seconds=_thinking_seconds(m),
+                usage=_usage(m),
             )
             for m in stored
         ]
@@ -305,7 +350,9 @@ class ConversationService:
         other_leaves = ((await self.manager.leaves(thread_id)) - {shown}) if shown else set()
         versions = await self._versions(thread_id, stored, shown, other_leaves) if other_leaves else {}
         title = conversation.title if conversation else ""
-        return ConversationView(thread_id, title, messages, awaiting, len(other_leaves), shown or "", versions)
+        counted = [m.usage for m in messages if m.usage is not None]
+        usage = sum(counted[1:], counted[0]) if counted else None
+        return ConversationView(thread_id, title, messages, awaiting, len(other_leaves), shown or "", versions, usage)
 
     async def _versions(
         self, thread_id: str, shown: list[BaseMessage], at: str | None, leaves: set[str]
@@ -499,6 +546,8 @@ class ConversationService:
         queue: asyncio.Queue[ChatEvent | None],
     ) -> None:
         parts: list[str] = []
+        thoughts: list[str] = []
+        inline = InlineThinking()
         # The run's own newest checkpoint: what the window shows after the run comes from there, never from "the
         # thread's latest", which a turn from another device may be by then.
         last: dict[str, Any] | None = None
@@ -545,10 +594,16 @@ class ConversationService:
                 chunk, meta = data
                 if meta.get("langgraph_node") != MODEL_NODE or not isinstance(chunk, BaseMessage):
                     continue
-                piece = _text(chunk)
-                if piece:
-                    parts.append(piece)
-                    queue.put_nowait(Token(piece))
+                thought = reasoning_of(chunk)
+                if thought:
+                    thoughts.append(thought)
+                    queue.put_nowait(Thinking(thought))
+                for kind, piece in inline.feed(_text(chunk)):
+                    (parts if kind == "answer" else thoughts).append(piece)
+                    queue.put_nowait(Token(piece) if kind == "answer" else Thinking(piece))
+            for kind, piece in inline.end():
+                (parts if kind == "answer" else thoughts).append(piece)
+                queue.put_nowait(Token(piece) if kind == "answer" else Thinking(piece))
             messages = last["values"].get("messages", []) if last else []
             if last is None or last["next"] or not messages or not isinstance(messages[-1], AIMessage):
                 queue.put_nowait(ReplyFailed("The model gave no reply", "unknown", "".join(parts)))
@@ -565,7 +620,7 @@ class ConversationService:
                         await asyncio.shield(pending)
             await self.manager.writes_settled(STOP_SETTLE_SECONDS)
             at = last["config"] if last is not None else None
-            queue.put_nowait(await self._keep_partial(thread_id, "".join(parts), at))
+            queue.put_nowait(await self._keep_partial(thread_id, "".join(parts), at, "".join(thoughts)))
         except Exception as exc:
             message, kind = describe_model_error(exc, self.endpoint.base_url)
             if kind == "bug":
@@ -604,7 +659,9 @@ class ConversationService:
             if fields:
                 await self.manager.update_conversation(thread_id, **fields)
 
-    async def _keep_partial(self, thread_id: str, partial: str, at: RunnableConfig | None = None) -> ChatEvent:
+    async def _keep_partial(
+        self, thread_id: str, partial: str, at: RunnableConfig | None = None, reasoning: str = ""
+    ) -> ChatEvent:
         """After Stop: store what arrived as the reply (unless the full reply made it in first), continuing the
         run's own newest checkpoint ``at`` (the thread's latest when the run stored none)."""
         thread = at or self._thread_config(thread_id)
@@ -613,9 +670,12 @@ class ConversationService:
         shown = str((state.config or {}).get("configurable", {}).get("checkpoint_id") or "")
         if not state.next and messages and isinstance(messages[-1], AIMessage):
             return ReplyDone(str(messages[-1].id), _text(messages[-1]), checkpoint_id=shown)
-        if not partial:
+        if not partial and not reasoning:
             return ReplyFailed("Stopped before the model answered", "stopped")
-        reply = with_id(AIMessage(partial, id=str(uuid.uuid4()), response_metadata={"stopped": True}))
+        reasoned = {REASONING: reasoning} if reasoning else {}
+        reply = with_id(
+            AIMessage(partial, id=str(uuid.uuid4()), response_metadata={"stopped": True}, additional_kwargs=reasoned)
+        )
         stored = await self.graph.aupdate_state(thread, {"messages": [reply]}, as_node=MODEL_NODE)
         at = str(stored["configurable"].get("checkpoint_id") or "")
         return ReplyDone(str(reply.id), partial, stopped=True, checkpoint_id=at)
@@ -678,7 +738,10 @@ class ConversationService:
         for message in view.messages:
             who = {"user": "You", "assistant": "Assistant", "system": "System"}[message.role]
             suffix = " (stopped)" if message.stopped else ""
-            lines += [f"**{who}**{suffix}:", "", message.text, ""]
+            lines += [f"**{who}**{suffix}:", ""]
+            if message.reasoning:
+                lines += ["<details><summary>Thinking</summary>", "", message.reasoning, "", "</details>", ""]
+            lines += [message.text, ""]
         return "\n".join(lines)
 
     async def export_json(self, thread_id: str) -> str:
@@ -690,7 +753,19 @@ class ConversationService:
             "created": datetime.fromtimestamp(conversation.created, UTC).isoformat() if conversation else None,
             "model": conversation.model if conversation else "",
             "messages": [
-                {"id": m.id, "role": m.role, "content": m.text, **({"stopped": True} if m.stopped else {})}
+                {
+                    "id": m.id,
+                    "role": m.role,
+                    "content": m.text,
+                    **({"stopped": True} if m.stopped else {}),
+                    **({"reasoning": m.reasoning} if m.reasoning else {}),
+                    **({"created": datetime.fromtimestamp(m.created, UTC).isoformat()} if m.created else {}),
+                    **(
+                        {"usage": {"input_tokens": m.usage.input_tokens, "output_tokens": m.usage.output_tokens}}
+                        if m.usage
+                        else {}
+                    ),
+                }
                 for m in view.messages
             ],
         }

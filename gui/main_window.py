@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from chat.events import ReplyDone, ReplyFailed, Token
+from chat.events import ReplyDone, ReplyFailed, Thinking, Token
 from gui.badge import StatusBadge
 from gui.bridge import StorageBridge
 from gui.chat_view import ChatView
@@ -732,6 +732,9 @@ class MainWindow(QMainWindow):
                     run.parts.append(event.text)
                     if self.current == thread:
                         self.view.append_tokens(event.text)
+                elif isinstance(event, Thinking):
+                    if self.current == thread and not run.parts:
+                        self.show_status("The model is thinking…", 2_000)
                 elif isinstance(event, ReplyDone):
                     outcome = event
                 elif isinstance(event, ReplyFailed):

@@ -507,6 +507,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             send_event(chunk({"role": "assistant", "content": "", "refusal": None}))
             owner._emit("headers", index)
+            for thought in tokenize(owner.reasoning):
+                send_event(chunk({"content": None, "reasoning_content": thought}))
             sent = 0
             for token in tokens:
                 if disconnect_after is not None and sent >= disconnect_after:
@@ -534,7 +536,7 @@ class _Handler(BaseHTTPRequestHandler):
             if include_usage:
                 usage_chunk = chunk({})
                 usage_chunk["choices"] = []
-                usage_chunk["usage"] = self._usage(messages, tokens)
+                usage_chunk["usage"] = self._usage(messages, [*tokenize(owner.reasoning), *tokens])
                 send_event(usage_chunk)
             send_event("[DONE]")
             self._write(b"0\r\n\r\n")
@@ -559,6 +561,9 @@ class ModelServer:
     ) -> None:
         self.models: list[str] = list(models)
         self.reply: ReplySpec | None = reply
+        self.reasoning: str = ""
+        """Streamed first as ``delta.reasoning_content`` tokens, as thinking models behind Ollama, vLLM, LM Studio and
+        DeepSeek's API send their reasoning (a reply holding ``<think>...</think>`` is the other way servers do it)."""
         self.token_delay: float = token_delay
         self.token_count: int | None = token_count
         self.api_key: str | None = api_key

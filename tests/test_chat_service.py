@@ -481,9 +481,9 @@ class StopTwice(ConversationService):
 
     second_stop: bool | None = None
 
-    async def _keep_partial(self, thread_id: str, partial: str, at: Any = None) -> ChatEvent:
+    async def _keep_partial(self, thread_id: str, partial: str, at: Any = None, reasoning: str = "") -> ChatEvent:
         self.second_stop = self.stop(thread_id)
-        return await super()._keep_partial(thread_id, partial, at)
+        return await super()._keep_partial(thread_id, partial, at, reasoning)
 
 
 async def test_a_second_stop_does_not_lose_the_partial_reply(
