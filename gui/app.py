@@ -25,10 +25,10 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QCoreApplication, QEvent, QObject, QSettings, QTimer
 from PySide6.QtGui import QIcon
@@ -488,6 +488,21 @@ def configure(app: QApplication) -> None:
         app.setStyleSheet(style.read_text(encoding="utf-8"))
 
 
+def run_to_the_end(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` to its end on the Qt loop, even if Qt stops the loop meanwhile (its exception is raised).
+
+    Once the X11 connection broke (the X server died, a logout), Qt's xcb plugin calls ``QCoreApplication.exit(1)``
+    on every pass of the event loop, so ``run_until_complete`` gave up before storage was closed; storage's SQLite
+    thread then kept the interpreter from exiting, forever. Each pass still runs what is ready, so entering the loop
+    again until the coroutine is done finishes it.
+    """
+    task = loop.create_task(coroutine)
+    task.add_done_callback(lambda _task: loop.stop())
+    while not task.done():
+        loop.run_forever()
+    task.result()
+
+
 def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
     """Open the window and run until it is closed; the process's exit code."""
     app = QApplication.instance() or QApplication(list(argv))
@@ -523,7 +538,9 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
     code = loop.run_forever()
     if not start.done():
         start.cancel()
-    loop.run_until_complete(cairn.shutdown())
+    if code and not failed:
+        log.warning("Qt ended the app (code %s; the display was lost?): storing what is left and closing storage", code)
+    run_to_the_end(loop, cairn.shutdown())
     wake.stop()
     if guard is not None:
         guard.stop()
