@@ -12,7 +12,7 @@ Shutdown hangs off one signal, ``QCoreApplication.aboutToQuit``: the window's st
 is stopped (its partial text is kept); once the Qt loop has returned, ``CairnApp.shutdown`` waits for those replies
 to be stored and closes storage. Before that, every quit the user asks for (the window's close button, Ctrl+Q, the
 app's Quit: Qt asks the window to close first) stops at the window while conversations live only in memory, which
-asks first (``MainWindow.closeEvent``); a TERM or INT signal quits without asking (``CairnApp.quit_now``).
+asks first (``MainWindow.closeEvent``); a TERM, INT or HUP signal quits without asking (``CairnApp.quit_now``).
 """
 
 from __future__ import annotations
@@ -340,7 +340,7 @@ class CairnApp(QObject):
             self.window.stop_all()
 
     def quit_now(self) -> None:
-        """Quit without asking: on a TERM or INT signal, or the scripted ``--quit-after`` (nobody may be there to
+        """Quit without asking: on a TERM, INT or HUP signal, or the scripted ``--quit-after`` (nobody may be there to
         answer)."""
         if self.window is not None:
             lost = len(self.window.unsaved_threads())
@@ -526,9 +526,11 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
         elif quit_after is not None:
             QTimer.singleShot(round(quit_after * 1000), cairn.quit_now)  # scripted: nobody to ask
 
-    # Ctrl+C or a TERM signal quits cleanly; the timer lets Python run its signal handlers while Qt waits.
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_args: cairn.quit_now())
+    # Ctrl+C, a TERM signal or a HUP (the terminal Cairn was started from closed, a logout) quit cleanly; the timer
+    # lets Python run its signal handlers while Qt waits.
+    for number in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if number is not None:
+            signal.signal(number, lambda *_args: cairn.quit_now())
     wake = QTimer(app)
     wake.start(250)
     wake.timeout.connect(lambda: None)
@@ -539,7 +541,12 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
     if not start.done():
         start.cancel()
     if code and not failed:
-        log.warning("Qt ended the app (code %s; the display was lost?): storing what is left and closing storage", code)
+        lost = len(cairn.window.unsaved_threads()) if cairn.window is not None else 0
+        log.warning(
+            "Qt ended the app (code %s; the display was lost?): storing what is left and closing storage%s",
+            code,
+            f"; {lost} conversation(s) only in memory are lost" if lost else "",
+        )
     run_to_the_end(loop, cairn.shutdown())
     wake.stop()
     if guard is not None:

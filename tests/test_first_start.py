@@ -6,8 +6,9 @@
   against this machine's ``dpkg``), which ``scripts/app.sh`` installs and docs/INSTALL.md lists.
 - ``scripts/app.sh`` runs pip only when the project's dependencies changed (a throwaway copy of the checkout, with a
   venv that sees this one's packages; pip's own log tells whether it ran).
-- Losing the display (a real Xvfb, killed) while a reply streams from a real model server: the app stores what it
-  has, closes storage and exits within seconds; the SQLite file holds the conversation and was closed cleanly.
+- Losing the display (a real Xvfb, killed; or the HUP a logout sends) while a reply streams from a real model server:
+  the app stores what it has, closes storage and exits within seconds; the SQLite file holds the conversation and
+  was closed cleanly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -273,7 +275,8 @@ class App:
         return [line[key] for line in self.lines if key in line]
 
 
-async def test_losing_the_display_stores_the_reply_closes_storage_and_exits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loss", ["the X server dies", "the session hangs up"])
+async def test_losing_the_display_stores_the_reply_closes_storage_and_exits(tmp_path: Path, loss: str) -> None:
     data = tmp_path / "data"
     with ModelServer() as model, xvfb() as (display, x_server):
         model.pause(after_tokens=2)  # the reply is streaming when the display goes
@@ -308,7 +311,10 @@ async def test_losing_the_display_stores_the_reply_closes_storage_and_exits(tmp_
             assert process.returncode is None, (app.lines, app.errors()[-3000:])
             assert model.paused_streams == 1
 
-            x_server.kill()  # the X server dies
+            if loss == "the X server dies":
+                x_server.kill()
+            else:
+                process.send_signal(signal.SIGHUP)  # a logout: the terminal Cairn was started from is gone
             started = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(EXIT_BOUND):
@@ -322,7 +328,8 @@ async def test_losing_the_display_stores_the_reply_closes_storage_and_exits(tmp_
             model.resume()
         errors = app.errors()
         assert took < EXIT_BOUND, f"still running {EXIT_BOUND} s after the display was lost\n{errors[-3000:]}"
-        assert process.returncode != 0  # the app did not end because the user asked
+        if loss == "the X server dies":
+            assert process.returncode != 0  # the app did not end because the user asked
         assert "shut down cleanly" in errors, errors[-3000:]
         thread = app.said("sent")[0]
 
