@@ -59,6 +59,11 @@ XCB_PACKAGES: dict[str, str] = {
 and Ubuntu package holding each (``dpkg -S``); tests/test_first_start.py checks them against this machine."""
 
 
+QT_OWN = ("libQt6", "libicu", "libpyside6", "libshiboken6")
+"""Libraries PySide6 (and Cairn's bundles) carry themselves: one missing is a broken installation, not a package
+for the system to install, and Qt's own message says which."""
+
+
 def qt_platform(environ: Mapping[str, str]) -> str:
     """The platform plugin Qt will try first: QT_QPA_PLATFORM's first entry, or "" for Qt's own choice."""
     return environ.get("QT_QPA_PLATFORM", "").split(";")[0].split(":")[0].strip()
@@ -87,8 +92,10 @@ def xcb_plugin() -> Path | None:
 
 
 def missing_libraries(plugin: Path | None = None) -> list[str]:
-    """The shared libraries the xcb plugin needs and the dynamic linker cannot find (``ldd``'s "not found"); []
-    when nothing is missing or this cannot be told (no ldd, no plugin: Qt then says what it knows)."""
+    """The system libraries the xcb plugin needs and the dynamic linker cannot find (``ldd``'s "not found"); []
+    when nothing is missing or this cannot be told (no ldd, no plugin, a bundle: Qt then says what it knows)."""
+    if plugin is None and getattr(sys, "frozen", False):
+        return []  # a bundle: its libraries are found through its own loader paths, which ldd would not follow
     plugin = plugin or xcb_plugin()
     ldd = shutil.which("ldd")
     if plugin is None or ldd is None:
@@ -97,8 +104,9 @@ def missing_libraries(plugin: Path | None = None) -> list[str]:
     missing: list[str] = []
     for line in result.stdout.splitlines():
         name, _, where = line.strip().partition("=>")
-        if where.strip() == "not found" and name.strip() not in missing:
-            missing.append(name.strip())
+        name = name.strip()
+        if where.strip() == "not found" and name not in missing and not name.startswith(QT_OWN):
+            missing.append(name)
     return missing
 
 

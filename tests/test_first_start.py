@@ -86,6 +86,7 @@ def xvfb() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         stderr=subprocess.DEVNULL,
     )
     os.close(write)
+    number = ""
     try:
         ready, _, _ = select.select([read], [], [], 30)
         number = os.read(read, 64).decode().strip() if ready else ""
@@ -94,8 +95,13 @@ def xvfb() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     finally:
         os.close(read)
         if server.poll() is None:
-            server.kill()
+            server.terminate()
         server.wait()
+        lock = Path(f"/tmp/.X{number}-lock")
+        with contextlib.suppress(OSError, ValueError):
+            if number and int(lock.read_text().strip()) == server.pid:  # a killed server leaves them behind
+                Path(f"/tmp/.X11-unix/X{number}").unlink(missing_ok=True)
+                lock.unlink()
 
 
 # --- no desktop session ------------------------------------------------------------------------------------------
@@ -120,7 +126,7 @@ def test_without_a_desktop_session_main_says_so_and_points_at_doctor(tmp_path: P
 
 def test_a_display_no_x_server_answers_at_is_said_plainly(tmp_path: Path) -> None:
     with xvfb() as (display, server):
-        server.kill()  # a display number that was just free, and is again: nobody answers there
+        server.terminate()  # a display number that was just free, and is again: nobody answers there
         server.wait()
         result = run_main(tmp_path, env=app_env(DISPLAY=display, CAIRN_CONFIG_DIR=str(tmp_path / "config")))
     assert result.returncode != 0
