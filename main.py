@@ -1,6 +1,7 @@
 """Cairn: a desktop LLM chat client whose conversations survive any network.
 
     python main.py                 open the window
+    python main.py --version       print the version, then exit
     python main.py doctor [--json] print the settings in effect and the state of each storage tier
     python main.py self-test [--json] [--report FILE]
                                    check this installation on a throwaway data dir (see gui/selftest.py)
@@ -44,6 +45,12 @@ def run_doctor(as_json: bool) -> int:
 
 
 def run_app(quit_after: float | None = None) -> int:
+    from gui.display import display_problem  # before Qt, which aborts the process where it cannot open a window
+
+    problem = display_problem()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     from gui.app import run  # Qt is imported only for the window, never for `doctor`
 
     return run(sys.argv[:1], quit_after=quit_after)
@@ -55,9 +62,28 @@ def run_selftest(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("cairn")
+    except PackageNotFoundError:  # run from a checkout that was never pip-installed
+        return "(not installed)"
+
+
+class VersionAction(argparse.Action):
+    """``--version``, looked up only when asked: reading the installed metadata takes ~25 ms, at every start."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(f"Cairn {version()}")
+        parser.exit()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cairn", description="Cairn, an LLM chat client that works offline.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    parser.add_argument("--version", action=VersionAction, nargs=0, help="print the version, then exit")
     commands = parser.add_subparsers(dest="command")
     doctor = commands.add_parser("doctor", help="print settings and storage tiers, then exit")
     doctor.add_argument("--json", action="store_true", help="one JSON object instead of text")

@@ -12,7 +12,7 @@ Shutdown hangs off one signal, ``QCoreApplication.aboutToQuit``: the window's st
 is stopped (its partial text is kept); once the Qt loop has returned, ``CairnApp.shutdown`` waits for those replies
 to be stored and closes storage. Before that, every quit the user asks for (the window's close button, Ctrl+Q, the
 app's Quit: Qt asks the window to close first) stops at the window while conversations live only in memory, which
-asks first (``MainWindow.closeEvent``); a TERM or INT signal quits without asking (``CairnApp.quit_now``).
+asks first (``MainWindow.closeEvent``); a TERM, INT or HUP signal quits without asking (``CairnApp.quit_now``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QCoreApplication, QEvent, QObject, QSettings, QTimer
 from PySide6.QtGui import QIcon
@@ -340,7 +340,7 @@ class CairnApp(QObject):
             self.window.stop_all()
 
     def quit_now(self) -> None:
-        """Quit without asking: on a TERM or INT signal, or the scripted ``--quit-after`` (nobody may be there to
+        """Quit without asking: on a TERM, INT or HUP signal, or the scripted ``--quit-after`` (nobody may be there to
         answer)."""
         if self.window is not None:
             lost = len(self.window.unsaved_threads())
@@ -488,6 +488,21 @@ def configure(app: QApplication) -> None:
         app.setStyleSheet(style.read_text(encoding="utf-8"))
 
 
+def run_to_the_end(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` to its end on the Qt loop, even if Qt stops the loop meanwhile (its exception is raised).
+
+    Once the X11 connection broke (the X server died, a logout), Qt's xcb plugin calls ``QCoreApplication.exit(1)``
+    on every pass of the event loop, so ``run_until_complete`` gave up before storage was closed; storage's SQLite
+    thread then kept the interpreter from exiting, forever. Each pass still runs what is ready, so entering the loop
+    again until the coroutine is done finishes it.
+    """
+    task = loop.create_task(coroutine)
+    task.add_done_callback(lambda _task: loop.stop())
+    while not task.done():
+        loop.run_forever()
+    task.result()
+
+
 def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
     """Open the window and run until it is closed; the process's exit code."""
     app = QApplication.instance() or QApplication(list(argv))
@@ -511,9 +526,11 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
         elif quit_after is not None:
             QTimer.singleShot(round(quit_after * 1000), cairn.quit_now)  # scripted: nobody to ask
 
-    # Ctrl+C or a TERM signal quits cleanly; the timer lets Python run its signal handlers while Qt waits.
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_args: cairn.quit_now())
+    # Ctrl+C, a TERM signal or a HUP (the terminal Cairn was started from closed, a logout) quit cleanly; the timer
+    # lets Python run its signal handlers while Qt waits.
+    for number in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if number is not None:
+            signal.signal(number, lambda *_args: cairn.quit_now())
     wake = QTimer(app)
     wake.start(250)
     wake.timeout.connect(lambda: None)
@@ -523,7 +540,14 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
     code = loop.run_forever()
     if not start.done():
         start.cancel()
-    loop.run_until_complete(cairn.shutdown())
+    if code and not failed:
+        lost = len(cairn.window.unsaved_threads()) if cairn.window is not None else 0
+        log.warning(
+            "Qt ended the app (code %s; the display was lost?): storing what is left and closing storage%s",
+            code,
+            f"; {lost} conversation(s) only in memory are lost" if lost else "",
+        )
+    run_to_the_end(loop, cairn.shutdown())
     wake.stop()
     if guard is not None:
         guard.stop()

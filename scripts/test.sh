@@ -5,8 +5,8 @@
 #   scripts/test.sh -q -k proxy      # extra arguments go to pytest
 #
 # Installs Debian's `postgresql` package when no server binaries are found (unless TEST_POSTGRES_URL
-# points at a server), and `faketime`, a CJK font and the other tools the tests use when missing, creates .venv,
-# installs the project with its test extras, then runs pytest.
+# points at a server), and `faketime`, `xvfb`, the X11 libraries Qt needs, a CJK font and the other tools the tests
+# use when missing, creates .venv, installs the project with its test extras, then runs pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -62,6 +62,11 @@ if ! command -v objdump >/dev/null 2>&1; then
     apt_packages+=(binutils)
 fi
 
+# tests/test_first_start.py opens the real window on an X server of its own, and kills that server.
+if ! command -v Xvfb >/dev/null 2>&1; then
+    apt_packages+=(xvfb)
+fi
+
 python=""
 if [ ! -x .venv/bin/python ]; then
     python="$(command -v python3.11 || command -v python3 || true)"
@@ -75,19 +80,22 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 
-if [ "${#apt_packages[@]}" -gt 0 ]; then
-    echo "test.sh: installing ${apt_packages[*]} with apt-get" >&2
-    sudo=()
+apt_install() {
+    echo "test.sh: installing $* with apt-get" >&2
+    local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         if ! command -v sudo >/dev/null 2>&1; then
-            echo "test.sh: need root or sudo to apt-get install ${apt_packages[*]}" >&2
+            echo "test.sh: need root or sudo to apt-get install $*" >&2
             exit 1
         fi
         sudo=(sudo)
     fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "${apt_packages[@]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+    apt_install "${apt_packages[@]}"
 fi
 
 if [ -n "$python" ]; then
@@ -103,5 +111,12 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     exit 1
 fi
 rm -f "$pip_log"
+
+# The libraries Qt's X11 plugin needs (libxcb-cursor0, libxcb-icccm4, ...: gui/display.py knows which it lacks here).
+xcb_packages="$(env -u QT_QPA_PLATFORM -u WAYLAND_DISPLAY DISPLAY=:0 .venv/bin/python -m gui.display packages)"
+if [ -n "$xcb_packages" ]; then
+    read -r -a xcb_list <<<"$xcb_packages"
+    apt_install "${xcb_list[@]}"
+fi
 
 exec .venv/bin/python -m pytest "$@"
