@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import importlib
 import logging
 import signal
-import sys
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import replace
@@ -34,6 +32,7 @@ from PySide6.QtCore import QCoreApplication, QEvent, QObject, QSettings, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
+from gui import tuning
 from storage.loop import new_qt_loop
 from storage.secrets import SecretStore, password_key, split_password, url_user
 from storage.settings import APP_NAME, Settings, load_settings
@@ -52,10 +51,6 @@ RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 STATE_FILE_NAME = "window.ini"
 HEAVY_MODULES = ("chat.service", "langchain_openai")
 FIRST_PAINT_TIMEOUT = 1.0
-SWITCH_INTERVAL = 0.001
-"""Seconds a busy worker thread (the chat engine's import, the model call: ``chat.offload``) may keep the interpreter
-lock while the loop's thread waits for it. Python's default, 5 ms, is paid again at each of the loop's many entries
-into Python in one turn, so a busy worker made the window stall for tens of milliseconds."""
 SHUTDOWN_TIMEOUT = 10.0
 
 
@@ -95,7 +90,6 @@ class CairnApp(QObject):
         log.info("startup %d/5: %s (%.0f ms)", number, name, elapsed)
 
     async def start(self) -> MainWindow:
-        sys.setswitchinterval(SWITCH_INTERVAL)
         self._step(1, "settings")
         settings = self.settings if self.settings is not None else load_settings(strict=False)
         self.settings = settings
@@ -141,7 +135,6 @@ class CairnApp(QObject):
 
         self._step(5, "chat engine")
         await asyncio.to_thread(_load_chat_engine)  # on a worker thread: the window stays responsive meanwhile
-        freeze_startup_objects()
         from chat.service import ConversationService
 
         self.service = ConversationService(self.storage, self.endpoint())
@@ -379,23 +372,6 @@ def _load_chat_engine() -> None:
     chat_model(Endpoint("http://127.0.0.1:9/v1", "warm-up"))
 
 
-_frozen = False
-
-
-def freeze_startup_objects() -> None:
-    """Take what start-up allocated (mostly the modules of Qt, LangGraph, LangChain, pydantic: about 170,000 objects)
-    out of the cyclic garbage collector's sight, once per process.
-
-    Otherwise each full collection walks all of them, 40–75 ms with the loop stopped, whenever enough new objects
-    have piled up: the first open of a long conversation, or a send into one, set one off. Only objects that exist
-    now are frozen; what the app allocates later is collected as usual.
-    """
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.freeze()
-
-
 class _PaintWatch(QObject):
     def __init__(self, window: QWidget, future: asyncio.Future[None]) -> None:
         super().__init__()
@@ -427,49 +403,6 @@ async def _first_paint(window: QWidget) -> None:
         log.info("no paint event within %.1f s (a hidden or offscreen window?)", FIRST_PAINT_TIMEOUT)
     finally:
         app.removeEventFilter(watch)
-
-
-# --- the None reference leak of PySide6 6.12.0 on Python 3.11 ------------------------------------------------------
-
-NONE_FLOOR = 200_000
-
-
-def guard_none_refcount(parent: QObject) -> QTimer | None:
-    """Keep ``None`` alive where the Qt binding loses a reference to it on every call of a void method.
-
-    PySide6 6.12.0 on Python 3.11 (where None is not yet immortal) returns None from void methods without taking a
-    reference; after some thousands of calls the interpreter aborts with "none_dealloc: deallocating None". When the
-    probe below sees that, a timer tops the count back up five times a second. Python 3.12+ and other PySide6
-    versions need nothing: the probe finds no loss and no timer runs.
-    """
-    probe = QObject()
-    before = sys.getrefcount(None)
-    for _ in range(8):
-        probe.setObjectName("probe")
-    lost = before - sys.getrefcount(None)
-    if lost <= 0:
-        return None
-    import PySide6
-
-    log.warning(
-        "PySide6 %s loses a reference to None on each void call on Python %d.%d: compensating. "
-        "Use PySide6 < 6.12 or Python >= 3.12.",
-        PySide6.__version__,
-        *sys.version_info[:2],
-    )
-    bank: list[None] = []
-
-    def top_up() -> None:
-        missing = NONE_FLOOR - sys.getrefcount(None)
-        if missing > 0:
-            bank.extend([None] * missing)
-
-    top_up()
-    timer = QTimer(parent)
-    timer.setInterval(200)
-    timer.timeout.connect(top_up)
-    timer.start()
-    return timer
 
 
 # --- the process ----------------------------------------------------------------------------------------------------
@@ -508,7 +441,7 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
     app = QApplication.instance() or QApplication(list(argv))
     assert isinstance(app, QApplication)
     configure(app)
-    guard = guard_none_refcount(app)
+    tuning.tune_interpreter()
     loop = new_qt_loop(app)
     asyncio.set_event_loop(loop)
     cairn = CairnApp(app)
@@ -523,8 +456,10 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
             failed.append(exc)
             QMessageBox.critical(None, "Cairn could not start", f"{type(exc).__name__}: {exc}")
             app.exit(1)
-        elif quit_after is not None:
-            QTimer.singleShot(round(quit_after * 1000), cairn.quit_now)  # scripted: nobody to ask
+        else:
+            tuning.freeze_startup_objects()
+            if quit_after is not None:
+                QTimer.singleShot(round(quit_after * 1000), cairn.quit_now)  # scripted: nobody to ask
 
     # Ctrl+C, a TERM signal or a HUP (the terminal Cairn was started from closed, a logout) quit cleanly; the timer
     # lets Python run its signal handlers while Qt waits.
@@ -548,8 +483,12 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
             f"; {lost} conversation(s) only in memory are lost" if lost else "",
         )
     run_to_the_end(loop, cairn.shutdown())
+    # The model thread's loop goes last: the replies are stored and nothing will ask a model any more. Only here, at
+    # the end of the process: langchain-openai keeps its HTTP clients bound to that loop for the process's life.
+    from chat.offload import model_thread
+
+    if not model_thread().stop():
+        log.warning("the model thread did not stop within its grace time")
     wake.stop()
-    if guard is not None:
-        guard.stop()
     loop.close()
     return 1 if failed else int(code or 0)

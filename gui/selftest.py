@@ -525,7 +525,7 @@ def _run_qt(report: Report, args: argparse.Namespace, data_dir: Path, config_dir
     from PySide6.QtCore import qVersion
     from PySide6.QtWidgets import QApplication
 
-    from gui.app import configure, guard_none_refcount
+    from gui.app import configure
     from storage.loop import new_qt_loop
 
     report.qt = {"pyside6": PySide6.__version__, "qt": qVersion()}
@@ -533,7 +533,6 @@ def _run_qt(report: Report, args: argparse.Namespace, data_dir: Path, config_dir
     assert isinstance(app, QApplication)
     configure(app)
     app.setQuitOnLastWindowClosed(False)  # closing the window must not stop the loop: the read-back comes after
-    guard = guard_none_refcount(app)
     loop = new_qt_loop(app)
     asyncio.set_event_loop(loop)
     step = ["starting"]
@@ -551,8 +550,6 @@ def _run_qt(report: Report, args: argparse.Namespace, data_dir: Path, config_dir
         report.check("run", False, f"{type(exc).__name__} while {step[0]}: {exc}")
         report.traceback = traceback.format_exc(limit=8)
     finally:
-        if guard is not None:
-            guard.stop()
         app.processEvents()
         loop.close()
         asyncio.set_event_loop(None)

@@ -170,7 +170,7 @@ def inner(args: argparse.Namespace) -> int:
     """In the X server: start Cairn on throwaway folders and take the pictures."""
     from PySide6.QtWidgets import QApplication
 
-    from gui.app import CairnApp, configure, guard_none_refcount
+    from gui.app import CairnApp, configure
     from storage.loop import new_qt_loop
     from storage.secrets import SecretStore
     from storage.settings import load_settings, save_settings
@@ -204,7 +204,6 @@ def inner(args: argparse.Namespace) -> int:
         app = QApplication.instance() or QApplication(["cairn"])
         assert isinstance(app, QApplication)
         configure(app)
-        guard = guard_none_refcount(app)
         app.setQuitOnLastWindowClosed(False)
         loop = new_qt_loop(app)
         asyncio.set_event_loop(loop)
@@ -222,8 +221,6 @@ def inner(args: argparse.Namespace) -> int:
         try:
             loop.run_until_complete(main())
         finally:
-            if guard is not None:
-                guard.stop()
             loop.close()
         return 0
     finally:

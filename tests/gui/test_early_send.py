@@ -6,6 +6,8 @@ holds the moment the engine is attached (``attach_service``), which start-up rea
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from gui.main_window import MainWindow
 from storage.factory import open_storage
 from storage.secrets import SecretStore
 from storage.settings import load_settings, save_settings
-from tests.gui.test_main_window import type_and_send, until
+from tests.gui.test_main_window import cairn_factory, type_and_send, until
 from tests.keyring_backend import MemoryKeyring
 from tests.model_server import ModelServer
 
@@ -82,3 +84,12 @@ async def test_messages_sent_while_the_engine_loads_are_sent_once_it_has(
         await window.stop_all_replies()
     finally:
         await storage.close()
+
+
+async def test_starting_the_app_leaves_the_interpreter_as_python_made_it(tmp_path: Path, server: ModelServer) -> None:
+    # Interpreter tuning (gui/tuning.py) belongs to the entry point, not to the app's classes: a test process (or
+    # any other embedding) that starts the app keeps its own switch interval and garbage collector.
+    interval, frozen = sys.getswitchinterval(), gc.get_freeze_count()
+    async with cairn_factory(tmp_path, server)():
+        assert sys.getswitchinterval() == interval
+        assert gc.get_freeze_count() == frozen

@@ -29,7 +29,7 @@ from PySide6.QtGui import QDesktopServices, QGuiApplication, QMouseEvent
 from PySide6.QtWidgets import QApplication, QLineEdit, QWidget
 
 from chat.endpoints import Endpoint
-from gui.app import CairnApp, guard_none_refcount
+from gui.app import CairnApp
 from gui.chat_view import ChatView, action_href
 from gui.main_window import MainWindow
 from storage.secrets import SecretStore
@@ -48,13 +48,10 @@ WAIT = 10.0
 
 @pytest.fixture(scope="module", autouse=True)
 def _app_setup(qapp: QApplication) -> Iterator[None]:
-    timer = guard_none_refcount(qapp)  # PySide6 6.12.0 on Python 3.11 leaks references to None (see gui/app.py)
     quits = qapp.quitOnLastWindowClosed()
     qapp.setQuitOnLastWindowClosed(False)  # closing a test's window must not end the test's event loop
     yield
     qapp.setQuitOnLastWindowClosed(quits)
-    if timer is not None:
-        timer.stop()
 
 
 @pytest.fixture
