@@ -49,7 +49,6 @@ log = logging.getLogger("cairn.app")
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 STATE_FILE_NAME = "window.ini"
-HEAVY_MODULES = ("chat.service", "langchain_openai")
 FIRST_PAINT_TIMEOUT = 1.0
 SHUTDOWN_TIMEOUT = 10.0
 
@@ -74,6 +73,7 @@ class CairnApp(QObject):
         self.service: ConversationService | None = None
         self.window: MainWindow | None = None
         self.ready = asyncio.Event()
+        self._warm_up: asyncio.Future[None] | None = None
         self.password_dialog: PostgresPasswordDialog | None = None
         self._asked_password: Storage | None = None  # the storage the password was last asked for: once per stack
         self._storage_lock = asyncio.Lock()  # one comparison-and-reopen at a time
@@ -134,7 +134,8 @@ class CairnApp(QObject):
         await window.refresh_list()
 
         self._step(5, "chat engine")
-        await asyncio.to_thread(_load_chat_engine)  # on a worker thread: the window stays responsive meanwhile
+        # On worker threads: the window stays responsive meanwhile.
+        await asyncio.to_thread(importlib.import_module, "chat.service")
         from chat.service import ConversationService
 
         self.service = ConversationService(self.storage, self.endpoint())
@@ -142,6 +143,10 @@ class CairnApp(QObject):
         self.timings["ready"] = (time.perf_counter() - self._started) * 1000
         log.info("ready %.0f ms after start", self.timings["ready"])
         self.ready.set()
+        # The model client is not needed to list, open or send (the model call runs on the model thread, which would
+        # import it there): it loads after "ready", not before.
+        self._warm_up = asyncio.ensure_future(asyncio.to_thread(_load_model_client))
+        self._warm_up.add_done_callback(_report_warm_up)
         if not settings.model_name:
             window.tasks.spawn(self._pick_first_model(), "Listing the server's models")
         return window
@@ -362,11 +367,14 @@ class CairnApp(QObject):
         log.info("shut down cleanly")
 
 
-def _load_chat_engine() -> None:
-    """Import LangGraph and langchain-openai (~2 s), and build one throwaway client: the OpenAI client imports more
-    on first use (~0.25 s), which would otherwise stall the loop when the first message is sent."""
-    for name in HEAVY_MODULES:
-        importlib.import_module(name)
+def _report_warm_up(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("loading the model client failed", exc_info=exc)  # a bug: the first send will fail the same way
+
+
+def _load_model_client() -> None:
+    """Import langchain-openai and build one throwaway client (about 0.5 s): the OpenAI client imports more on first
+    use, which would otherwise delay the first reply."""
     from chat.endpoints import Endpoint, chat_model
 
     chat_model(Endpoint("http://127.0.0.1:9/v1", "warm-up"))
