@@ -36,16 +36,37 @@ def api_key_name(base_url: str) -> str:
     return API_KEY_SECRET_PREFIX + base_url.rstrip("/")
 
 
+FIRST_TOKEN_TIMEOUT = 300.0
+"""Default seconds to wait for a reply's first word: a local server may load the model first (minutes, for a large
+one on a slow disk). The setting MODEL_FIRST_TOKEN_TIMEOUT."""
+TOKEN_TIMEOUT = 60.0
+"""Default seconds of silence allowed between words once a reply flows. The setting MODEL_TOKEN_TIMEOUT."""
+CONNECT_TIMEOUT = 15.0
+"""Seconds to wait for the server to accept the connection: nothing is loaded before that, so it is short, and an
+unreachable server is told as such rather than as a silent one."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     base_url: str
     model: str = ""
     api_key: str | None = None
     system_prompt: str = ""
-    timeout: float = 60.0
+    first_token_timeout: float = FIRST_TOKEN_TIMEOUT
+    token_timeout: float = TOKEN_TIMEOUT
 
     def __repr__(self) -> str:  # never show the key
         return f"Endpoint(base_url={self.base_url!r}, model={self.model!r}, api_key={'***' if self.api_key else None})"
+
+
+class ModelSilent(TimeoutError):
+    """The model server sent no word within the limit: ``seconds``, the limit; ``flowing``, whether words had
+    come before (the limit between words) or not (the limit for the first word)."""
+
+    def __init__(self, seconds: float, *, flowing: bool) -> None:
+        super().__init__(f"no token for {seconds:g} s")
+        self.seconds = seconds
+        self.flowing = flowing
 
 
 class ModelListError(Exception):
@@ -121,15 +142,23 @@ async def list_models(
 def chat_model(endpoint: Endpoint) -> BaseChatModel:
     """A streaming LangChain chat model for the endpoint (imported here: langchain-openai takes 2 s to import)."""
     from langchain_openai import ChatOpenAI
+    from openai import Timeout  # the client's own httpx (a vendored copy): an httpx.Timeout is refused
 
     return ChatOpenAI(
         base_url=endpoint.base_url,
         api_key=endpoint.api_key or "not-needed",  # local servers ignore it; the client insists on one
         model=endpoint.model,
         streaming=True,
-        max_retries=0,  # a failure is shown at once with a Retry; silent retries would look like a hang
-        timeout=endpoint.timeout,
+        # A failure is shown at once with a Retry (a 429 with when to try again): silent retries would look like a
+        # hang, and the client's own retries of a 429 could wait out a Retry-After of minutes unseen.
+        max_retries=0,
+        # The limits on silence are kept by chat.deadlines, which tells a slow first word from a stalled reply; this
+        # read timeout is only a backstop, longer than both.
+        timeout=Timeout(
+            max(endpoint.first_token_timeout, endpoint.token_timeout) * 1.25 + 1,
+            connect=min(CONNECT_TIMEOUT, endpoint.first_token_timeout),
+        ),
         # Off: it wraps each chunk read in asyncio.wait_for, which on Python 3.11 can swallow the cancellation of
-        # Stop (CPython gh-86296), so the reply went on streaming. The read timeout above still bounds a silent server.
+        # Stop (CPython gh-86296), so the reply went on streaming. chat.deadlines bounds a silent server instead.
         stream_chunk_timeout=None,
     )

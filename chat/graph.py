@@ -13,6 +13,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from chat.deadlines import within_limits
 from chat.offload import model_thread
 from chat.state import ChatState, with_id
 
@@ -34,6 +35,10 @@ class ChatContext:
     offload: bool = True
     """Make the model call on the model thread (``chat.offload``), not on the loop running the graph: building the
     request from a long history and parsing the stream take the loop away for a visible moment otherwise."""
+    first_token_timeout: float | None = None
+    """Seconds to wait for the reply's first word (``chat.deadlines``); None: no limit."""
+    token_timeout: float | None = None
+    """Seconds of silence allowed between words once the reply flows; None: no limit."""
 
 
 async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[ChatContext]) -> dict[str, Any]:
@@ -44,7 +49,12 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
         history = [SystemMessage(context.system_prompt), *history]
 
     async def ask() -> BaseMessage:
-        return await context.model().ainvoke(history, config)
+        model = context.model()
+        return await within_limits(
+            lambda watch: model.with_config(callbacks=[watch]).ainvoke(history, config),
+            context.first_token_timeout,
+            context.token_timeout,
+        )
 
     reply = await (model_thread().run(ask()) if context.offload else ask())
     return {"messages": [with_id(reply)]}

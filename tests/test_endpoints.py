@@ -26,6 +26,8 @@ from chat.endpoints import (
 from chat.errors import describe_model_error
 from tests.model_server import ModelServer
 
+LIMITS = {"first_token_timeout": 10.0, "token_timeout": 10.0}
+
 
 @pytest.fixture
 async def server() -> AsyncIterator[ModelServer]:
@@ -183,7 +185,7 @@ async def test_list_models_unusable_url(url: str, words: str) -> None:
 
 async def test_chat_model_streams_from_the_server_with_the_key(server: ModelServer) -> None:
     server.api_key = "sk-chat-key"
-    llm = chat_model(Endpoint(server.base_url, "other-model", api_key="sk-chat-key", timeout=10))
+    llm = chat_model(Endpoint(server.base_url, "other-model", api_key="sk-chat-key", **LIMITS))
 
     chunks = [chunk async for chunk in llm.astream([HumanMessage("stream this please")])]
 
@@ -202,7 +204,7 @@ async def test_chat_model_without_key_works_with_a_local_server(server: ModelSer
 
 
 async def test_chat_model_does_not_retry_silently(server: ModelServer) -> None:
-    llm = chat_model(Endpoint(server.base_url, "test-model", timeout=10))
+    llm = chat_model(Endpoint(server.base_url, "test-model", **LIMITS))
     server.fail_next(500)
     with pytest.raises(openai.InternalServerError):
         await llm.ainvoke([HumanMessage("once")])
@@ -217,13 +219,13 @@ async def test_chat_model_does_not_retry_silently(server: ModelServer) -> None:
         (401, "auth", "refused the API key"),
         (403, "auth", "refused the API key"),
         (404, "model", "model was not found"),
-        (429, "rate_limit", "rate-limiting"),
+        (429, "rate_limit", "busy (rate limited)"),
         (500, "server", "model server failed"),
         (503, "server", "model server failed"),
     ],
 )
 async def test_http_failures_in_words(server: ModelServer, status: int, kind: str, words: str) -> None:
-    llm = chat_model(Endpoint(server.base_url, "test-model", timeout=10))
+    llm = chat_model(Endpoint(server.base_url, "test-model", **LIMITS))
     server.fail_next(status, f"the server says {status}")
     with pytest.raises(openai.APIStatusError) as caught:
         await llm.ainvoke([HumanMessage("hello")])
@@ -245,7 +247,7 @@ async def test_connection_failures_in_words(server: ModelServer) -> None:
     assert "Connection error.)" not in message  # the cause, not the client's generic words
 
     server.disconnect_next(after_tokens=1)
-    cut = chat_model(Endpoint(server.base_url, "test-model", timeout=10))
+    cut = chat_model(Endpoint(server.base_url, "test-model", **LIMITS))
     with pytest.raises(openai.APIConnectionError) as caught:
         await cut.ainvoke([HumanMessage("cut me off")])
     message, kind = describe_model_error(caught.value)
@@ -253,7 +255,7 @@ async def test_connection_failures_in_words(server: ModelServer) -> None:
     assert "closed the connection before the reply was complete" in message
 
     server.hang_next()
-    slow = chat_model(Endpoint(server.base_url, "test-model", timeout=0.5))
+    slow = chat_model(Endpoint(server.base_url, "test-model", first_token_timeout=0.5, token_timeout=0.5))
     with pytest.raises(openai.APITimeoutError) as caught:
         await slow.ainvoke([HumanMessage("too slow")])
     assert describe_model_error(caught.value) == ("The model server did not answer in time. Try again.", "timeout")
