@@ -34,12 +34,13 @@ def setup_logging(verbose: bool) -> None:
 
 
 def run_doctor(as_json: bool) -> int:
-    from storage.doctor import diagnose, report_json, report_text
+    from storage.doctor import diagnose_all, report_json, report_text
 
     settings = load_settings(strict=False)
     secrets = SecretStore()
-    status = loop.run(diagnose(settings, secrets, started=STARTED))
-    print(report_json(settings, secrets, status) if as_json else report_text(settings, secrets, status))
+    status, server = loop.run(diagnose_all(settings, secrets, started=STARTED))
+    report = report_json if as_json else report_text
+    print(report(settings, secrets, status, server))
     return 0
 
 

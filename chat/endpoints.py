@@ -77,6 +77,14 @@ class ServerUnreachable(ModelListError):
     """No connection to the model server at all (nothing listening, no such host): most often it is not started."""
 
 
+class NoAnswer(ModelListError):
+    """The connection was made (or tried) but no HTTP answer came: a timeout or a broken exchange."""
+
+
+class KeyRefused(ModelListError):
+    """The server answered 401 or 403: it refused the API key (or the lack of one)."""
+
+
 OLLAMA_PORT = 11434
 
 
@@ -124,11 +132,11 @@ async def list_models(
     except httpx.ConnectError as exc:
         raise ServerUnreachable(f"Cannot reach {base_url}: {exc}") from exc
     except httpx.TimeoutException as exc:
-        raise ModelListError(f"No answer from {base_url} within {timeout:g} s") from exc
+        raise NoAnswer(f"No answer from {base_url} within {timeout:g} s") from exc
     except httpx.HTTPError as exc:
-        raise ModelListError(f"Request to {base_url} failed: {exc}") from exc
+        raise NoAnswer(f"Request to {base_url} failed: {exc}") from exc
     if response.status_code in (401, 403):
-        raise ModelListError(f"The server refused the API key (HTTP {response.status_code})")
+        raise KeyRefused(f"The server refused the API key (HTTP {response.status_code})")
     if response.status_code >= 400:
         raise ModelListError(f"The server answered HTTP {response.status_code} to GET {url}")
     try:

@@ -1,15 +1,20 @@
-"""``python main.py doctor``: the settings in effect and the state of each tier, the badge's answer in text."""
+"""``python main.py doctor``: the settings in effect, the state of each tier (the badge's answer in text) and, when
+the command asks for it, the model server's (``chat.server_check``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.secrets import SecretStore
 from storage.settings import Settings
 from storage.status import StorageStatus
+
+if TYPE_CHECKING:
+    from chat.server_check import ServerCheck
 
 MIN_ATTEMPT_SECONDS = 0.5
 LIVE_WAIT_SECONDS = 1.0
@@ -38,15 +43,36 @@ async def diagnose(settings: Settings, secrets: SecretStore, *, started: float |
         await storage.close()
 
 
-def report_json(settings: Settings, secrets: SecretStore, status: StorageStatus) -> str:
+async def diagnose_all(
+    settings: Settings, secrets: SecretStore, *, started: float | None = None
+) -> tuple[StorageStatus, ServerCheck]:
+    """The storage (``diagnose``) and the model server, asked at the same time: the answer still comes within the
+    connect timeout plus a second, whichever of them does not answer."""
+    from chat.server_check import check_model_server  # here: the storage dialog shows reports without it
+
+    elapsed = time.monotonic() - started if started is not None else 0.0
+    timeout = max(MIN_ATTEMPT_SECONDS, settings.connect_timeout - elapsed)
+    status, server = await asyncio.gather(
+        diagnose(settings, secrets, started=started), check_model_server(settings, secrets, timeout=timeout)
+    )
+    return status, server
+
+
+def report_json(
+    settings: Settings, secrets: SecretStore, status: StorageStatus, model_server: ServerCheck | None = None
+) -> str:
     data: dict[str, Any] = status.to_json()
+    if model_server is not None:
+        data["model_server"] = model_server.to_json()
     data["settings"] = {key: {"value": shown, "source": source} for key, shown, source in settings.display_items()}
     data["settings_problems"] = list(settings.problems)
     data["keyring"] = {"backend": secrets.backend_name, "persistent": secrets.persistent, "warning": secrets.warning}
     return json.dumps(data, indent=2, default=str)
 
 
-def report_text(settings: Settings, secrets: SecretStore, status: StorageStatus) -> str:
+def report_text(
+    settings: Settings, secrets: SecretStore, status: StorageStatus, model_server: ServerCheck | None = None
+) -> str:
     lines = ["Cairn doctor", "", "Settings in effect:"]
     width = max(len(key) for key, _, _ in settings.display_items())
     for key, shown, source in settings.display_items():
@@ -54,7 +80,10 @@ def report_text(settings: Settings, secrets: SecretStore, status: StorageStatus)
     for problem in settings.problems:
         lines.append(f"  ! {problem}")
     keyring = secrets.backend_name + (f" ({secrets.warning})" if secrets.warning else "")
-    return "\n".join([*lines, "", status_text(status, keyring)])
+    sections = [*lines, "", status_text(status, keyring)]
+    if model_server is not None:
+        sections += ["", model_server.text()]
+    return "\n".join(sections)
 
 
 def status_text(status: StorageStatus, keyring: str) -> str:
