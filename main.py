@@ -1,7 +1,7 @@
 """Cairn: a desktop LLM chat client whose conversations survive any network.
 
     python main.py                 open the window
-    python main.py doctor [--json] print the settings in effect and the state of each storage tier
+    python main.py doctor [--json] print the settings in effect, the state of each storage tier and the model server's
     python main.py self-test [--json] [--report FILE]
                                    check this installation on a throwaway data dir (see gui/selftest.py)
 """
@@ -34,13 +34,12 @@ def setup_logging(verbose: bool) -> None:
 
 
 def run_doctor(as_json: bool) -> int:
-    from storage.doctor import diagnose_all, report_json, report_text
+    from chat.doctor import diagnose_all, report
 
     settings = load_settings(strict=False)
     secrets = SecretStore()
     status, server = loop.run(diagnose_all(settings, secrets, started=STARTED))
-    report = report_json if as_json else report_text
-    print(report(settings, secrets, status, server))
+    print(report(settings, secrets, status, server, as_json=as_json))
     return 0
 
 
@@ -60,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cairn", description="Cairn, an LLM chat client that works offline.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     commands = parser.add_subparsers(dest="command")
-    doctor = commands.add_parser("doctor", help="print settings and storage tiers, then exit")
+    doctor = commands.add_parser("doctor", help="print settings, storage tiers and the model server's state, then exit")
     doctor.add_argument("--json", action="store_true", help="one JSON object instead of text")
     from gui.selftest import add_arguments as add_selftest_arguments  # stdlib only at import
 

@@ -1,20 +1,17 @@
-"""``python main.py doctor``: the settings in effect, the state of each tier (the badge's answer in text) and, when
-the command asks for it, the model server's (``chat.server_check``)."""
+"""``python main.py doctor``: the settings in effect and the state of each tier, the badge's answer in text (the
+command adds the model server's section: ``chat.doctor``)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from storage.secrets import SecretStore
 from storage.settings import Settings
 from storage.status import StorageStatus
-
-if TYPE_CHECKING:
-    from chat.server_check import ServerCheck
 
 MIN_ATTEMPT_SECONDS = 0.5
 LIVE_WAIT_SECONDS = 1.0
@@ -43,27 +40,12 @@ async def diagnose(settings: Settings, secrets: SecretStore, *, started: float |
         await storage.close()
 
 
-async def diagnose_all(
-    settings: Settings, secrets: SecretStore, *, started: float | None = None
-) -> tuple[StorageStatus, ServerCheck]:
-    """The storage (``diagnose``) and the model server, asked at the same time: the answer still comes within the
-    connect timeout plus a second, whichever of them does not answer."""
-    from chat.server_check import check_model_server  # here: the storage dialog shows reports without it
-
-    elapsed = time.monotonic() - started if started is not None else 0.0
-    timeout = max(MIN_ATTEMPT_SECONDS, settings.connect_timeout - elapsed)
-    status, server = await asyncio.gather(
-        diagnose(settings, secrets, started=started), check_model_server(settings, secrets, timeout=timeout)
-    )
-    return status, server
-
-
 def report_json(
-    settings: Settings, secrets: SecretStore, status: StorageStatus, model_server: ServerCheck | None = None
+    settings: Settings, secrets: SecretStore, status: StorageStatus, extra: Mapping[str, Any] | None = None
 ) -> str:
+    """``extra``: more top-level keys (the model server's section)."""
     data: dict[str, Any] = status.to_json()
-    if model_server is not None:
-        data["model_server"] = model_server.to_json()
+    data.update(extra or {})
     data["settings"] = {key: {"value": shown, "source": source} for key, shown, source in settings.display_items()}
     data["settings_problems"] = list(settings.problems)
     data["keyring"] = {"backend": secrets.backend_name, "persistent": secrets.persistent, "warning": secrets.warning}
@@ -71,8 +53,9 @@ def report_json(
 
 
 def report_text(
-    settings: Settings, secrets: SecretStore, status: StorageStatus, model_server: ServerCheck | None = None
+    settings: Settings, secrets: SecretStore, status: StorageStatus, extra: Sequence[str] = ()
 ) -> str:
+    """``extra``: more sections, each a block of lines, after the storage (the model server's)."""
     lines = ["Cairn doctor", "", "Settings in effect:"]
     width = max(len(key) for key, _, _ in settings.display_items())
     for key, shown, source in settings.display_items():
@@ -81,8 +64,8 @@ def report_text(
         lines.append(f"  ! {problem}")
     keyring = secrets.backend_name + (f" ({secrets.warning})" if secrets.warning else "")
     sections = [*lines, "", status_text(status, keyring)]
-    if model_server is not None:
-        sections += ["", model_server.text()]
+    for section in extra:
+        sections += ["", section]
     return "\n".join(sections)
 
 

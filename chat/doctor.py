@@ -1,4 +1,5 @@
-"""``doctor``'s model-server section: reachable, models listed, the chosen model there, the API key accepted.
+"""``python main.py doctor``: the storage's report (``storage.doctor``) and the model server's section: reachable,
+models listed, the chosen model there, the API key accepted.
 
 Told in the words the window uses for the same cases (``chat.errors`` for a server nothing answers at, the
 settings dialog's model list for the rest), so what ``doctor`` says can be looked up in what the window said.
@@ -7,6 +8,8 @@ Only ``GET /models`` is asked: a chat request could make a local server load the
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +23,10 @@ from chat.endpoints import (
     list_models,
 )
 from chat.errors import describe_model_error
+from storage.doctor import MIN_ATTEMPT_SECONDS, diagnose, report_json, report_text
 from storage.secrets import SecretStore, mask_secrets
 from storage.settings import Settings
+from storage.status import StorageStatus
 
 SHOWN_MODELS = 8
 """Models named in the text report; the JSON lists them all."""
@@ -120,3 +125,24 @@ async def check_model_server(settings: Settings, secrets: SecretStore, *, timeou
         model = Check(False, "No model is chosen and the server offers none")
     key = Check(True, "accepted") if api_key else Check(True, "none set; the server asks for none")
     return ServerCheck(base_url, Check(True, "yes"), models, model, key, listed=listed, **limits)
+
+
+async def diagnose_all(
+    settings: Settings, secrets: SecretStore, *, started: float | None = None
+) -> tuple[StorageStatus, ServerCheck]:
+    """The storage (``storage.doctor.diagnose``) and the model server, asked at the same time: the answer comes
+    within the connect timeout plus a second, whichever of them does not answer (``started``: as for ``diagnose``)."""
+    elapsed = time.monotonic() - started if started is not None else 0.0
+    timeout = max(MIN_ATTEMPT_SECONDS, settings.connect_timeout - elapsed)
+    status, server = await asyncio.gather(
+        diagnose(settings, secrets, started=started), check_model_server(settings, secrets, timeout=timeout)
+    )
+    return status, server
+
+
+def report(
+    settings: Settings, secrets: SecretStore, status: StorageStatus, server: ServerCheck, *, as_json: bool
+) -> str:
+    if as_json:
+        return report_json(settings, secrets, status, {"model_server": server.to_json()})
+    return report_text(settings, secrets, status, [server.text()])
