@@ -47,7 +47,7 @@ async def retry_and_wait(window: Any) -> None:
 async def test_a_slow_first_word_shows_how_long_cairn_has_waited(
     qtbot: Any, tmp_path: Path, server: ModelServer
 ) -> None:
-    server.first_token_delay = 2.5  # the server answers at once, then "loads the model"
+    server.first_token_delay = 3.5  # the server answers at once, then "loads the model"
     async with cairn_factory(tmp_path, server)() as app:
         window = window_of(app)
         finished: list[str] = []
