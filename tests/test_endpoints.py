@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from langchain_core.messages import HumanMessage
@@ -324,3 +325,36 @@ async def test_listing_a_closed_port_says_the_server_is_not_reachable_in_words()
     with pytest.raises(openai.APIConnectionError) as reply_caught:
         await refused.ainvoke([HumanMessage("anyone?")])
     assert describe_model_error(reply_caught.value, base_url)[0].startswith(unreachable_words(base_url))
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "20"}, 20.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "2500", "retry-after": "9"}, 2.5),  # OpenAI's finer header wins
+        ({"retry-after": "Wed, 21 Oct 2026 07:28:30 GMT"}, 30.0),  # an HTTP date, 30 s after "now" below
+        ({"retry-after": "Wed, 21 Oct 2026 07:27:00 GMT"}, 0.0),  # already past
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": "-5"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_in_seconds_or_as_a_date(headers: dict[str, str], expected: float | None) -> None:
+    from email.utils import parsedate_to_datetime
+
+    from chat.errors import retry_after_seconds
+
+    now = parsedate_to_datetime("Wed, 21 Oct 2026 07:28:00 GMT").timestamp()
+    assert retry_after_seconds(httpx.Response(429, headers=headers), now=now) == expected
+
+
+def test_silence_is_told_with_its_limit_and_the_setting_to_change() -> None:
+    from chat.endpoints import ModelSilent
+
+    first, kind = describe_model_error(ModelSilent(300, flowing=False))
+    assert kind == "timeout"
+    assert first.startswith("The model server sent nothing for 300 s.") and "MODEL_FIRST_TOKEN_TIMEOUT" in first
+    between, _ = describe_model_error(ModelSilent(60, flowing=True))
+    assert between.startswith("The model server stopped sending for 60 s in the middle of the reply.")
+    assert "MODEL_TOKEN_TIMEOUT" in between
