@@ -95,8 +95,15 @@ async def check_model_server(settings: Settings, secrets: SecretStore, *, timeou
     except ModelListError as exc:
         unusable = Check(False, f"not asked: {mask_secrets(str(exc))}")
         return ServerCheck(base_url, unusable, NOT_CHECKED, NOT_CHECKED, NOT_CHECKED, **limits)
+    timeout = round(max(timeout, 0.1), 1)
     try:
-        listed = await list_models(base_url, api_key, timeout=timeout, sort=False)
+        # The whole exchange within the time, not each of its steps: building the client alone (its SSL context)
+        # takes a noticeable part of a second on a busy machine.
+        async with asyncio.timeout(timeout):
+            listed = await list_models(base_url, api_key, timeout=timeout, sort=False)
+    except TimeoutError:
+        no_answer = Check(False, f"No answer from {base_url} within {timeout:g} s")
+        return ServerCheck(base_url, no_answer, NOT_CHECKED, NOT_CHECKED, NOT_CHECKED, **limits)
     except (ServerUnreachable, NoAnswer) as exc:
         words = describe_model_error(exc, base_url)[0] if isinstance(exc, ServerUnreachable) else str(exc)
         return ServerCheck(base_url, Check(False, mask_secrets(words)), NOT_CHECKED, NOT_CHECKED, NOT_CHECKED, **limits)
