@@ -2,8 +2,12 @@
 
 A local server may load the model before it says anything (minutes for a large one), while a server that stops in
 the middle of a reply is stuck: one HTTP read timeout cannot tell the two apart, and a role announcement sent at
-once would end the "first word" wait too early. So the words themselves are watched (each streamed token reaches
+once would end the "first word" wait too early. So the words themselves are watched (each streamed chunk reaches
 the model's callbacks) and the call is cancelled, which closes its HTTP stream, once the limit in force passes.
+
+A chunk without text counts too, unless it is the stream's first (the role announcement, which servers send before
+loading the model): a reasoning model streams its thinking in fields langchain-openai drops, as empty chunks, for
+minutes before the answer, and it is at work all that time.
 
 ``asyncio.wait`` keeps the time, not ``asyncio.wait_for``: on Python 3.11 the latter can swallow the cancellation
 of a Stop (CPython gh-86296).
@@ -30,16 +34,18 @@ class WordWatch(AsyncCallbackHandler):
         super().__init__()
         self.last: float | None = None
         self.first = asyncio.Event()
+        self.chunks = 0
 
     async def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
-        if token or _carries_more_than_a_role(chunk):
+        self.chunks += 1
+        if token or self.chunks > 1 or _carries_more_than_a_role(chunk):
             self.last = time.monotonic()
             self.first.set()
 
 
 def _carries_more_than_a_role(chunk: Any) -> bool:
-    """A chunk without text that still says the model is at work: a tool call, or reasoning (which some servers
-    stream as ``reasoning_content`` for minutes before the answer)."""
+    """A first chunk without text that still says the model is at work: a tool call, or reasoning kept in the
+    message's extra fields."""
     message = getattr(chunk, "message", None)
     if message is None:
         return False

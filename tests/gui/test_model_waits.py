@@ -86,6 +86,20 @@ async def test_a_server_that_sends_no_word_fails_after_the_first_word_limit_and_
         assert roles_and_texts(view.messages()) == [("user", "hello?"), ("assistant", "Echo: hello?")]
 
 
+async def test_a_model_that_thinks_in_empty_chunks_longer_than_the_first_word_limit_is_not_cut(
+    qtbot: Any, tmp_path: Path, server: ModelServer
+) -> None:
+    # A reasoning model streams its thinking in fields the client drops: empty chunks, then the answer.
+    server.reply = ["", "", "", "", "", "the answer"]
+    server.token_delay = 0.4  # 2 s of "thinking" against a first-word limit of 1 s
+    settings = {"MODEL_FIRST_TOKEN_TIMEOUT": 1, "MODEL_TOKEN_TIMEOUT": 30}
+    async with cairn_factory(tmp_path, server, settings=settings)() as app:
+        window = window_of(app)
+        await send_and_wait(qtbot, window, "think first")
+        assert not window.view.has_error(), window.view.error_text()
+        assert roles_and_texts(window.view.messages())[-1] == ("assistant", "the answer")
+
+
 async def test_a_reply_that_stops_flowing_fails_after_the_between_words_limit_and_retry_answers(
     qtbot: Any, tmp_path: Path, server: ModelServer
 ) -> None:
