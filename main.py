@@ -2,7 +2,7 @@
 
     python main.py                 open the window
     python main.py --version       print the version, then exit
-    python main.py doctor [--json] print the settings in effect and the state of each storage tier
+    python main.py doctor [--json] print the settings, the storage tiers and the model server's state
     python main.py self-test [--json] [--report FILE]
                                    check this installation on a throwaway data dir (see gui/selftest.py)
 """
@@ -35,12 +35,12 @@ def setup_logging(verbose: bool) -> None:
 
 
 def run_doctor(as_json: bool) -> int:
-    from storage.doctor import diagnose, report_json, report_text
+    from chat.doctor import diagnose_all, report
 
     settings = load_settings(strict=False)
     secrets = SecretStore()
-    status = loop.run(diagnose(settings, secrets, started=STARTED))
-    print(report_json(settings, secrets, status) if as_json else report_text(settings, secrets, status))
+    status, server = loop.run(diagnose_all(settings, secrets, started=STARTED))
+    print(report(settings, secrets, status, server, as_json=as_json))
     return 0
 
 
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     parser.add_argument("--version", action=VersionAction, nargs=0, help="print the version, then exit")
     commands = parser.add_subparsers(dest="command")
-    doctor = commands.add_parser("doctor", help="print settings and storage tiers, then exit")
+    doctor = commands.add_parser("doctor", help="print settings, storage tiers and the model server's state, then exit")
     doctor.add_argument("--json", action="store_true", help="one JSON object instead of text")
     from gui.selftest import add_arguments as add_selftest_arguments  # stdlib only at import
 

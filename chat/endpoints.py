@@ -36,16 +36,37 @@ def api_key_name(base_url: str) -> str:
     return API_KEY_SECRET_PREFIX + base_url.rstrip("/")
 
 
+FIRST_TOKEN_TIMEOUT = 300.0
+"""Default seconds to wait for a reply's first word: a local server may load the model first (minutes, for a large
+one on a slow disk). The setting MODEL_FIRST_TOKEN_TIMEOUT."""
+TOKEN_TIMEOUT = 60.0
+"""Default seconds of silence allowed between words once a reply flows. The setting MODEL_TOKEN_TIMEOUT."""
+CONNECT_TIMEOUT = 15.0
+"""Seconds to wait for the server to accept the connection: nothing is loaded before that, so it is short, and an
+unreachable server is told as such rather than as a silent one."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     base_url: str
     model: str = ""
     api_key: str | None = None
     system_prompt: str = ""
-    timeout: float = 60.0
+    first_token_timeout: float = FIRST_TOKEN_TIMEOUT
+    token_timeout: float = TOKEN_TIMEOUT
 
     def __repr__(self) -> str:  # never show the key
         return f"Endpoint(base_url={self.base_url!r}, model={self.model!r}, api_key={'***' if self.api_key else None})"
+
+
+class ModelSilent(TimeoutError):
+    """The model server sent no word within the limit: ``seconds``, the limit; ``flowing``, whether words had
+    come before (the limit between words) or not (the limit for the first word)."""
+
+    def __init__(self, seconds: float, *, flowing: bool) -> None:
+        super().__init__(f"no token for {seconds:g} s")
+        self.seconds = seconds
+        self.flowing = flowing
 
 
 class ModelListError(Exception):
@@ -54,6 +75,14 @@ class ModelListError(Exception):
 
 class ServerUnreachable(ModelListError):
     """No connection to the model server at all (nothing listening, no such host): most often it is not started."""
+
+
+class NoAnswer(ModelListError):
+    """The connection was made (or tried) but no HTTP answer came: a timeout or a broken exchange."""
+
+
+class KeyRefused(ModelListError):
+    """The server answered 401 or 403: it refused the API key (or the lack of one)."""
 
 
 OLLAMA_PORT = 11434
@@ -103,11 +132,11 @@ async def list_models(
     except httpx.ConnectError as exc:
         raise ServerUnreachable(f"Cannot reach {base_url}: {exc}") from exc
     except httpx.TimeoutException as exc:
-        raise ModelListError(f"No answer from {base_url} within {timeout:g} s") from exc
+        raise NoAnswer(f"No answer from {base_url} within {timeout:g} s") from exc
     except httpx.HTTPError as exc:
-        raise ModelListError(f"Request to {base_url} failed: {exc}") from exc
+        raise NoAnswer(f"Request to {base_url} failed: {exc}") from exc
     if response.status_code in (401, 403):
-        raise ModelListError(f"The server refused the API key (HTTP {response.status_code})")
+        raise KeyRefused(f"The server refused the API key (HTTP {response.status_code})")
     if response.status_code >= 400:
         raise ModelListError(f"The server answered HTTP {response.status_code} to GET {url}")
     try:
@@ -120,15 +149,24 @@ async def list_models(
 
 def chat_model(endpoint: Endpoint) -> BaseChatModel:
     """A streaming LangChain chat model for the endpoint (imported here: langchain-openai takes 2 s to import)."""
+    from openai import Timeout  # the client's own httpx (a vendored copy): an httpx.Timeout is refused
+
     return _reasoning_chat_openai()(
         base_url=endpoint.base_url,
         api_key=endpoint.api_key or "not-needed",  # local servers ignore it; the client insists on one
         model=endpoint.model,
         streaming=True,
-        max_retries=0,  # a failure is shown at once with a Retry; silent retries would look like a hang
-        timeout=endpoint.timeout,
+        # A failure is shown at once with a Retry (a 429 with when to try again): silent retries would look like a
+        # hang, and the client's own retries of a 429 could wait out a Retry-After of minutes unseen.
+        max_retries=0,
+        # The limits on silence are kept by chat.deadlines, which tells a slow first word from a stalled reply; this
+        # read timeout is only a backstop, longer than both.
+        timeout=Timeout(
+            max(endpoint.first_token_timeout, endpoint.token_timeout) * 1.25 + 1,
+            connect=min(CONNECT_TIMEOUT, endpoint.first_token_timeout),
+        ),
         # Off: it wraps each chunk read in asyncio.wait_for, which on Python 3.11 can swallow the cancellation of
-        # Stop (CPython gh-86296), so the reply went on streaming. The read timeout above still bounds a silent server.
+        # Stop (CPython gh-86296), so the reply went on streaming. chat.deadlines bounds a silent server instead.
         stream_chunk_timeout=None,
         # Ask for the token counts (``stream_options.include_usage``): stored with each reply and shown under it.
         stream_usage=True,

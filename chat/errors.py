@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
 import openai
 
-from chat.endpoints import ModelListError, ServerUnreachable, unreachable_words
+from chat.endpoints import ModelListError, ModelSilent, ServerUnreachable, unreachable_words
 
 
 def describe_model_error(exc: BaseException, base_url: str = "") -> tuple[str, str]:
@@ -21,11 +26,15 @@ def describe_model_error(exc: BaseException, base_url: str = "") -> tuple[str, s
     if isinstance(exc, openai.NotFoundError):
         return f"The model was not found on the server ({_detail(exc)}). Pick another in Settings.", "model"
     if isinstance(exc, openai.RateLimitError):
-        return f"The model server is rate-limiting requests ({_detail(exc)}). Try again shortly.", "rate_limit"
+        wait = retry_after_seconds(getattr(exc, "response", None))
+        when = f"try again in {_duration(wait)}" if wait is not None else "try again shortly"
+        return f"The model server is busy (rate limited): {when}. ({_detail(exc)})", "rate_limit"
     if isinstance(exc, openai.BadRequestError):
         return f"The model server rejected the request ({_detail(exc)}).", "bad_request"
     if isinstance(exc, openai.InternalServerError | openai.APIStatusError):
         return f"The model server failed ({_detail(exc)}). Try again.", "server"
+    if isinstance(exc, ModelSilent):
+        return silent_words(exc), "timeout"
     if isinstance(exc, openai.APITimeoutError | TimeoutError):
         return "The model server did not answer in time. Try again.", "timeout"
     if isinstance(exc, openai.APIConnectionError | ConnectionError | OSError):
@@ -46,6 +55,62 @@ def describe_model_error(exc: BaseException, base_url: str = "") -> tuple[str, s
     if isinstance(exc, LookupError):
         return str(exc), "config"
     return f"The reply failed: {type(exc).__name__}: {exc}", "bug"
+
+
+def silent_words(exc: ModelSilent) -> str:
+    seconds = f"{exc.seconds:g} s"  # as the settings count it
+    if exc.flowing:
+        return (
+            f"The model server stopped sending for {seconds} in the middle of the reply. Try again; the limit is "
+            "MODEL_TOKEN_TIMEOUT (Settings → Model)."
+        )
+    return (
+        f"The model server sent nothing for {seconds}. A local server may still be loading the model: try again, "
+        "or allow it longer with MODEL_FIRST_TOKEN_TIMEOUT (Settings → Model)."
+    )
+
+
+def retry_after_seconds(response: Any, now: float | None = None) -> float | None:
+    """How long a rate-limited server asks to wait: ``retry-after-ms`` (OpenAI's), else ``Retry-After`` in seconds
+    or as an HTTP date; None when it does not say (or says something unreadable)."""
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            value = float(millis) / 1000
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    text = (headers.get("retry-after") or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        value = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, value)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _duration(seconds: float) -> str:
+    """``20 s``, ``3 min``, ``2 min 5 s``: rounded up (sooner would only be refused again)."""
+    whole = math.ceil(seconds - 1e-9)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, rest = divmod(whole, 60)
+    if minutes >= 60:
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
 
 
 _CUT_OFF = frozenset({"RemoteProtocolError", "ReadError", "IncompleteRead"})

@@ -9,11 +9,12 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, BaseMessageChunk, SystemMessage, message_chunk_to_message
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from chat.deadlines import within_limits
 from chat.offload import model_thread
 from chat.state import ChatState, with_id
 from chat.thinking import InlineThinking, reasoning_of, separated
@@ -36,6 +37,10 @@ class ChatContext:
     offload: bool = True
     """Make the model call on the model thread (``chat.offload``), not on the loop running the graph: building the
     request from a long history and parsing the stream take the loop away for a visible moment otherwise."""
+    first_token_timeout: float | None = None
+    """Seconds to wait for the reply's first word (``chat.deadlines``); None: no limit."""
+    token_timeout: float | None = None
+    """Seconds of silence allowed between words once the reply flows; None: no limit."""
 
 
 async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[ChatContext]) -> dict[str, Any]:
@@ -46,7 +51,12 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
         history = [SystemMessage(context.system_prompt), *history]
 
     async def ask() -> BaseMessage:
-        return await _streamed_reply(context.model(), history, config)
+        model = context.model()
+        return await within_limits(
+            lambda watch: _streamed_reply(model.with_config(callbacks=[watch]), history, config),
+            context.first_token_timeout,
+            context.token_timeout,
+        )
 
     reply = await (model_thread().run(ask()) if context.offload else ask())
     if isinstance(reply, AIMessage):
@@ -60,7 +70,9 @@ token), ``thinking`` (reasoning, when there was some) and ``writing`` (the answe
 (``usage_metadata``) they give the speed shown under the reply."""
 
 
-async def _streamed_reply(model: BaseChatModel, history: list[BaseMessage], config: RunnableConfig) -> BaseMessage:
+async def _streamed_reply(
+    model: Runnable[Any, BaseMessageChunk], history: list[BaseMessage], config: RunnableConfig
+) -> BaseMessage:
     """The model's reply, streamed (LangGraph hands each chunk to the window as it comes) and timed."""
     started = time.monotonic()
     inline = InlineThinking()

@@ -232,7 +232,7 @@ class ConversationService:
         endpoint = self.endpoint
         if endpoint.model:
             return endpoint.model
-        timeout = min(endpoint.timeout, LIST_MODELS_TIMEOUT)
+        timeout = min(endpoint.first_token_timeout, LIST_MODELS_TIMEOUT)
         models = await self._model_lister(endpoint.base_url, endpoint.api_key, timeout=timeout, sort=False)
         if not models:
             raise LookupError(
@@ -245,9 +245,7 @@ class ConversationService:
     def _model_for(self, conversation_model: str, no_model: Exception | None = None) -> BaseChatModel:
         endpoint = self.endpoint
         if conversation_model:
-            endpoint = Endpoint(
-                endpoint.base_url, conversation_model, endpoint.api_key, endpoint.system_prompt, endpoint.timeout
-            )
+            endpoint = replace(endpoint, model=conversation_model)
         if not endpoint.model:
             if no_model is not None:
                 raise no_model  # why no first model could be picked (ModelListError, LookupError)
@@ -575,7 +573,13 @@ class ConversationService:
                 except (ModelListError, LookupError) as exc:
                     # Raised at the model call, not here: the question is stored first, and Retry asks again.
                     no_model = exc
-            context = ChatContext(lambda: self._model_for(model, no_model), self.endpoint.system_prompt)
+            endpoint = self.endpoint
+            context = ChatContext(
+                lambda: self._model_for(model, no_model),
+                endpoint.system_prompt,
+                first_token_timeout=endpoint.first_token_timeout,
+                token_timeout=endpoint.token_timeout,
+            )
             modes = ["tasks", "messages", "checkpoints"]
             stream = self.graph.astream(graph_input, config, context=context, stream_mode=modes)
             async for mode, data in stream:

@@ -162,11 +162,11 @@ class CairnApp(QObject):
             model=settings.model_name,
             api_key=self.secrets.get(api_key_name(base_url)),
             system_prompt=settings.system_prompt,
+            first_token_timeout=settings.model_first_token_timeout,
+            token_timeout=settings.model_token_timeout,
         )
         if self.model_timeout is not None:
-            endpoint = Endpoint(
-                endpoint.base_url, endpoint.model, endpoint.api_key, endpoint.system_prompt, self.model_timeout
-            )
+            endpoint = replace(endpoint, first_token_timeout=self.model_timeout, token_timeout=self.model_timeout)
         return endpoint
 
     async def _pick_first_model(self) -> None:

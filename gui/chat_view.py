@@ -64,7 +64,16 @@ CACHE_SIZE = 4_000
 EXTERNAL_SCHEMES = frozenset({"http", "https", "mailto"})
 STREAM_KEY = "stream"
 ROLE_NAMES = {"user": "You", "assistant": "Assistant", "system": "System"}
-_WAITING = '<p style="color:{muted}">…</p>'
+WAIT_TICK_MS = 1000
+"""How often the line that stands for a reply not begun yet says again how long Cairn has waited."""
+_WAITING = '<p style="color:{muted}">{text}</p>'
+
+
+def waiting_words(seconds: float) -> str:
+    """What stands for a reply whose first word has not come: a local server may be loading the model for minutes,
+    and a count that moves says Cairn is still waiting (not stuck)."""
+    whole = int(seconds)
+    return "Waiting for the model…" + (f" {whole} s" if whole >= 1 else "")
 
 
 class MessageLike(Protocol):
@@ -200,6 +209,10 @@ class ChatView(QTextBrowser):
         self._flush_timer.setSingleShot(True)
         self._flush_timer.setInterval(FLUSH_MS)
         self._flush_timer.timeout.connect(self._flush_stream)
+        self._wait_since = 0.0  # time.monotonic() when the streaming reply was asked for
+        self._wait_timer = QTimer(self)
+        self._wait_timer.setInterval(WAIT_TICK_MS)
+        self._wait_timer.timeout.connect(self._tick_wait)
         bar = self.verticalScrollBar()
         bar.valueChanged.connect(self._on_scrolled)
         bar.rangeChanged.connect(self._on_range_changed)
@@ -258,7 +271,7 @@ class ChatView(QTextBrowser):
             streaming = self.stream_text() if self.streaming else None
             self.show_conversation(thread_id, messages)
             if streaming is not None:
-                self.begin_reply(streaming)
+                self.begin_reply(streaming, since=self._wait_since)
             return
         new = list(messages)
         old = self._messages
@@ -306,8 +319,10 @@ class ChatView(QTextBrowser):
             self._busy = busy
             self._update_regenerate()
 
-    def begin_reply(self, text: str = "") -> None:
-        """Start showing a streaming reply at the end (``text``: what already arrived)."""
+    def begin_reply(self, text: str = "", *, since: float | None = None) -> None:
+        """Start showing a streaming reply at the end (``text``: what already arrived; ``since``: when the reply was
+        asked for, ``time.monotonic()``, now by default: the wait shown counts from there)."""
+        self._wait_since = time.monotonic() if since is None else since
         self.clear_error()
         self._drop_note()
         if self._stream_frame is None:
@@ -315,7 +330,7 @@ class ChatView(QTextBrowser):
             self._stream_frame = cursor.insertFrame(self._frame_format("assistant"))
         self._stream_parts = [text] if text else []
         self._stream_rendered_len = -1
-        # The header, then the tail (only the tail is rendered again): an ellipsis until the first token.
+        # The header, then the tail (only the tail is rendered again): the wait until the first token.
         frame = self._stream_frame
         muted = self._theme.muted
         cursor = frame.firstCursorPosition()
@@ -325,13 +340,15 @@ class ChatView(QTextBrowser):
         cursor.setBlockCharFormat(QTextCharFormat())
         cursor.insertHtml(
             f'<p style="margin-bottom:4px"><b>Assistant</b> <span style="color:{muted}">· writing</span>'
-            f' &nbsp;<a href="{action_href("stop")}">Stop</a></p>{_WAITING.format(muted=muted)}'
+            f' &nbsp;<a href="{action_href("stop")}">Stop</a></p>{self._waiting_html()}'
         )
         header = frame.firstCursorPosition().block()
         self._stream_tail_len = frame.lastPosition() - (header.position() + header.length() - 1)
         self._stream_split = StableSplit()
         self._stream_stable_code = []
         self._flush_stream()
+        if not text:
+            self._wait_timer.start()
         self._stick_to_bottom = True
         self._scroll_to_bottom()
 
@@ -346,6 +363,7 @@ class ChatView(QTextBrowser):
     def finish_reply(self, message: MessageLike) -> None:
         """The streaming reply is complete (or stopped): it becomes a message like the others."""
         self._flush_timer.stop()
+        self._wait_timer.stop()
         frame = self._stream_frame
         self._stream_frame = None
         self._stream_parts = []
@@ -363,6 +381,7 @@ class ChatView(QTextBrowser):
     def discard_reply(self) -> str:
         """Remove the streaming reply (it failed); returns what had arrived."""
         self._flush_timer.stop()
+        self._wait_timer.stop()
         text = self.stream_text()
         if self._stream_frame is not None:
             self._remove_frame(self._stream_frame)
@@ -612,7 +631,9 @@ class ChatView(QTextBrowser):
             return
         started = time.perf_counter()
         self._stream_rendered_len = len(text)
-        self.flush_count += 1
+        if text:
+            self._wait_timer.stop()
+            self.flush_count += 1  # the renders of the reply, not those of the wait before it
         # The frame holds the header, the part rendered for good, then the tail: only the tail is replaced.
         done = self._stream_split.split
         split = self._stream_split.advance(text)
@@ -628,10 +649,7 @@ class ChatView(QTextBrowser):
             self._stream_stable_code.extend(stable.code_blocks)
             self._append_html(frame, stable.html)
         stable_end = frame.lastPosition()
-        if text:
-            tail = self._render_stream_part(text[split:])
-        else:
-            tail = Rendered(_WAITING.format(muted=self._theme.muted), ())
+        tail = self._render_stream_part(text[split:]) if text else Rendered(self._waiting_html(), ())
         self._append_html(frame, tail.html)
         self._stream_tail_len = frame.lastPosition() - stable_end
         self._code[STREAM_KEY] = (*self._stream_stable_code, *tail.code_blocks)
@@ -640,6 +658,17 @@ class ChatView(QTextBrowser):
         self._flush_timer.setInterval(max(FLUSH_MS, round(spent_ms * 3)))
         if self._stick_to_bottom:
             self._scroll_to_bottom()
+
+    def _waiting_html(self) -> str:
+        text = waiting_words(time.monotonic() - self._wait_since)
+        return _WAITING.format(muted=self._theme.muted, text=html.escape(text))
+
+    def _tick_wait(self) -> None:
+        if self._stream_frame is None or self._stream_parts:
+            self._wait_timer.stop()
+            return
+        self._stream_rendered_len = -1  # the text has not changed, the wait has
+        self._flush_stream()
 
     def _render_stream_part(self, text: str) -> Rendered:
         """Markdown of a piece of the streaming reply; its code blocks are numbered after those already shown."""
@@ -686,7 +715,7 @@ class ChatView(QTextBrowser):
         while self._first_shown > first and self.load_earlier():
             pass
         if streaming is not None:
-            self.begin_reply(streaming)
+            self.begin_reply(streaming, since=self._wait_since)
         if error is not None:
             message, partial, title, retry = error
             self.show_error(message, partial, title=title, retry=retry)
@@ -694,6 +723,7 @@ class ChatView(QTextBrowser):
     # --- structure ------------------------------------------------------------------------------------------
     def _reset(self) -> None:
         self._flush_timer.stop()
+        self._wait_timer.stop()
         self.document().clear()
         self._messages = []
         self._frames = []

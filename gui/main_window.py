@@ -75,6 +75,8 @@ class Run:
     thread_id: str
     parts: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.monotonic)
+    """When the reply was asked for: the view counts the wait for its first word from here."""
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -560,7 +562,7 @@ class MainWindow(QMainWindow):
         self.composer.set_streaming(run is not None)
         if run is not None:
             if not self.view.streaming:
-                self.view.begin_reply(run.text())
+                self.view.begin_reply(run.text(), since=run.started)
             return
         failure = self._failures.get(thread_id)
         if failure is not None:
@@ -720,7 +722,7 @@ class MainWindow(QMainWindow):
         self._runs[thread] = run
         if self.current == thread:
             self.view.set_busy(True)
-            self.view.begin_reply()
+            self.view.begin_reply(since=run.started)
             self.composer.set_streaming(True)
         outcome: ReplyDone | Failure | None = None
         received = False

@@ -1,4 +1,6 @@
-"""Settings: Postgres (URL, user, password in the keyring, sslmode, pool, test), the model endpoint, the data folder.
+"""Settings: the model first (server, model, key, how long to wait for it), then Sync (Postgres: URL, user, password
+in the keyring, sslmode, a connection test; pool size, connect timeout and driver folded away under Advanced), then
+the data folder. It opens on what a new user needs first: a model to talk to.
 
 OK validates, saves with ``save_settings`` and emits ``settingsApplied`` with the settings now in effect, so the
 app applies them without a restart. Secrets go to the keyring through ``SecretStore``, never to the file.
@@ -34,6 +36,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -156,8 +159,8 @@ class SettingsDialog(QDialog):
         self.setMinimumWidth(560)
 
         self.tabs = QTabWidget()
-        self.tabs.addTab(self._build_postgres_tab(), "Postgres")
         self.tabs.addTab(self._build_model_tab(), "Model")
+        self.tabs.addTab(self._build_postgres_tab(), "Sync")
         self.tabs.addTab(self._build_data_tab(), "Data")
 
         self.error = QLabel()
@@ -226,18 +229,44 @@ class SettingsDialog(QDialog):
         test_row.addWidget(self.test_button)
         test_row.addWidget(self.test_result, 1)
 
+        intro = QLabel(
+            "Your conversations are always kept on this computer. A PostgreSQL server keeps them too, and carries "
+            "them between your computers."
+        )
+        intro.setWordWrap(True)
+        self.sync_advanced = QWidget()
+        advanced_form = QFormLayout(self.sync_advanced)
+        advanced_form.setContentsMargins(0, 0, 0, 0)
+        advanced_form.addRow("Pool size:", self.pool_size)
+        advanced_form.addRow("Connect timeout:", self.connect_timeout)
+        advanced_form.addRow(self.prefer_async)
+        self.advanced_button = QToolButton()
+        self.advanced_button.setText("Advanced")
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setAutoRaise(True)
+        self.advanced_button.setAccessibleName("Advanced Postgres settings")
+        self.advanced_button.toggled.connect(self._show_advanced)
+        self._show_advanced(False)
+
         page = QWidget()
         form = QFormLayout(page)
+        form.addRow(intro)
         form.addRow(self.use_postgres)
         form.addRow("URL:", self.postgres_url)
         form.addRow("User:", self.postgres_user)
         form.addRow("Password:", self.postgres_password)
         form.addRow("SSL mode:", self.sslmode)
-        form.addRow("Pool size:", self.pool_size)
-        form.addRow("Connect timeout:", self.connect_timeout)
-        form.addRow(self.prefer_async)
         form.addRow(test_row)
+        form.addRow(self.advanced_button)
+        form.addRow(self.sync_advanced)
         return page
+
+    def _show_advanced(self, shown: bool) -> None:
+        """Fold the rarely needed Postgres knobs away, or show them."""
+        self.advanced_button.setChecked(shown)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        self.sync_advanced.setVisible(shown)
 
     def _build_model_tab(self) -> QWidget:
         self.preset = QComboBox()
@@ -273,6 +302,14 @@ class SettingsDialog(QDialog):
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setAccessibleName("System prompt")
         self.system_prompt.setTabChangesFocus(True)
+        self.first_token_timeout = self._seconds_box(
+            "MODEL_FIRST_TOKEN_TIMEOUT", "Wait for the first token",
+            "How long to wait for a reply to begin. A local server may load the model first: minutes for a large one.",
+        )
+        self.token_timeout = self._seconds_box(
+            "MODEL_TOKEN_TIMEOUT", "Wait between tokens",
+            "How long a reply that has begun may pause before Cairn gives up on it.",
+        )
 
         page = QWidget()
         form = QFormLayout(page)
@@ -282,7 +319,19 @@ class SettingsDialog(QDialog):
         form.addRow("", self.models_result)
         form.addRow("API key:", self.api_key)
         form.addRow("System prompt:", self.system_prompt)
+        form.addRow("Wait for the first token:", self.first_token_timeout)
+        form.addRow("Wait between tokens:", self.token_timeout)
         return page
+
+    @staticmethod
+    def _seconds_box(key: str, name: str, tip: str) -> QSpinBox:
+        spec = SPECS_BY_KEY[key]
+        box = QSpinBox()
+        box.setRange(int(spec.minimum or 1), int(spec.maximum or 3600))
+        box.setSuffix(" s")
+        box.setAccessibleName(name)
+        box.setToolTip(f"{tip} ({key})")
+        return box
 
     def _build_data_tab(self) -> QWidget:
         self.data_dir = QLineEdit()
@@ -332,6 +381,8 @@ class SettingsDialog(QDialog):
         self.model.setEditText(settings.model_name)
         self.api_key.setText(self.secrets.get(api_key_name(settings.model_base_url)) or "")
         self.system_prompt.setPlainText(settings.system_prompt)
+        self.first_token_timeout.setValue(round(settings.model_first_token_timeout))
+        self.token_timeout.setValue(round(settings.model_token_timeout))
         self.data_dir.setText(str(settings.data_dir))
 
         self._initial = self.values()
@@ -388,6 +439,8 @@ class SettingsDialog(QDialog):
             "MODEL_BASE_URL": self.base_url.text().strip(),
             "MODEL_NAME": self.model.currentText().strip(),
             "SYSTEM_PROMPT": self.system_prompt.toPlainText(),
+            "MODEL_FIRST_TOKEN_TIMEOUT": float(self.first_token_timeout.value()),
+            "MODEL_TOKEN_TIMEOUT": float(self.token_timeout.value()),
         }
 
     # --- saving ---------------------------------------------------------------------------------------------
@@ -451,15 +504,17 @@ class SettingsDialog(QDialog):
         self._initial_api_key = (key_name, key)
 
     _FIELDS_BY_KEY: ClassVar[dict[str, tuple[str, int]]] = {
-        "POSTGRES_DATABASE_URL": ("postgres_url", 0),
-        "USE_POSTGRES_CHECKPOINTER": ("use_postgres", 0),
-        "PREFER_ASYNC_POSTGRES": ("prefer_async", 0),
-        "POSTGRES_POOL_SIZE": ("pool_size", 0),
-        "POSTGRES_CONNECT_TIMEOUT": ("connect_timeout", 0),
-        "MODEL_PRESET": ("preset", 1),
-        "MODEL_BASE_URL": ("base_url", 1),
-        "MODEL_NAME": ("model", 1),
-        "SYSTEM_PROMPT": ("system_prompt", 1),
+        "MODEL_PRESET": ("preset", 0),
+        "MODEL_BASE_URL": ("base_url", 0),
+        "MODEL_NAME": ("model", 0),
+        "SYSTEM_PROMPT": ("system_prompt", 0),
+        "MODEL_FIRST_TOKEN_TIMEOUT": ("first_token_timeout", 0),
+        "MODEL_TOKEN_TIMEOUT": ("token_timeout", 0),
+        "POSTGRES_DATABASE_URL": ("postgres_url", 1),
+        "USE_POSTGRES_CHECKPOINTER": ("use_postgres", 1),
+        "PREFER_ASYNC_POSTGRES": ("prefer_async", 1),
+        "POSTGRES_POOL_SIZE": ("pool_size", 1),
+        "POSTGRES_CONNECT_TIMEOUT": ("connect_timeout", 1),
     }
 
     def show_error(self, message: str, key: str | None = None) -> None:
@@ -470,7 +525,10 @@ class SettingsDialog(QDialog):
         if field is not None:
             name, tab = field
             self.tabs.setCurrentIndex(tab)
-            getattr(self, name).setFocus(Qt.FocusReason.OtherFocusReason)
+            widget = getattr(self, name)
+            if self.sync_advanced.isAncestorOf(widget):
+                self._show_advanced(True)
+            widget.setFocus(Qt.FocusReason.OtherFocusReason)
 
     # --- model endpoint -------------------------------------------------------------------------------------
     def _on_preset_chosen(self, index: int) -> None:

@@ -1,9 +1,11 @@
-"""``python main.py doctor``: the settings in effect and the state of each tier, the badge's answer in text."""
+"""``python main.py doctor``: the settings in effect and the state of each tier, the badge's answer in text (the
+command adds the model server's section: ``chat.doctor``)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -38,15 +40,22 @@ async def diagnose(settings: Settings, secrets: SecretStore, *, started: float |
         await storage.close()
 
 
-def report_json(settings: Settings, secrets: SecretStore, status: StorageStatus) -> str:
+def report_json(
+    settings: Settings, secrets: SecretStore, status: StorageStatus, extra: Mapping[str, Any] | None = None
+) -> str:
+    """``extra``: more top-level keys (the model server's section)."""
     data: dict[str, Any] = status.to_json()
+    data.update(extra or {})
     data["settings"] = {key: {"value": shown, "source": source} for key, shown, source in settings.display_items()}
     data["settings_problems"] = list(settings.problems)
     data["keyring"] = {"backend": secrets.backend_name, "persistent": secrets.persistent, "warning": secrets.warning}
     return json.dumps(data, indent=2, default=str)
 
 
-def report_text(settings: Settings, secrets: SecretStore, status: StorageStatus) -> str:
+def report_text(
+    settings: Settings, secrets: SecretStore, status: StorageStatus, extra: Sequence[str] = ()
+) -> str:
+    """``extra``: more sections, each a block of lines, after the storage (the model server's)."""
     lines = ["Cairn doctor", "", "Settings in effect:"]
     width = max(len(key) for key, _, _ in settings.display_items())
     for key, shown, source in settings.display_items():
@@ -54,7 +63,10 @@ def report_text(settings: Settings, secrets: SecretStore, status: StorageStatus)
     for problem in settings.problems:
         lines.append(f"  ! {problem}")
     keyring = secrets.backend_name + (f" ({secrets.warning})" if secrets.warning else "")
-    return "\n".join([*lines, "", status_text(status, keyring)])
+    sections = [*lines, "", status_text(status, keyring)]
+    for section in extra:
+        sections += ["", section]
+    return "\n".join(sections)
 
 
 def status_text(status: StorageStatus, keyring: str) -> str:

@@ -92,6 +92,15 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Model server preset: ollama, lmstudio, llamacpp or openai.",
     ),
     SettingSpec("SYSTEM_PROMPT", "system_prompt", "str", "", "System prompt sent before every conversation."),
+    SettingSpec(
+        "MODEL_FIRST_TOKEN_TIMEOUT", "model_first_token_timeout", "float", 300.0,
+        "Seconds to wait for the first word of a reply; generous, as a local server may load the model first.",
+        1, 3600,
+    ),
+    SettingSpec(
+        "MODEL_TOKEN_TIMEOUT", "model_token_timeout", "float", 60.0,
+        "Seconds of silence allowed between words once a reply is flowing.", 1, 3600,
+    ),
 )
 
 SPECS_BY_KEY: Mapping[str, SettingSpec] = {spec.key: spec for spec in SETTINGS}
@@ -114,6 +123,8 @@ class Settings:
     model_name: str
     model_preset: str
     system_prompt: str
+    model_first_token_timeout: float
+    model_token_timeout: float
     config_dir: Path
     # key -> "default" | "file" | ".env" | "environment": where each value in effect came from.
     sources: dict[str, str] = field(default_factory=dict)

@@ -21,7 +21,9 @@ Failures are queued per chat request (FIFO, one consumed by each ``POST /v1/chat
 ``fail_next`` (OpenAI-style error JSON with a status), ``disconnect_next`` (stream N tokens, then
 drop the socket without ``[DONE]``), ``stream_error_next`` (stream N tokens, then an error event inside the
 HTTP 200 stream, as LiteLLM, vLLM and OpenAI report an upstream failure) and ``hang_next`` (never answer until
-``close()``).
+``close()``), ``stall_next`` (stream N tokens, then keep the stream open and send nothing until ``close()``).
+``first_token_delay`` holds every stream that long between its role announcement and its first token (a local
+server loading the model); ``fail_next(429, retry_after=...)`` sends a ``Retry-After`` header.
 
 Synchronisation without sleeping: every request is recorded in ``requests`` and every notable
 step in ``events``; ``wait_for_requests`` / ``wait_for_tokens`` / ``wait_for_paused`` block on a
@@ -158,6 +160,7 @@ EventKind = Literal[
     "disconnect",  # the socket was dropped on purpose (detail: tokens sent)
     "stream_error",  # an error event ended a 200 stream (detail: tokens sent before it)
     "hang",  # the request is being held without an answer
+    "stall",  # a stream went silent on purpose (detail: tokens sent)
     "client_gone",  # the client closed the connection while we were writing
 ]
 
@@ -190,12 +193,17 @@ class _Hang:
 
 
 @dataclass(frozen=True)
+class _Stall:
+    after_tokens: int
+
+
+@dataclass(frozen=True)
 class _StreamError:
     after_tokens: int
     error: Mapping[str, Any]
 
 
-_Action = _Fail | _Disconnect | _Hang | _StreamError
+_Action = _Fail | _Disconnect | _Hang | _StreamError | _Stall
 
 
 class _ClientGone(Exception):
@@ -399,8 +407,16 @@ class _Handler(BaseHTTPRequestHandler):
             options = body.get("stream_options") or {}
             include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
             error = action if isinstance(action, _StreamError) else None
+            stall = action.after_tokens if isinstance(action, _Stall) else None
             self._stream(
-                index, model, messages, tokens, include_usage=include_usage, disconnect_after=after, error=error
+                index,
+                model,
+                messages,
+                tokens,
+                include_usage=include_usage,
+                disconnect_after=after,
+                error=error,
+                stall_after=stall,
             )
         else:
             self._complete(index, model, messages, tokens, disconnect=after is not None)
@@ -475,6 +491,7 @@ class _Handler(BaseHTTPRequestHandler):
         include_usage: bool,
         disconnect_after: int | None,
         error: _StreamError | None = None,
+        stall_after: int | None = None,
     ) -> None:
         owner = self.owner
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -515,7 +532,13 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 if error is not None and sent >= error.after_tokens:
                     break
+                if stall_after is not None and sent >= stall_after:
+                    owner._emit("stall", index, sent)
+                    owner._wait_until_closing()
+                    raise _ClientGone("server closing")
                 if sent and owner.token_delay > 0 and owner._closing_event.wait(owner.token_delay):
+                    raise _ClientGone("server closing")
+                if not sent and owner.first_token_delay > 0 and owner._closing_event.wait(owner.first_token_delay):
                     raise _ClientGone("server closing")
                 owner._gate(index, sent)
                 send_event(chunk({"content": token}))
@@ -555,6 +578,7 @@ class ModelServer:
         *,
         reply: ReplySpec | None = None,
         token_delay: float = 0.0,
+        first_token_delay: float = 0.0,
         token_count: int | None = None,
         api_key: str | None = None,
         strict_models: bool = True,
@@ -565,6 +589,7 @@ class ModelServer:
         """Streamed first as ``delta.reasoning_content`` tokens, as thinking models behind Ollama, vLLM, LM Studio and
         DeepSeek's API send their reasoning (a reply holding ``<think>...</think>`` is the other way servers do it)."""
         self.token_delay: float = token_delay
+        self.first_token_delay: float = first_token_delay
         self.token_count: int | None = token_count
         self.api_key: str | None = api_key
         self.strict_models: bool = strict_models
@@ -671,8 +696,10 @@ class ModelServer:
         type: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retry_after: str | float | None = None,
     ) -> None:
-        """The next chat request gets an OpenAI-style error JSON with ``status``."""
+        """The next chat request gets an OpenAI-style error JSON with ``status``; ``retry_after`` (seconds, or an
+        HTTP date as text) becomes its ``Retry-After`` header, as a rate-limited server says when to come back."""
         default_type, default_code = _ERROR_DEFAULTS.get(status, ("api_error", None))
         if message is None:
             try:
@@ -680,7 +707,10 @@ class ModelServer:
             except ValueError:
                 phrase = "error"
             message = f"Scripted error {status}: {phrase}"
-        fail = _Fail(status, message.strip(), type or default_type, code or default_code, dict(headers or {}))
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["Retry-After"] = retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
+        fail = _Fail(status, message.strip(), type or default_type, code or default_code, extra)
         self._push(fail)
 
     def disconnect_next(self, after_tokens: int = 0) -> None:
@@ -698,6 +728,11 @@ class ModelServer:
     def hang_next(self) -> None:
         """The next chat request is accepted but never answered (until ``close()``)."""
         self._push(_Hang())
+
+    def stall_next(self, after_tokens: int = 0) -> None:
+        """The next chat request streams ``after_tokens`` tokens, then sends nothing more, the stream left open,
+        until ``close()`` (a server stuck in the middle of a reply)."""
+        self._push(_Stall(after_tokens))
 
     def clear_scripted(self) -> None:
         with self._cond:

@@ -28,6 +28,7 @@ from tests.netproxy import TcpProxy
 MODEL = "test-model"
 CLIENT_TIMEOUT = 30.0
 """The model client's timeout in these tests: long enough never to fire by itself, so a stalled run fails the test."""
+LIMITS = {"first_token_timeout": CLIENT_TIMEOUT, "token_timeout": CLIENT_TIMEOUT}
 PROMPT = 5.0
 """How long a Stop may take to end a run, at most (it should take milliseconds)."""
 Reopen = Callable[..., Awaitable[ConversationService]]
@@ -45,7 +46,7 @@ async def server() -> AsyncIterator[ModelServer]:
 @pytest.fixture
 async def service(open_storage: Any, tmp_path: Path, server: ModelServer) -> ConversationService:
     storage = await open_storage(tmp_path)
-    return ConversationService(storage, Endpoint(server.base_url, MODEL, timeout=CLIENT_TIMEOUT))
+    return ConversationService(storage, Endpoint(server.base_url, MODEL, **LIMITS))
 
 
 @pytest.fixture
@@ -490,7 +491,7 @@ async def test_a_second_stop_does_not_lose_the_partial_reply(
     open_storage: Any, tmp_path: Path, server: ModelServer, reopen: Reopen
 ) -> None:
     storage = await open_storage(tmp_path)
-    service = StopTwice(storage, Endpoint(server.base_url, MODEL, timeout=CLIENT_TIMEOUT))
+    service = StopTwice(storage, Endpoint(server.base_url, MODEL, **LIMITS))
     server.reply = "one two three four"
     server.pause(after_tokens=2)
     thread_id = service.new_thread_id()
@@ -667,7 +668,7 @@ FAILURES = [
     Failure("unknown_model", "model", ("model was not found", "HTTP 404", "no-such-model")),
     Failure("server_error", "server", ("model server failed", "HTTP 500")),
     Failure("refused", "network", ("Cannot reach the model server at 127.0.0.1:", "is the server running?")),
-    Failure("timeout", "timeout", ("did not answer in time",)),
+    Failure("timeout", "timeout", ("The model server sent nothing for 1 s",)),
     Failure("disconnect", "network", ("closed the connection before the reply was complete",), partial_tokens=2),
     Failure(
         "stream_error",
@@ -687,7 +688,7 @@ async def test_a_failed_reply_keeps_the_question_and_retry_answers_it(
     reopen: Reopen,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    good = Endpoint(server.base_url, MODEL, timeout=5)
+    good = Endpoint(server.base_url, MODEL, first_token_timeout=5, token_timeout=5)
     endpoint = good
     if failure.name == "auth":
         server.api_key = "sk-right-key"
@@ -699,7 +700,7 @@ async def test_a_failed_reply_keeps_the_question_and_retry_answers_it(
         endpoint = Endpoint(f"http://127.0.0.1:{closed_port()}/v1", MODEL)
     elif failure.name == "timeout":
         server.hang_next()
-        endpoint = good = Endpoint(server.base_url, MODEL, timeout=1)
+        endpoint = good = Endpoint(server.base_url, MODEL, first_token_timeout=1, token_timeout=1)
     elif failure.name == "disconnect":
         server.reply = "one two three four five"
         server.disconnect_next(after_tokens=2)
@@ -998,7 +999,7 @@ async def test_with_no_model_each_send_asks_the_server_again_for_its_first(
     with TcpProxy("127.0.0.1", server.port) as proxy:
         proxy.refuse()
         base_url = f"http://127.0.0.1:{proxy.port}/v1"
-        service = ConversationService(await open_storage(tmp_path), Endpoint(base_url, "", timeout=CLIENT_TIMEOUT))
+        service = ConversationService(await open_storage(tmp_path), Endpoint(base_url, "", **LIMITS))
         thread_id = service.new_thread_id()
 
         failed = only_failed(await collect(service.send(thread_id, "hello?")))

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from langchain_core.messages import HumanMessage
@@ -25,6 +26,8 @@ from chat.endpoints import (
 )
 from chat.errors import describe_model_error
 from tests.model_server import ModelServer
+
+LIMITS = {"first_token_timeout": 10.0, "token_timeout": 10.0}
 
 
 @pytest.fixture
@@ -183,7 +186,7 @@ async def test_list_models_unusable_url(url: str, words: str) -> None:
 
 async def test_chat_model_streams_from_the_server_with_the_key(server: ModelServer) -> None:
     server.api_key = "sk-chat-key"
-    llm = chat_model(Endpoint(server.base_url, "other-model", api_key="sk-chat-key", timeout=10))
+    llm = chat_model(Endpoint(server.base_url, "other-model", api_key="sk-chat-key", **LIMITS))
 
     chunks = [chunk async for chunk in llm.astream([HumanMessage("stream this please")])]
 
@@ -202,7 +205,7 @@ async def test_chat_model_without_key_works_with_a_local_server(server: ModelSer
 
 
 async def test_chat_model_does_not_retry_silently(server: ModelServer) -> None:
-    llm = chat_model(Endpoint(server.base_url, "test-model", timeout=10))
+    llm = chat_model(Endpoint(server.base_url, "test-model", **LIMITS))
     server.fail_next(500)
     with pytest.raises(openai.InternalServerError):
         await llm.ainvoke([HumanMessage("once")])
@@ -217,13 +220,13 @@ async def test_chat_model_does_not_retry_silently(server: ModelServer) -> None:
         (401, "auth", "refused the API key"),
         (403, "auth", "refused the API key"),
         (404, "model", "model was not found"),
-        (429, "rate_limit", "rate-limiting"),
+        (429, "rate_limit", "busy (rate limited)"),
         (500, "server", "model server failed"),
         (503, "server", "model server failed"),
     ],
 )
 async def test_http_failures_in_words(server: ModelServer, status: int, kind: str, words: str) -> None:
-    llm = chat_model(Endpoint(server.base_url, "test-model", timeout=10))
+    llm = chat_model(Endpoint(server.base_url, "test-model", **LIMITS))
     server.fail_next(status, f"the server says {status}")
     with pytest.raises(openai.APIStatusError) as caught:
         await llm.ainvoke([HumanMessage("hello")])
@@ -245,7 +248,7 @@ async def test_connection_failures_in_words(server: ModelServer) -> None:
     assert "Connection error.)" not in message  # the cause, not the client's generic words
 
     server.disconnect_next(after_tokens=1)
-    cut = chat_model(Endpoint(server.base_url, "test-model", timeout=10))
+    cut = chat_model(Endpoint(server.base_url, "test-model", **LIMITS))
     with pytest.raises(openai.APIConnectionError) as caught:
         await cut.ainvoke([HumanMessage("cut me off")])
     message, kind = describe_model_error(caught.value)
@@ -253,7 +256,7 @@ async def test_connection_failures_in_words(server: ModelServer) -> None:
     assert "closed the connection before the reply was complete" in message
 
     server.hang_next()
-    slow = chat_model(Endpoint(server.base_url, "test-model", timeout=0.5))
+    slow = chat_model(Endpoint(server.base_url, "test-model", first_token_timeout=0.5, token_timeout=0.5))
     with pytest.raises(openai.APITimeoutError) as caught:
         await slow.ainvoke([HumanMessage("too slow")])
     assert describe_model_error(caught.value) == ("The model server did not answer in time. Try again.", "timeout")
@@ -322,3 +325,36 @@ async def test_listing_a_closed_port_says_the_server_is_not_reachable_in_words()
     with pytest.raises(openai.APIConnectionError) as reply_caught:
         await refused.ainvoke([HumanMessage("anyone?")])
     assert describe_model_error(reply_caught.value, base_url)[0].startswith(unreachable_words(base_url))
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "20"}, 20.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "2500", "retry-after": "9"}, 2.5),  # OpenAI's finer header wins
+        ({"retry-after": "Wed, 21 Oct 2026 07:28:30 GMT"}, 30.0),  # an HTTP date, 30 s after "now" below
+        ({"retry-after": "Wed, 21 Oct 2026 07:27:00 GMT"}, 0.0),  # already past
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": "-5"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_in_seconds_or_as_a_date(headers: dict[str, str], expected: float | None) -> None:
+    from email.utils import parsedate_to_datetime
+
+    from chat.errors import retry_after_seconds
+
+    now = parsedate_to_datetime("Wed, 21 Oct 2026 07:28:00 GMT").timestamp()
+    assert retry_after_seconds(httpx.Response(429, headers=headers), now=now) == expected
+
+
+def test_silence_is_told_with_its_limit_and_the_setting_to_change() -> None:
+    from chat.endpoints import ModelSilent
+
+    first, kind = describe_model_error(ModelSilent(300, flowing=False))
+    assert kind == "timeout"
+    assert first.startswith("The model server sent nothing for 300 s.") and "MODEL_FIRST_TOKEN_TIMEOUT" in first
+    between, _ = describe_model_error(ModelSilent(60, flowing=True))
+    assert between.startswith("The model server stopped sending for 60 s in the middle of the reply.")
+    assert "MODEL_TOKEN_TIMEOUT" in between

@@ -111,7 +111,8 @@ async def open_again(data_dir: Path, server: ModelServer) -> tuple[Storage, Conv
     manager = StorageManager(data_dir=data_dir)
     await manager.start()
     storage = Storage(manager, TieredSaver(manager))
-    return storage, ConversationService(storage, Endpoint(server.base_url, "test-model", timeout=30.0))
+    endpoint = Endpoint(server.base_url, "test-model", first_token_timeout=30.0, token_timeout=30.0)
+    return storage, ConversationService(storage, endpoint)
 
 
 async def after_the_kill(data_dir: Path, model: str, point: str) -> str:

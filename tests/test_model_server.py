@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
 
 from tests.model_server import ModelServer, filler_tokens, tokenize
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -254,6 +255,51 @@ async def test_stream_error_inside_a_200_stream(server: ModelServer) -> None:
     assert received == filler_tokens(10)[:3]
     assert (await server.wait_for_event_async("stream_error")).detail == 3
     assert await stream_tokens(chat(server), "x") == filler_tokens(10)  # only that one request was affected
+
+
+async def test_stall_sends_some_tokens_then_nothing_with_the_stream_open(server: ModelServer) -> None:
+    server.token_count = 10
+    server.stall_next(after_tokens=3)
+    received: list[str] = []
+
+    async def read() -> None:
+        # No chunk timeout: its asyncio.wait_for would swallow the cancel below (CPython gh-86296, chat/endpoints.py).
+        async for chunk in chat(server, stream_chunk_timeout=None).astream("x"):
+            if chunk.content:
+                received.append(str(chunk.content))
+
+    reading = asyncio.create_task(read())
+    assert (await server.wait_for_event_async("stall")).detail == 3
+    await eventually(lambda: len(received) == 3, 5.0, "the three tokens read")
+    assert not reading.done()  # open, silent: neither finished nor dropped
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert received == filler_tokens(10)[:3]
+    assert await stream_tokens(chat(server), "x") == filler_tokens(10)  # only that one request was affected
+
+
+async def test_first_token_delay_holds_the_first_token_after_the_headers(server: ModelServer) -> None:
+    server.first_token_delay = 0.5
+    server.reply = "one two"
+    started = time.monotonic()
+    assert await stream_tokens(chat(server), "x") == ["one ", "two"]
+    index = server.chat_requests[-1].index
+    headers = next(e.at for e in server.events if e.request_index == index and e.kind == "headers")
+    first = next(e.at for e in server.events if e.request_index == index and e.kind == "token")
+    assert first - headers >= 0.5  # the headers and the role chunk come at once, the first token after the delay
+    assert time.monotonic() - started >= 0.5
+
+
+async def test_fail_next_with_retry_after(server: ModelServer) -> None:
+    server.fail_next(429, retry_after=20)
+    server.fail_next(429, retry_after="Wed, 21 Oct 2026 07:28:00 GMT")
+    async with httpx.AsyncClient() as http:
+        body = {"model": "test-model", "messages": [{"role": "user", "content": "x"}]}
+        first = await http.post(server.base_url + "/chat/completions", json=body)
+        second = await http.post(server.base_url + "/chat/completions", json=body)
+    assert (first.status_code, first.headers["retry-after"]) == (429, "20")
+    assert (second.status_code, second.headers["retry-after"]) == (429, "Wed, 21 Oct 2026 07:28:00 GMT")
 
 
 async def test_hang_times_out_on_the_client() -> None:

@@ -37,6 +37,8 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "MODEL_NAME": "",
     "MODEL_PRESET": "ollama",
     "SYSTEM_PROMPT": "",
+    "MODEL_FIRST_TOKEN_TIMEOUT": 300.0,
+    "MODEL_TOKEN_TIMEOUT": 60.0,
 }
 SPEC = {spec.key: spec for spec in SETTINGS}
 

@@ -11,6 +11,7 @@ the middle of the test's own step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -28,7 +29,6 @@ from PySide6.QtCore import QEvent, QPoint, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices, QGuiApplication, QMouseEvent
 from PySide6.QtWidgets import QApplication, QLineEdit, QWidget
 
-from chat.endpoints import Endpoint
 from gui.app import CairnApp
 from gui.chat_view import ChatView, action_href
 from gui.main_window import MainWindow
@@ -453,7 +453,7 @@ FAILURES = {
     "404 model": ("model was not found", None),
     "500": ("model server failed", lambda server, app: server.fail_next(500)),
     "refused": ("Cannot reach the model server", None),
-    "timeout": ("did not answer in time", lambda server, app: server.hang_next()),
+    "timeout": ("The model server sent nothing for 1 s", lambda server, app: server.hang_next()),
     "disconnect": ("", lambda server, app: server.disconnect_next(after_tokens=2)),
 }
 
@@ -468,9 +468,9 @@ async def test_a_failed_reply_shows_an_inline_error_keeps_the_message_and_retry_
         assert app.service is not None
         good = app.service.endpoint
         if failure == "404 model":
-            app.service.set_endpoint(Endpoint(good.base_url, "no-such-model", timeout=good.timeout))
+            app.service.set_endpoint(dataclasses.replace(good, model="no-such-model"))
         elif failure == "refused":
-            app.service.set_endpoint(Endpoint(closed_port_url(), good.model, timeout=good.timeout))
+            app.service.set_endpoint(dataclasses.replace(good, base_url=closed_port_url()))
         elif script is not None:
             script(server, app)
 

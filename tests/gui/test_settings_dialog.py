@@ -76,6 +76,10 @@ def dialog(settings: Settings, secrets: SecretStore, qtbot: Any) -> SettingsDial
     return dialog
 
 
+def tab_index(dialog: SettingsDialog, title: str) -> int:
+    return next(i for i in range(dialog.tabs.count()) if dialog.tabs.tabText(i) == title)
+
+
 def files_text(directory: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in directory.rglob("*") if p.is_file())
 
@@ -150,7 +154,7 @@ def test_invalid_url_is_shown_inline_and_nothing_is_lost_or_written(
     applied: list[Settings] = []
     dialog.settingsApplied.connect(applied.append)
     dialog.show()
-    dialog.tabs.setCurrentIndex(1)
+    dialog.tabs.setCurrentIndex(tab_index(dialog, "Model"))
     dialog.postgres_url.setText("postgresql://db.example:notaport/cairn")
     dialog.postgres_password.setText("pw")
     dialog.system_prompt.setPlainText("Be brief.")
@@ -160,7 +164,7 @@ def test_invalid_url_is_shown_inline_and_nothing_is_lost_or_written(
     assert dialog.isVisible() and dialog.result() != QDialog.DialogCode.Accepted
     assert not dialog.error.isHidden()
     assert "Postgres URL" in dialog.error.text() and "notaport" in dialog.error.text()
-    assert dialog.tabs.currentIndex() == 0  # taken to the field that is wrong
+    assert dialog.tabs.currentIndex() == tab_index(dialog, "Sync")  # taken to the field that is wrong
     assert dialog.postgres_url.text() == "postgresql://db.example:notaport/cairn"
     assert dialog.system_prompt.toPlainText() == "Be brief."
     assert applied == []
@@ -648,3 +652,43 @@ async def test_without_a_keyring_a_server_that_needs_no_password_is_not_asked_fo
         await on_postgres_as(app, "postgres")  # a user in the URL, no password: the server trusts it
         assert app.password_dialog is None
         assert "asking for the Postgres password" not in caplog.text
+
+
+# --------------------------------------------------------------------------------------------- layout
+
+
+def test_the_dialog_opens_on_the_model_with_postgres_under_sync_and_rare_knobs_folded_away(
+    dialog: SettingsDialog, qtbot: Any
+) -> None:
+    dialog.show()
+    assert [dialog.tabs.tabText(i) for i in range(dialog.tabs.count())] == ["Model", "Sync", "Data"]
+    assert dialog.tabs.currentIndex() == tab_index(dialog, "Model")
+    assert dialog.model.isVisible() and dialog.base_url.isVisible()
+    assert dialog.first_token_timeout.isVisible() and dialog.token_timeout.isVisible()
+
+    dialog.tabs.setCurrentIndex(tab_index(dialog, "Sync"))
+    assert dialog.postgres_url.isVisible() and dialog.test_button.isVisible()
+    advanced = (dialog.pool_size, dialog.prefer_async, dialog.connect_timeout)
+    assert not any(widget.isVisible() for widget in advanced)
+    qtbot.mouseClick(dialog.advanced_button, Qt.MouseButton.LeftButton)
+    assert all(widget.isVisible() for widget in advanced)
+    qtbot.mouseClick(dialog.advanced_button, Qt.MouseButton.LeftButton)
+    assert not any(widget.isVisible() for widget in advanced)
+
+    # A problem with a folded-away setting unfolds it and takes the user there.
+    dialog.tabs.setCurrentIndex(tab_index(dialog, "Model"))
+    dialog.show_error("POSTGRES_POOL_SIZE=0 (from .env): expected an integer between 1 and 100", "POSTGRES_POOL_SIZE")
+    assert dialog.tabs.currentIndex() == tab_index(dialog, "Sync")
+    assert dialog.pool_size.isVisible()
+
+
+def test_the_wait_limits_are_saved_to_the_settings_file(
+    dialog: SettingsDialog, config_dir: Path, memory_keyring: MemoryKeyring
+) -> None:
+    dialog.first_token_timeout.setValue(600)
+    dialog.token_timeout.setValue(45)
+    new = dialog.save()
+    assert new is not None
+    assert (new.model_first_token_timeout, new.model_token_timeout) == (600.0, 45.0)
+    stored = json.loads((config_dir / SETTINGS_FILE_NAME).read_text())
+    assert stored["MODEL_FIRST_TOKEN_TIMEOUT"] == 600 and stored["MODEL_TOKEN_TIMEOUT"] == 45
