@@ -535,17 +535,36 @@ class StorageManager:
                 self._changed("Postgres is reachable")
                 self._sync_wake.set()
                 continue
-            await self._pause(self._remote_lost, PROBE_INTERVAL_SECONDS)  # woken: lost, or asked to probe now
+            # Woken: the remote was lost, or the LISTEN connection failed (a server that stops closes it at once).
+            woken = await self._pause(self._remote_lost, PROBE_INTERVAL_SECONDS)
             remote = self.remote
             if remote is None:
                 continue
             try:
                 async with asyncio.timeout(self.target.connect_timeout + 0.5):
-                    await remote.probe()
+                    if woken:
+                        await self._probe_fresh(remote)
+                    else:
+                        await remote.probe()
             except Exception as exc:
                 if not is_environment_error(exc):
                     raise
                 self._lose_remote(mask_secrets(describe(exc)), remote, cause=plain_words(exc))
+
+    async def _probe_fresh(self, remote: PostgresBackend) -> None:
+        """Is the server still there, asked on a connection of our own (the LISTEN connection just failed)?
+
+        Through the pool, a stopped server would be found out only after the pool's timeout (it retries refused
+        connections until then): the badge took 5 s or more to follow. A server that answers and refuses the login
+        is not gone: it may be a database being replaced at the same URL, which the pool's own probe finds out
+        (``probe``), as it does on the timer."""
+        assert self.target is not None
+        try:
+            await PostgresBackend.probe_fresh(self.target)
+        except Exception as exc:
+            if refusal(exc) is None:
+                raise
+            await remote.probe()
 
     async def _pause(self, event: asyncio.Event, seconds: float) -> bool:
         """Wait until ``event`` is set or ``seconds`` pass; True when the event woke us."""

@@ -7,7 +7,9 @@ the server process stopped, a password the server refuses.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ from tests.pgcluster import PW_USER
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.postgres
+
+FOLLOW_SECONDS = 2.0
+"""The issue's bound: the badge follows a stopped server within this."""
 
 
 @pytest.fixture
@@ -137,3 +142,31 @@ async def test_without_a_server_the_badge_is_calm_and_without_a_folder_red(
         assert window.badge.toolTip().startswith("Nothing is being saved\nThis computer's copy can't be written: ")
         assert_plain(window.badge.toolTip())
         assert_plain(window.banner.message.text())
+
+
+@pytest.mark.parametrize("how", ["pg_ctl stop -m fast", "pg_ctl stop -m immediate", "proxy refuses"])
+async def test_the_badge_follows_a_stopped_server_within_two_seconds(
+    how: str, pg_cluster: Any, pg_url: str, pg_proxy: Any, tmp_path: Path, server: ModelServer, qtbot: Any
+) -> None:
+    """From the moment the server stops to the badge leaving "Synced": under FOLLOW_SECONDS. The app runs with its
+    default settings (a 5 s connect timeout, a 5 s health check): before the fix the badge took 5 s or more."""
+    if not pg_cluster.controllable and how != "proxy refuses":
+        pytest.skip("needs a PostgreSQL server the tests can stop")
+    url = pg_proxy.url_for(pg_url) if how == "proxy refuses" else pg_url
+    cairn = cairn_factory(tmp_path, server, settings={"POSTGRES_DATABASE_URL": url})
+    async with cairn() as app:
+        window = window_of(app)
+        await eventually(lambda: window.badge.text().startswith("Synced · "), WAIT, "the badge says Synced")
+        manager = app.storage.manager  # type: ignore[union-attr]
+        await eventually(lambda: bool(manager._listening), WAIT, "the app listens for changes")
+
+        started = time.monotonic()
+        if how == "proxy refuses":
+            pg_proxy.refuse()
+        else:
+            await asyncio.to_thread(pg_cluster.stop, mode=how.rsplit(" ", 1)[1])
+        await eventually(lambda: not window.badge.text().startswith("Synced"), WAIT, "the badge follows")
+        took = time.monotonic() - started
+        assert took < FOLLOW_SECONDS, f"the badge followed after {took:.2f} s"
+        assert window.badge.text().startswith("On this computer · ")
+        assert_plain(window.badge.toolTip())
