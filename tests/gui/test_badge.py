@@ -17,13 +17,13 @@ from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication, QDialog
 
 import storage.manager
-from gui.badge import AMBER, CALM, GREEN, TIER_LOOKS, StatusBadge
+from gui.badge import AMBER, CALM, GREEN, RED, TIER_LOOKS, StatusBadge
 from gui.bridge import StorageBridge
 from gui.storage_dialog import MemoryBanner, StorageDetailsDialog
 from storage.doctor import report_text
 from storage.secrets import SecretStore
 from storage.settings import load_settings
-from storage.status import StorageStatus, TierEvent, TierStatus
+from storage.status import INVALID_URL, NOT_CONFIGURED, SWITCHED_OFF, StorageStatus, TierEvent, TierStatus
 from tests.gui.conftest import wait_signal
 
 
@@ -113,6 +113,112 @@ async def test_badge_click_asks_for_details(tmp_path: Path, open_storage: Any, q
     qtbot.keyClick(badge, Qt.Key.Key_Space)
 
     assert asked == [True, True]
+
+
+URL = "postgresql://me:***@db.example.com:5432/cairn"  # as the manager gives it: masked
+
+
+def status_of(
+    active: str, postgres: TierStatus, *, pending: int = 0, sqlite: TierStatus | None = None
+) -> StorageStatus:
+    """A status (plain data) in one of the states the manager produces (tests/test_tiers.py drives them for real)."""
+    tiers = {"postgres": postgres, "sqlite": sqlite or TierStatus("active"), "memory": TierStatus("standby")}
+    url = "" if postgres.state == "off" and not postgres.cause.startswith("The server address") else URL
+    return StorageStatus(active, tiers, pending_sync=pending, postgres_url=url, data_dir="/d")  # type: ignore[arg-type]
+
+
+REFUSED = TierStatus(
+    "down", "OperationalError: ... Connection refused", {"retry_in": 0.5}, "Can't reach the server: connection refused"
+)
+DISK_FULL = TierStatus("failed", "OperationalError: database or disk is full", cause="the disk is full")
+
+
+@pytest.mark.parametrize(
+    ("status", "words", "colour", "cause"),
+    [
+        (
+            status_of("sqlite", TierStatus("off", "no Postgres URL is configured", cause=NOT_CONFIGURED)),
+            "Saved on this computer",
+            CALM,
+            NOT_CONFIGURED,
+        ),
+        (
+            status_of(
+                "sqlite",
+                TierStatus("off", "Postgres is switched off (USE_POSTGRES_CHECKPOINTER=false)", cause=SWITCHED_OFF),
+            ),
+            "Saved on this computer",
+            CALM,
+            SWITCHED_OFF,
+        ),
+        (
+            status_of(
+                "sqlite", TierStatus("off", "POSTGRES_DATABASE_URL is not a valid Postgres URL: ...", cause=INVALID_URL)
+            ),
+            "On this computer · not synced",
+            AMBER,
+            INVALID_URL,
+        ),
+        (
+            status_of("sqlite", TierStatus("connecting", "connecting to ...", cause="Connecting to the server")),
+            "On this computer · connecting…",
+            CALM,
+            "Connecting to the server",
+        ),
+        (
+            status_of(
+                "sqlite", TierStatus("connecting", "connecting to ...", cause="Connecting to the server"), pending=2
+            ),
+            "On this computer · 2 waiting to sync",
+            CALM,
+            "Connecting to the server",
+        ),
+        (
+            status_of("sqlite", REFUSED),
+            "On this computer · not synced",
+            AMBER,
+            "Can't reach the server: connection refused",
+        ),
+        (status_of("sqlite", REFUSED, pending=3), "On this computer · 3 waiting to sync", AMBER, REFUSED.cause),
+        (
+            status_of(
+                "sqlite",
+                TierStatus("failed", "UndefinedColumn: ...", cause="Cairn could not set up its tables on the server"),
+            ),
+            "On this computer · not synced",
+            AMBER,
+            "Cairn could not set up its tables on the server",
+        ),
+        (status_of("postgres", TierStatus("connected")), "Synced · db.example.com", GREEN, ""),
+        (status_of("postgres", TierStatus("connected"), pending=3), "Syncing 3 · db.example.com", GREEN, ""),
+        (
+            status_of("postgres", TierStatus("connected"), sqlite=DISK_FULL),
+            "Only on the server · db.example.com",
+            AMBER,
+            "This computer's copy can't be written: the disk is full",
+        ),
+        (
+            status_of("memory", REFUSED, sqlite=DISK_FULL),
+            "Not saved",
+            RED,
+            "This computer's copy can't be written: the disk is full. Can't reach the server: connection refused",
+        ),
+    ],
+)
+def test_badge_words_for_every_state(
+    status: StorageStatus, words: str, colour: tuple[str, str], cause: str, qtbot: Any
+) -> None:
+    badge = StatusBadge()
+    qtbot.addWidget(badge)
+    badge.show_status(status)
+    assert badge.text() == words
+    assert badge.colors() == (QColor(colour[0]), QColor(colour[1]))
+    assert status.cause == cause
+    if cause:
+        assert f"{cause}." in badge.toolTip()
+    assert_plain(badge.toolTip())
+    assert "***" not in badge.toolTip() + badge.text()  # the host, never the URL's password (masked or not)
+    assert_readable(badge)
 
 
 @pytest.mark.parametrize("tier", ["postgres", "sqlite", "memory"])

@@ -7,7 +7,6 @@ and signals with deadlines; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,8 +85,7 @@ async def choose(menu: ModelMenu, model: str) -> None:
 
 
 def label_text(window: MainWindow) -> str:
-    """The label's HTML without the link's colour (gui/contrast.py's business, tested in test_contrast.py)."""
-    return re.sub(r' style="color:#[0-9a-f]{6}"', "", window.model_label.text())
+    return window.model_label.text()
 
 
 async def open_and_wait(window: MainWindow, thread: str) -> None:

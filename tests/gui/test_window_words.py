@@ -100,6 +100,24 @@ async def test_the_badge_speaks_plainly_synced_waiting_and_back(
         assert badge_colour(window) == QColor(GREEN[0])
 
 
+async def test_while_the_server_has_not_answered_yet_the_badge_is_calm(
+    pg_url: str, pg_proxy: Any, tmp_path: Path, server: ModelServer, qtbot: Any
+) -> None:
+    """Every start passes through "connecting": the normal state, not a warning (no amber flash at each start)."""
+    pg_proxy.blackhole()  # the first attempt waits for an answer for the whole connect timeout
+    settings = {"POSTGRES_DATABASE_URL": pg_proxy.url_for(pg_url), "POSTGRES_CONNECT_TIMEOUT": 30}
+    async with cairn_factory(tmp_path, server, settings=settings)() as app:
+        window = window_of(app)
+        await eventually(lambda: window.badge.status() is not None, WAIT, "storage started")
+        assert window.badge.text() == "On this computer · connecting…"
+        assert badge_colour(window) == QColor(CALM[0])
+        assert window.badge.toolTip().startswith(f"Saved on this computer; connecting to {pg_proxy.host}\n")
+        assert_plain(window.badge.toolTip())
+
+        pg_proxy.pass_through()
+        await eventually(lambda: window.badge.text() == f"Synced · {pg_proxy.host}", WAIT, "the badge says Synced")
+
+
 async def test_a_refused_password_is_said_in_plain_words(
     pg_cluster: Any, tmp_path: Path, server: ModelServer, qtbot: Any
 ) -> None:
