@@ -2,8 +2,9 @@
 
 A desktop theme's palette is not always readable as it comes: Adwaita-dark under Qt gives links in pure blue (#0000ff)
 on dark grey, 1.9:1 where WCAG AA asks 4.5:1 for text; Qt's own Fusion palette draws placeholders at half opacity
-(4.0:1) and white on its selection blue (3.6:1). ``readable_roles`` keeps every colour that is readable and moves the
+(4.0:1) and white on its selection blue (3.6:1). ``readable_changes`` keeps every colour that is readable and moves the
 others (towards white on a dark background, towards black on a light one) just far enough, so the theme's hues stay.
+``keep_readable`` keeps the application's palette that way.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication
 
 MINIMUM = 4.5
 """WCAG 2 level AA for normal text (success criterion 1.4.3)."""
@@ -79,20 +81,56 @@ def readable(colour: QColor, backgrounds: Iterable[QColor], minimum: float = MIN
     return targets[0]
 
 
-def readable_roles(palette: QPalette) -> QPalette:
-    """A palette holding only the roles of ``palette`` that had to change to be readable (set it on a widget: the
-    roles it leaves unset keep following the application's palette)."""
-    fixed = QPalette()
-    fixed.setResolveMask(0)
+Change = dict[tuple[QPalette.ColorGroup, QPalette.ColorRole], QColor]
+
+
+def readable_changes(palette: QPalette) -> Change:
+    """The roles of ``palette`` that must change to be readable, and their new colours (empty: readable as it is)."""
+    changes: Change = {}
     for group in (QPalette.ColorGroup.Active, QPalette.ColorGroup.Inactive):
         for role, grounds in TEXT_ROLES:
             colour = palette.color(group, role)
             better = readable(colour, [palette.color(group, g) for g in grounds])
             if better != colour:
-                fixed.setColor(group, role, better)
+                changes[(group, role)] = better
         # The selection: keep its text colour (usually white) and deepen the highlight behind it instead.
         highlight = palette.color(group, Role.Highlight)
         behind = readable(highlight, [palette.color(group, Role.HighlightedText)])
         if behind != highlight:
-            fixed.setColor(group, Role.Highlight, behind)
-    return fixed
+            changes[(group, Role.Highlight)] = behind
+    return changes
+
+
+_applied: list[QPalette] = []  # the palette keep_readable set last
+_replaced: dict[tuple[QPalette.ColorGroup, QPalette.ColorRole], tuple[QColor, QColor]] = {}  # -> (ours, theme's)
+
+
+def keep_readable(app: QApplication) -> bool:
+    """Make the application's palette readable (``readable_changes``) unless it is what this set last; True when it
+    changed it. Called when the window is made and whenever the palette changes (a switch to a dark theme).
+
+    The application's palette, not a window's: Qt draws a label's links in the application's link colour whatever
+    the label's palette says, and a style sheet (resources/style.qss) fixes each widget's palette when it polishes
+    the widget, so a window's palette no longer reaches widgets already polished. The style sheet is set again after
+    the change for that reason: each widget is polished anew, with the new colours."""
+    current = app.palette()
+    if _applied and current == _applied[0]:
+        return False  # the change was ours
+    theme = QPalette(current)
+    for (group, role), (ours, original) in _replaced.items():
+        if theme.color(group, role) == ours:
+            theme.setColor(group, role, original)  # still ours: start from the theme's own colour
+    changes = readable_changes(theme)
+    _replaced.clear()
+    merged = QPalette(theme)
+    for (group, role), colour in changes.items():
+        _replaced[(group, role)] = (colour, theme.color(group, role))
+        merged.setColor(group, role, colour)
+    _applied[:] = [merged]
+    if merged == current:
+        return False
+    app.setPalette(merged)
+    _applied[:] = [app.palette()]
+    if app.styleSheet():
+        app.setStyleSheet(app.styleSheet())
+    return True

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import shiboken6
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence, QPalette
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -35,7 +35,7 @@ from gui.badge import StatusBadge
 from gui.bridge import StorageBridge
 from gui.chat_view import ChatView
 from gui.composer import Composer
-from gui.contrast import readable_roles
+from gui.contrast import keep_readable
 from gui.sidebar import TITLE_ROLE, Sidebar
 from gui.storage_dialog import MemoryBanner, QuitWarning, StorageDetailsDialog
 from gui.tasks import TaskRunner
@@ -98,7 +98,6 @@ class MainWindow(QMainWindow):
         self, settings: Settings, secrets: SecretStore, state: QSettings, parent: QWidget | None = None
     ) -> None:
         super().__init__(parent)
-        self._readable: QPalette | None = None  # the palette roles set on the window to keep text readable
         self.settings = settings
         self.secrets = secrets
         self.state = state
@@ -179,30 +178,16 @@ class MainWindow(QMainWindow):
         self.resize(1100, 760)
         self.view.show_note("Loading…")
         self.composer.edit.setFocus()
-        self._apply_readable_palette()
+        keep_readable(QApplication.instance())  # type: ignore[arg-type]  # every text at 4.5:1 (gui/contrast.py)
 
     # --- construction ---------------------------------------------------------------------------------------
-    def _apply_readable_palette(self) -> None:
-        """The application's palette with every text and link colour that reads below 4.5:1 moved until it does
-        (``gui.contrast``); made again from the application's palette whenever that changes (a switch to a dark
-        theme), so the theme's own colours keep coming through."""
-        wanted = readable_roles(QApplication.palette())
-        if (
-            self._readable is not None
-            and wanted == self._readable
-            and wanted.resolveMask() == self._readable.resolveMask()
-        ):
-            return  # the change was ours
-        self._readable = wanted
-        self.setPalette(wanted)
-        self._show_model()  # a label's link takes its colour when its text is set
-
     def changeEvent(self, event: QEvent) -> None:
         super().changeEvent(event)
-        # A new application palette reaches a window as a PaletteChange (Qt sends no ApplicationPaletteChange to
-        # a window that has a palette of its own); so does our own setPalette, which the comparison above ignores.
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
-            self._apply_readable_palette()
+        # A new application palette (a switch to a dark theme) reaches the window as a PaletteChange.
+        if event.type() == QEvent.Type.PaletteChange:
+            keep_readable(QApplication.instance())  # type: ignore[arg-type]
+            self.model_label.clear()  # a label's link takes the application's link colour when its text is set anew
+            self._show_model()
 
     def _action(self, text: str, slot: Any, shortcut: str | QKeySequence | None = None, tip: str = "") -> QAction:
         action = QAction(text, self)
@@ -333,12 +318,10 @@ class MainWindow(QMainWindow):
     def _show_model(self) -> None:
         chosen = self.model_choice()
         model = chosen or self.default_model()
-        # Qt colours a label's links from the application's palette, not the label's (gui/contrast.py moved it).
-        link = f'<a href="model" style="color:{self.palette().color(QPalette.ColorRole.Link).name()}">'
         if not model:
-            self.model_label.setText(f"Model: {link}choose one…</a>")
+            self.model_label.setText('Model: <a href="model">choose one…</a>')
         else:
-            self.model_label.setText(f"Model: {link}{_escape(model)}</a>" + ("" if chosen else " (default)"))
+            self.model_label.setText(f'Model: <a href="model">{_escape(model)}</a>' + ("" if chosen else " (default)"))
         self.model_label.setToolTip(
             f"Model server: {self.settings.model_base_url}\nClick to choose the model for this conversation (Ctrl+M)"
         )
