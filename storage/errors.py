@@ -206,6 +206,8 @@ _ERRNO_WORDS = {
 
 def plain_words(exc: BaseException) -> str:
     """Why ``exc`` happened, in words for people ("Can't reach the server: connection refused"), no class names."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.errors.ConnectionTimeout):  # PoolTimeout is an Error too
+        return f"{CANT_REACH}: it does not answer"
     if isinstance(exc, psycopg.Error):
         sqlstate = exc.sqlstate or ""
         if sqlstate in _SQLSTATE_WORDS:
@@ -214,8 +216,6 @@ def plain_words(exc: BaseException) -> str:
             return "The server refused the login"
         if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
             return "Cairn's tables are gone from the server (another database answers at this address?)"
-        if isinstance(exc, psycopg.errors.ConnectionTimeout):
-            return f"{CANT_REACH}: it does not answer"
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             text = str(exc).lower()
             for needles, words in _CONNECT_MESSAGES:
@@ -223,7 +223,7 @@ def plain_words(exc: BaseException) -> str:
                     return words
             return CANT_REACH
         return "The server answered with an error"
-    if isinstance(exc, psycopg_pool.PoolTimeout | TimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return f"{CANT_REACH}: it does not answer"
     if isinstance(exc, psycopg_pool.TooManyRequests):
         return "The server is too busy"
