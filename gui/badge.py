@@ -15,49 +15,75 @@ from storage.status import StorageStatus, TierName
 @dataclass(frozen=True)
 class TierLook:
     label: str
+    """The badge's words."""
     headline: str
+    """The first line of its tooltip and of the storage details: where the words are, in a sentence."""
     background: str
     foreground: str
 
 
 # Fixed background and text colours, each pair with a contrast ratio above 4.5 (WCAG AA): the badge reads the
-# same on a light or a dark palette because it takes neither colour from the palette.
+# same on a light or a dark palette because it takes neither colour from the palette. Green: synced; a calm blue for
+# the normal state of a computer that keeps its words to itself; amber: a server is set up but not in use; red:
+# nothing is saved.
+GREEN = ("#1b6e34", "#ffffff")
+CALM = ("#35618f", "#ffffff")
+AMBER = ("#f2c14e", "#1f1f1f")
+RED = ("#b3261e", "#ffffff")
+
 TIER_LOOKS: dict[TierName, TierLook] = {
-    "postgres": TierLook("Postgres", "Saved to Postgres", "#1b6e34", "#ffffff"),
-    "sqlite": TierLook("Local", "Saved on this computer only", "#f2c14e", "#1f1f1f"),
-    "memory": TierLook("Not saved", "Nothing is being saved", "#b3261e", "#ffffff"),
+    "postgres": TierLook("Synced", "Saved on this computer and on the server", *GREEN),
+    "sqlite": TierLook("Saved on this computer", "Saved on this computer", *CALM),
+    "memory": TierLook("Not saved", "Nothing is being saved", *RED),
 }
-
-
-ONLY_ON_SERVER = TierLook(
-    "Only on the server", "Saved to Postgres only: this computer keeps no copy", "#f2c14e", "#1f1f1f"
-)
+"""Each tier's look in its plainest state (the colours other widgets borrow); ``look_of`` gives the words."""
 
 
 def look_of(status: StorageStatus) -> TierLook:
-    if status.active_tier == "postgres" and status.local_failed:
-        return ONLY_ON_SERVER
-    return TIER_LOOKS[status.active_tier]
+    """The badge's words, headline and colours for ``status``."""
+    host = status.host or "the server"
+    pending = status.pending_sync
+    if status.active_tier == "memory":
+        return TIER_LOOKS["memory"]
+    if status.active_tier == "postgres":
+        if status.local_failed:
+            return TierLook(
+                f"Only on the server · {host}", f"Saved on {host} only: this computer keeps no copy", *AMBER
+            )
+        if pending:
+            return TierLook(f"Syncing {pending} · {host}", f"Saved on this computer; copying to {host}", *GREEN)
+        return TierLook(f"Synced · {host}", f"Saved on this computer and on {host}", *GREEN)
+    if not status.server_configured:
+        return TIER_LOOKS["sqlite"]
+    waiting = f"{pending} waiting to sync" if pending else ""
+    postgres = status.tiers.get("postgres")
+    if postgres is not None and postgres.state == "connecting":
+        # Every start passes through here for a moment: the normal state, not a warning.
+        return TierLook(
+            f"On this computer · {waiting or 'connecting…'}", f"Saved on this computer; connecting to {host}", *CALM
+        )
+    return TierLook(
+        f"On this computer · {waiting or 'not synced'}", f"Saved on this computer only, not on {host}", *AMBER
+    )
 
 
 def badge_text(status: StorageStatus) -> str:
-    look = look_of(status)
-    if status.pending_sync > 0 and status.active_tier == "postgres":
-        return f"{look.label} · syncing {status.pending_sync}"
-    if status.pending_sync > 0 and status.active_tier == "sqlite":
-        return f"{look.label} · {status.pending_sync} to sync"
-    return look.label
+    return look_of(status).label
 
 
 def badge_tooltip(status: StorageStatus) -> str:
+    """The headline, the cause in plain words, what waits; the technical words are in the details (a click)."""
     look = look_of(status)
-    lines = [look.headline, f"Why: {status.reason}"]
+    lines = [look.headline]
+    if status.cause:
+        lines.append(status.cause + ".")
     if status.pending_sync:
-        lines.append(f"Waiting to be copied to Postgres: {status.pending_words}")
-    lines.append(f"Postgres: {status.postgres_url or 'not configured'}")  # already masked by the manager
+        lines.append(f"Waiting to be copied to the server: {status.pending_words}.")
+    if status.active_tier == "sqlite" and status.server_configured:
+        lines.append("Cairn keeps trying by itself; nothing you write is lost.")
     lines.append(f"Data folder: {status.data_dir or 'none'}")
     if status.last_sync_error:
-        lines.append(f"Last sync error: {status.last_sync_error}")
+        lines.append("The last sync failed (the details say why).")
     lines.append("Click for details.")
     return "\n".join(lines)
 

@@ -49,7 +49,8 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
-from gui.markdown import Rendered, Theme, render_markdown, render_plain
+from gui.contrast import over, readable
+from gui.markdown import Rendered, Theme, code_background, render_markdown, render_plain
 
 SCHEME = "cairn"
 ACTION_TOKEN = secrets.token_hex(16)
@@ -517,11 +518,16 @@ class ChatView(QTextBrowser):
     # --- rendering ------------------------------------------------------------------------------------------
     def _read_theme(self) -> Theme:
         palette = self.palette()
-        dark = palette.color(QPalette.ColorRole.Base).lightness() < 128
+        base = palette.color(QPalette.ColorRole.Base)
+        dark = base.lightness() < 128
+        # Links (the message actions, each code block's Copy) and muted words are drawn on the view's base, on a user
+        # message's or an error's tint and on a code block: the palette's colours, moved until readable on all.
+        grounds = [base, *(self._frame_format(kind).background().color() for kind in ("user", "error"))]
+        grounds.append(QColor(code_background(Theme(dark=dark).code_style)))
         return Theme(
             dark=dark,
-            muted=palette.color(QPalette.ColorRole.PlaceholderText).name(),
-            link=palette.color(QPalette.ColorRole.Link).name(),
+            muted=over(readable(palette.color(QPalette.ColorRole.PlaceholderText), grounds), base).name(),
+            link=over(readable(palette.color(QPalette.ColorRole.Link), grounds), base).name(),
             border=palette.color(QPalette.ColorRole.Mid).name(),
         )
 

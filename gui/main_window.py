@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import shiboken6
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -35,6 +35,7 @@ from gui.badge import StatusBadge
 from gui.bridge import StorageBridge
 from gui.chat_view import ChatView
 from gui.composer import Composer
+from gui.contrast import keep_readable
 from gui.sidebar import TITLE_ROLE, Sidebar
 from gui.storage_dialog import MemoryBanner, QuitWarning, StorageDetailsDialog
 from gui.tasks import TaskRunner
@@ -180,8 +181,17 @@ class MainWindow(QMainWindow):
         self.resize(1100, 760)
         self.view.show_note("Loading…")
         self.composer.edit.setFocus()
+        keep_readable(QApplication.instance())  # type: ignore[arg-type]  # every text at 4.5:1 (gui/contrast.py)
 
     # --- construction ---------------------------------------------------------------------------------------
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        # A new application palette (a switch to a dark theme) reaches the window as a PaletteChange.
+        if event.type() == QEvent.Type.PaletteChange:
+            keep_readable(QApplication.instance())  # type: ignore[arg-type]
+            self.model_label.clear()  # a label's link takes the application's link colour when its text is set anew
+            self._show_model()
+
     def _action(self, text: str, slot: Any, shortcut: str | QKeySequence | None = None, tip: str = "") -> QAction:
         action = QAction(text, self)
         if shortcut is not None:

@@ -10,7 +10,7 @@ from datetime import date, datetime
 from typing import Protocol
 
 from PySide6.QtCore import QEvent, QModelIndex, QObject, QPersistentModelIndex, QPoint, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QFont, QKeyEvent, QMouseEvent
+from PySide6.QtGui import QAction, QFont, QKeyEvent, QMouseEvent, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QLabel,
@@ -160,7 +160,9 @@ class Sidebar(QWidget):
         self.empty_label.setObjectName("emptyListLabel")
         self.empty_label.setWordWrap(True)
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
-        self.empty_label.setEnabled(False)  # drawn in the palette's disabled (muted) text colour
+        # Muted but readable: the placeholder colour (the window keeps it at 4.5:1, gui/contrast.py). The disabled
+        # text colour it used to borrow is meant for controls that do nothing, and reads at 1.6:1 under Fusion.
+        self.empty_label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
         self.empty_label.hide()
 
         layout = QVBoxLayout(self)

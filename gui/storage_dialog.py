@@ -19,11 +19,12 @@ from PySide6.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from gui.badge import TIER_LOOKS, badge_text, look_of
+from gui.badge import TIER_LOOKS, look_of
 from gui.bridge import StorageBridge
 from storage.doctor import report_text, status_text
 from storage.secrets import SecretStore
@@ -48,7 +49,8 @@ def status_report(status: StorageStatus) -> str:
 
 
 class StorageDetailsDialog(QDialog):
-    """Each tier's state and reason, the active tier, pending sync, pool stats and keyring; updates live.
+    """Where the words are and why, in plain words on top; below, folded under "Technical details", each tier's
+    state and reason (exception names included), pending sync, pool stats and keyring. Updates live.
 
     With ``settings`` and ``secrets`` the report below is exactly ``python main.py doctor``'s text. While nothing is
     saved, "Choose another data folder…" (``chooseFolderRequested``).
@@ -74,6 +76,17 @@ class StorageDetailsDialog(QDialog):
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.summary.setAccessibleName("Active storage")
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
+
+        self.technical_button = QToolButton()
+        self.technical_button.setText("Technical details")
+        self.technical_button.setCheckable(True)
+        self.technical_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.technical_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.technical_button.setAutoRaise(True)
+        self.technical_button.toggled.connect(self.show_technical)
+        self.technical = QWidget()
+        self.technical.setAccessibleName("Technical details")
 
         self.tiers = QTableWidget(0, 3)
         self.tiers.setHorizontalHeaderLabels(["Tier", "State", "Reason and details"])
@@ -125,11 +138,17 @@ class StorageDetailsDialog(QDialog):
         row.addWidget(self.retry_note, 1)
         row.addWidget(buttons)
 
+        technical = QVBoxLayout(self.technical)
+        technical.setContentsMargins(0, 0, 0, 0)
+        technical.addWidget(self.tiers)
+        technical.addLayout(facts)
+        technical.addWidget(self.report, 1)
+        self.technical.hide()
+
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
-        layout.addWidget(self.tiers)
-        layout.addLayout(facts)
-        layout.addWidget(self.report, 1)
+        layout.addWidget(self.technical_button, 0, Qt.AlignmentFlag.AlignLeft)
+        layout.addWidget(self.technical, 1)
         layout.addLayout(row)
 
         self._status: StorageStatus | None = None
@@ -138,6 +157,16 @@ class StorageDetailsDialog(QDialog):
 
     def status(self) -> StorageStatus | None:
         return self._status
+
+    def show_technical(self, shown: bool) -> None:
+        self.technical_button.setChecked(shown)
+        self.technical_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        self.technical.setVisible(shown)
+        self.adjustSize()
+
+    def headline(self) -> str:
+        """The plain words on top, as text (the label holds them as rich text)."""
+        return self.summary.text().replace("<b>", "").replace("</b>", "").replace("<br>", "\n")
 
     def report_text(self) -> str:
         if self._status is None:
@@ -149,7 +178,14 @@ class StorageDetailsDialog(QDialog):
     def show_status(self, status: StorageStatus) -> None:
         self._status = status
         look = look_of(status)
-        self.summary.setText(f"<b>{look.headline}</b> ({badge_text(status)}): {_escape(status.reason)}")
+        lines = [f"<b>{_escape(look.headline)}</b>"]
+        if status.cause:
+            lines.append(_escape(status.cause) + ".")
+        if status.pending_sync:
+            lines.append(f"Waiting to be copied to the server: {_escape(status.pending_words)}.")
+        if status.active_tier == "sqlite" and status.server_configured:
+            lines.append("Cairn keeps trying by itself; nothing you write is lost.")
+        self.summary.setText("<br>".join(lines))
         self.folder_button.setVisible(status.active_tier == "memory")
         self.tiers.setRowCount(len(status.tiers))
         for row, (name, tier) in enumerate(status.tiers.items()):
@@ -232,7 +268,7 @@ class MemoryBanner(QWidget):
     def show_status(self, status: StorageStatus) -> None:
         memory = status.active_tier == "memory"
         if memory:
-            self.message.setText(f"Nothing is being saved: {status.reason}")
+            self.message.setText(f"Nothing is being saved. {status.cause}.")
             self.setAccessibleDescription(self.message.text())
         self.setVisible(memory)
 

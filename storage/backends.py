@@ -745,6 +745,19 @@ class PostgresBackend(Backend):
         # same URL; asking for one of our tables finds that out (UndefinedTable loses the tier: setup runs again).
         await self._fetch("SELECT 1 FROM cairn_migrations LIMIT 1")
 
+    @staticmethod
+    async def probe_fresh(target: PostgresTarget) -> None:
+        """``probe`` on a new connection of its own. The pool, asked for a connection while the server is gone,
+        keeps trying to reconnect for its whole timeout (the connect timeout, 5 s by default) even when each attempt
+        is refused at once; a connection of our own fails as fast as the network says no."""
+        async with asyncio.timeout(target.connect_timeout):
+            conn = await psycopg.AsyncConnection.connect(target.url, **target.connect_kwargs())
+        try:
+            async with asyncio.timeout(target.connect_timeout):
+                await conn.execute("SELECT 1 FROM cairn_migrations LIMIT 1")
+        finally:
+            await conn.close()
+
     async def changes_since(self, seq: int) -> list[tuple[str, int, str]]:
         """(thread, position, writing device) of the threads changed after position ``seq``, in order."""
         rows = await self._fetch(

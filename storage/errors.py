@@ -8,6 +8,8 @@ to the next tier. Anything else is a programming error and must reach the caller
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
 from dataclasses import dataclass
 from typing import Literal
@@ -159,3 +161,96 @@ def describe(exc: BaseException) -> str:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = type(exc).__name__
     return f"{name}: {message}" if message else name
+
+
+# --- the cause in words, for people -------------------------------------------------------------------------------
+# The badge, its tooltip and the storage details' headline say why in these words; ``describe`` (the exception's
+# class and text) goes to the details' technical part and the log. Connecting gives no SQLSTATE (libpq has no result
+# to read it from): there libpq's own message is all there is, and these are its words (and psycopg's, for a name
+# that does not resolve). Everything else is told by type and SQLSTATE.
+CANT_REACH = "Can't reach the server"
+_CONNECT_MESSAGES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("failed to resolve host", "could not translate host name"), f"{CANT_REACH}: its name was not found (DNS)"),
+    (("connection refused", os.strerror(errno.ECONNREFUSED).lower()), f"{CANT_REACH}: connection refused"),
+    (("timeout expired", "timed out"), f"{CANT_REACH}: it does not answer"),
+    (("network is unreachable", "no route to host"), f"{CANT_REACH}: no network route to it"),
+    (("ssl", "tls", "certificate"), "The secure (TLS) connection to the server failed"),
+    (("password authentication failed",), "The server refused the password"),
+    (("no password supplied",), "The server asks for a password and none is known"),
+    (("the database system is",), "The server is starting up or shutting down"),
+    (('database "',), "The database does not exist on the server"),  # 'FATAL: database "x" does not exist'
+    (('role "',), "The server does not know this user"),  # 'FATAL: role "x" does not exist'
+    (("pg_hba.conf",), "The server does not accept this user from this computer"),
+    (
+        ("server closed the connection", "connection reset", "broken pipe", "terminating connection"),
+        "The server closed the connection",
+    ),
+)
+_SQLSTATE_WORDS = {
+    "28P01": "The server refused the password",
+    "3D000": "The database does not exist on the server",
+    "42501": "The user may not create tables in this database",
+    "3F000": "The user may not create tables in this database",
+    "57P01": "The server is shutting down",
+    "57P02": "The server is shutting down",
+    "57P03": "The server is starting up or shutting down",
+    "53300": "The server has too many connections",
+    "25006": "The server is read-only (a standby?)",
+}
+# Python's sqlite3 gives SQLite's primary result code (SQLITE_FULL, SQLITE_READONLY...); the low byte is the class.
+_SQLITE_WORDS = {
+    13: "the disk is full",
+    8: "the file is read-only",
+    14: "the file cannot be opened",
+    10: "the disk cannot be read or written",
+    11: "the file is damaged",
+    26: "the file is not a Cairn database",
+    5: "another program is using the file",
+    6: "another program is using the file",
+    7: "the computer is out of memory",
+}
+_ERRNO_WORDS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EROFS: "the disk is read-only",
+    errno.EACCES: "Cairn may not write there",
+    errno.EPERM: "Cairn may not write there",
+    errno.ENOENT: "the folder or file is gone",
+    errno.EEXIST: "a file is where the data folder should be",
+    errno.ENOTDIR: "a file is where the data folder should be",
+}
+
+
+def plain_words(exc: BaseException) -> str:
+    """Why ``exc`` happened, in words for people ("Can't reach the server: connection refused"), no class names."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.errors.ConnectionTimeout):  # PoolTimeout is an Error too
+        return f"{CANT_REACH}: it does not answer"
+    if isinstance(exc, psycopg.Error):
+        sqlstate = exc.sqlstate or ""
+        if sqlstate in _SQLSTATE_WORDS:
+            return _SQLSTATE_WORDS[sqlstate]
+        if sqlstate.startswith("28"):
+            return "The server refused the login"
+        if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
+            return "Cairn's tables are gone from the server (another database answers at this address?)"
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            text = str(exc).lower()
+            for needles, words in _CONNECT_MESSAGES:
+                if any(needle in text for needle in needles):
+                    return words
+            return CANT_REACH
+        return "The server answered with an error"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return f"{CANT_REACH}: it does not answer"
+    if isinstance(exc, psycopg_pool.TooManyRequests):
+        return "The server is too busy"
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        words = _SQLITE_WORDS.get(code & 0xFF) if isinstance(code, int) else None
+        return words or "the file cannot be used"
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_WORDS:
+        return _ERRNO_WORDS[exc.errno]
+    if isinstance(exc, ConnectionError):
+        return CANT_REACH
+    if isinstance(exc, OSError):
+        return "the disk cannot be read or written"
+    return "something went wrong (see the technical details)"

@@ -35,10 +35,10 @@ from storage.backends import (
 from storage.cache import CheckpointCache
 from storage.changes import Changes
 from storage.conversations import listed
-from storage.errors import describe, is_environment_error, refusal
+from storage.errors import CANT_REACH, describe, is_environment_error, plain_words, refusal
 from storage.schema import APP_NAME_PREFIX
 from storage.secrets import mask_secrets, mask_url
-from storage.status import StorageStatus, TierEvent, TierName, TierStatus
+from storage.status import INVALID_URL, NOT_CONFIGURED, SWITCHED_OFF, StorageStatus, TierEvent, TierName, TierStatus
 
 log = logging.getLogger("cairn.storage")
 
@@ -100,11 +100,14 @@ class StorageManager:
         self.keyring_name = keyring_name
         self.sqlite: SqliteBackend | None = None
         self.sqlite_failed = ""  # why SQLite takes no writes; empty while it works
+        self.sqlite_cause = ""  # the same in words for people ("the disk is full")
         self.memory = MemoryBackend()
         self.remote: PostgresBackend | None = None
         self.cache = CheckpointCache()
         self._data_version: int | None = None  # SQLite's, when the cache last looked (see cached)
-        self._postgres = TierStatus("off", postgres_reason or "no Postgres URL is configured")
+        self._postgres = TierStatus(
+            "off", postgres_reason or "no Postgres URL is configured", cause=_off_words(postgres_reason)
+        )
         self._pending = 0
         self._pending_rows = 0  # of them, index rows
         self._last_sync_error = ""
@@ -146,6 +149,7 @@ class StorageManager:
         unless ``wait_for_postgres`` (the doctor), which waits for the first attempt (bounded by its timeout)."""
         if self.data_dir is None:
             self.sqlite_failed = "no data directory is configured"
+            self.sqlite_cause = "no data folder is set"
         else:
             try:
                 self.sqlite = await SqliteBackend.open(self.data_dir)
@@ -153,6 +157,7 @@ class StorageManager:
                 if not is_environment_error(exc):
                     raise
                 self.sqlite_failed = f"cannot use {self.data_dir}: {describe(exc)}"
+                self.sqlite_cause = plain_words(exc)
                 log.error("SQLite unavailable: %s", self.sqlite_failed)
         clock.check_lever()
         if self.sqlite is not None:
@@ -163,7 +168,9 @@ class StorageManager:
         self._active = self._compute_active()
         if self.target is not None:
             self.target = replace(self.target, device=self.device)
-            self._postgres = TierStatus("connecting", f"connecting to {mask_url(self.target.url)}")
+            self._postgres = TierStatus(
+                "connecting", f"connecting to {mask_url(self.target.url)}", cause="Connecting to the server"
+            )
             self._spawn(self._health_loop(), "cairn-postgres-health")
             if self.live:
                 self._spawn(self._listen_loop(), "cairn-postgres-listen")
@@ -326,15 +333,17 @@ class StorageManager:
             self._fail(backend, exc)
             return None
 
-    def _fail(self, backend: Backend, exc: BaseException) -> None:
+    def _fail(self, backend: Backend, exc: BaseException, cause: str = "") -> None:
         self.cache.bump()  # a read in flight may have found nothing because of this, not because nothing is there
         reason = mask_secrets(describe(exc))
+        cause = cause or plain_words(exc)
         if backend is self.remote:
-            self._lose_remote(reason)
+            self._lose_remote(reason, cause=cause)
         elif backend is self.sqlite and not self.sqlite_failed:
             self.sqlite_failed = reason
+            self.sqlite_cause = cause
             where = "on the server only" if self.remote is not None else "in memory only, until it works again"
-            self._notice = f"This computer's copy cannot be written ({reason}): your words are kept {where}."
+            self._notice = f"This computer's copy cannot be written ({cause}): your words are kept {where}."
             log.error("SQLite failed, writing to the next tier: %s", reason)
             self._changed(reason)
 
@@ -411,7 +420,7 @@ class StorageManager:
         if self.sqlite is not None and self.sqlite.note:
             sqlite_detail["note"] = self.sqlite.note
         if self.sqlite is None or self.sqlite_failed:
-            sqlite = TierStatus("failed", self.sqlite_failed, sqlite_detail)
+            sqlite = TierStatus("failed", self.sqlite_failed, sqlite_detail, cause=self.sqlite_cause)
         else:
             state = "active" if self.write_target() is self.sqlite else "standby"
             sqlite = TierStatus(state, self.sqlite.note or "", sqlite_detail)
@@ -506,7 +515,7 @@ class StorageManager:
                     reason = mask_secrets(describe(exc))
                     if not is_environment_error(exc):
                         log.exception("Postgres setup failed")
-                        self._postgres = TierStatus("failed", reason)
+                        self._postgres = TierStatus("failed", reason, cause=_setup_words(exc))
                         self._first_attempt.set()
                         self._changed(reason)
                         # A bug, or settings libpq rejects: no retry on a timer, but Retry now must still try.
@@ -519,7 +528,9 @@ class StorageManager:
                         reason = f"{reason} ({refused.hint})"
                         wait = max(delay, self.refused_retry_seconds)
                         detail["refused"] = refused.kind
-                    self._postgres = TierStatus("down", reason, {"retry_in": round(wait, 2), **detail})
+                    self._postgres = TierStatus(
+                        "down", reason, {"retry_in": round(wait, 2), **detail}, cause=plain_words(exc)
+                    )
                     self._first_attempt.set()
                     self._changed(reason)
                     await self._pause(self._retry, wait)
@@ -536,17 +547,50 @@ class StorageManager:
                 self._changed("Postgres is reachable")
                 self._sync_wake.set()
                 continue
-            await self._pause(self._remote_lost, PROBE_INTERVAL_SECONDS)  # woken: lost, or asked to probe now
+            # Woken: the remote was lost, or the LISTEN connection failed (a server that stops closes it at once).
+            woken = await self._pause(self._remote_lost, PROBE_INTERVAL_SECONDS)
             remote = self.remote
             if remote is None:
                 continue
             try:
-                async with asyncio.timeout(self.target.connect_timeout + 0.5):
-                    await remote.probe()
+                probe = self._probe_fresh(remote) if woken else remote.probe()
+                await self._within(probe, self.target.connect_timeout + 0.5)
             except Exception as exc:
                 if not is_environment_error(exc):
                     raise
-                self._lose_remote(mask_secrets(describe(exc)), remote)
+                self._lose_remote(mask_secrets(describe(exc)), remote, cause=plain_words(exc))
+
+    async def _within(self, work: Awaitable[None], seconds: float) -> None:
+        """Run ``work``; raise TimeoutError after ``seconds`` without waiting for it to wind down.
+
+        A probe cancelled on a network that stopped answering does not end when cancelled: psycopg first asks the
+        server to cancel the query, over that same silent network, which takes its own timeouts. Awaited, that
+        made a partition take about 19 s to show (5 s between probes, the 5.5 s bound, about 9 s of cancelling);
+        left to finish in the background (``close`` awaits it), the bound is the bound."""
+        task = asyncio.ensure_future(work)
+        done, _pending = await asyncio.wait({task}, timeout=seconds)
+        if task in done:
+            task.result()
+            return
+        task.cancel()
+        self._tasks.append(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._forget_task)
+        raise TimeoutError(f"the server did not answer within {seconds:.1f} s")
+
+    async def _probe_fresh(self, remote: PostgresBackend) -> None:
+        """Is the server still there, asked on a connection of our own (the LISTEN connection just failed)?
+
+        Through the pool, a stopped server would be found out only after the pool's timeout (it retries refused
+        connections until then): the badge took 5 s or more to follow. A server that answers and refuses the login
+        is not gone: it may be a database being replaced at the same URL, which the pool's own probe finds out
+        (``probe``), as it does on the timer."""
+        assert self.target is not None
+        try:
+            await PostgresBackend.probe_fresh(self.target)
+        except Exception as exc:
+            if refusal(exc) is None:
+                raise
+            await remote.probe()
 
     async def _pause(self, event: asyncio.Event, seconds: float) -> bool:
         """Wait until ``event`` is set or ``seconds`` pass; True when the event woke us."""
@@ -566,7 +610,7 @@ class StorageManager:
         while (left := deadline - loop.time()) > 0 and await self._pause(event, min(WRITE_QUIET_SECONDS, left)):
             pass
 
-    def _lose_remote(self, reason: str, which: PostgresBackend | None = None) -> None:
+    def _lose_remote(self, reason: str, which: PostgresBackend | None = None, *, cause: str = "") -> None:
         """Drop the remote (``which``, when the failure came from a known one: a stale failure of a remote the
         health loop has already replaced must not drop the new one) and cancel sync work still talking to it."""
         if which is not None and which is not self.remote:
@@ -580,7 +624,7 @@ class StorageManager:
                 task.cancel()
                 if not lost.done():
                     lost.set_result(None)
-        self._postgres = TierStatus("down", reason, {"retry_in": FIRST_RETRY_SECONDS})
+        self._postgres = TierStatus("down", reason, {"retry_in": FIRST_RETRY_SECONDS}, cause=cause or CANT_REACH)
         log.warning("Postgres lost: %s", reason)
         task = asyncio.get_running_loop().create_task(remote.close())
         self._tasks.append(task)  # type: ignore[arg-type]
@@ -660,7 +704,7 @@ class StorageManager:
             if self.sqlite is not None:
                 self._fail(self.sqlite, exc)
         elif isinstance(exc, psycopg.Error | OSError | TimeoutError):
-            self._lose_remote(mask_secrets(describe(exc)), remote)
+            self._lose_remote(mask_secrets(describe(exc)), remote, cause=plain_words(exc))
 
     async def _count_loop(self) -> None:
         """Recount what Postgres lacks after local writes, apart from the sync: while an upload runs (or hangs on
@@ -846,7 +890,11 @@ class StorageManager:
         except Exception as exc:
             if not is_environment_error(exc):
                 raise
-            self._fail(old, OSError(f"{why}, and a new one cannot be made there: {describe(exc)}"))
+            self._fail(
+                old,
+                OSError(f"{why}, and a new one cannot be made there: {describe(exc)}"),
+                cause=f"the file is gone and a new one cannot be made ({plain_words(exc)})",
+            )
             return
         async with self._sync_lock:  # no sync round reads the old file while it is swapped
             threads: set[str] = set()
@@ -971,6 +1019,22 @@ class StorageManager:
             self.emit(_changes.of(turns=threads - removed, index=threads - removed, removed=removed, source="process"))
             self._sync_wake.set()  # the other process's turns are this device's to upload too
             self._count_wake.set()
+
+
+def _off_words(reason: str) -> str:
+    """Why no Postgres is used, in words (``storage.factory.postgres_target`` gives the technical reason)."""
+    if reason.startswith("POSTGRES_DATABASE_URL is"):
+        return INVALID_URL
+    if "switched off" in reason:
+        return SWITCHED_OFF
+    return NOT_CONFIGURED
+
+
+def _setup_words(exc: BaseException) -> str:
+    """Why a Postgres that answered cannot be used and will not be retried on a timer, in words."""
+    if isinstance(exc, ValueError):
+        return INVALID_URL
+    return "Cairn could not set up its tables on the server"
 
 
 def sync_merge(a: Conversation, b: Conversation) -> Conversation:

@@ -5,15 +5,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 TierName = Literal["postgres", "sqlite", "memory"]
 TierState = Literal["active", "connected", "standby", "connecting", "down", "failed", "off"]
+
+
+NOT_CONFIGURED = "No server is set up: your conversations are kept on this computer"
+SWITCHED_OFF = "Syncing with the server is switched off in Settings"
+INVALID_URL = "The server address in Settings is not valid"
 
 
 @dataclass(frozen=True)
 class TierStatus:
     state: TierState
     reason: str = ""
+    """Why, for the details' technical part, the doctor and the log: the exception's class and text."""
     detail: dict[str, Any] = field(default_factory=dict)
+    cause: str = ""
+    """Why, in words for people ("Can't reach the server: connection refused"); empty when all is well."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,41 @@ class StorageStatus:
         return " and ".join(parts) or "nothing"
 
     @property
+    def host(self) -> str:
+        """The configured server's host name (from the masked URL: never a password); empty when none is."""
+        if not self.postgres_url:
+            return ""
+        try:
+            params = conninfo_to_dict(self.postgres_url)
+        except psycopg.Error:
+            return ""
+        return str(params.get("host") or params.get("hostaddr") or "localhost")
+
+    @property
+    def server_configured(self) -> bool:
+        """A server is set up to sync with (reachable or not); False when Cairn keeps words locally by choice."""
+        postgres = self.tiers.get("postgres")
+        if postgres is None or postgres.state == "off":
+            return postgres is not None and postgres.cause == INVALID_URL  # meant to sync, but cannot
+        return True
+
+    @property
+    def cause(self) -> str:
+        """Why the active tier is the active tier, in words for people (``reason`` has the technical words)."""
+        postgres = self.tiers.get("postgres", TierStatus("off"))
+        sqlite = self.tiers.get("sqlite", TierStatus("off"))
+        if self.active_tier == "postgres":
+            if self.local_failed:
+                return f"This computer's copy can't be written: {sqlite.cause or 'the file cannot be used'}"
+            return ""
+        if self.active_tier == "sqlite":
+            return postgres.cause or NOT_CONFIGURED
+        local = f"This computer's copy can't be written: {sqlite.cause or 'the file cannot be used'}"
+        if self.server_configured and postgres.cause:
+            return f"{local}. {postgres.cause}"
+        return local
+
+    @property
     def reason(self) -> str:
         """Why the active tier is the active tier, in one line."""
         if self.active_tier == "postgres":
@@ -77,4 +123,5 @@ class StorageStatus:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["reason"] = self.reason
+        data["cause"] = self.cause
         return data

@@ -475,12 +475,12 @@ class PgCluster(PgServer):
         if not _wait_for(self.accepts_connections, timeout):
             raise PostgresError(f"server on port {self.port} does not accept connections{self._log_tail()}")
 
-    def stop(self) -> None:
-        """Fast shutdown (disconnects clients); returns once the server is gone."""
+    def stop(self, mode: str = "fast") -> None:
+        """Shut down (``mode``: pg_ctl's fast, which disconnects clients, or immediate); returns once it is gone."""
         if not self.is_running():
             self._remove_stale_files()
             return
-        self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w", "-t", "60")
+        self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60")
 
     def kill(self) -> None:
         """Crash the server: SIGKILL the postmaster. Returns once it and its backends are gone."""

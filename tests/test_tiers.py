@@ -26,7 +26,7 @@ from storage.backends import SQLITE_FILE_NAME, SqliteBackend
 from storage.errors import is_environment_error, refusal
 from storage.factory import Storage, postgres_target
 from storage.factory import open_storage as open_storage_from_settings
-from storage.manager import REJECTED_RETRY_SECONDS
+from storage.manager import PROBE_INTERVAL_SECONDS, REJECTED_RETRY_SECONDS
 from storage.secrets import SecretStore
 from storage.settings import load_settings
 from storage.threaded import ThreadedSaver
@@ -174,6 +174,38 @@ async def test_black_holed_host_gives_sqlite_within_the_connect_timeout(
     assert status.tiers["postgres"].state == "down"
     assert "timeout" in status.reason.lower(), status.reason
     await turns_work(storage, thread(), ["the network is gone"])
+
+
+async def test_a_network_that_stops_answering_is_noticed_within_a_probe_and_its_bound(
+    tmp_path: Path, pg_url: str, pg_proxy: TcpProxy, open_storage: Any
+) -> None:
+    """A partition (the proxy holds every byte back): the health probe gives up after its bound, and so does the
+    tier. Waiting for the timed-out probe to wind down (psycopg asks the server to cancel the query over the same
+    silent network) made it 17.4 s with a 2 s connect timeout; the bound is 5 s between probes plus 2.5 s."""
+    storage = await open_storage(tmp_path / "data", pg_proxy.url_for(pg_url), connect_timeout=2.0)
+    assert storage.manager.status().active_tier == "postgres"
+    # The steady state: listening for other devices' changes, nothing else under way. (A sync round caught by the
+    # partition makes the probe's wait for a connection end at the pool's timeout, before the bug could show.)
+    await eventually(
+        lambda: storage.manager.status().tiers["postgres"].detail.get("live") == "listening", 10, "listening"
+    )
+    manager = storage.manager
+    remote = manager.remote
+    assert remote is not None
+
+    def idle() -> bool:  # the catch-up poll after LISTEN started has run; a connection waits in the pool
+        busy = manager._poll_due or manager._sync_lock.locked()
+        return not busy and remote.pool.get_stats().get("pool_available", 0) >= 1
+
+    await eventually(idle, 10, "storage idle")
+    started = time.monotonic()
+    pg_proxy.blackhole()
+    status = await wait_for_status(storage.manager, lambda s: s.active_tier == "sqlite", timeout=30)
+    elapsed = time.monotonic() - started
+    # 2.5 s of slack over the bound (7.5 s) for a busy 2-core machine; without the fix it took 17.4 s.
+    assert elapsed < PROBE_INTERVAL_SECONDS + 2.5 + 2.5, elapsed
+    assert status.cause == "Can't reach the server: it does not answer", status.cause
+    await turns_work(storage, thread(), ["written during the partition"])
 
 
 async def test_black_holed_host_start_without_waiting_is_instant(

@@ -17,13 +17,13 @@ from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication, QDialog
 
 import storage.manager
-from gui.badge import TIER_LOOKS, StatusBadge
+from gui.badge import AMBER, CALM, GREEN, RED, TIER_LOOKS, StatusBadge
 from gui.bridge import StorageBridge
 from gui.storage_dialog import MemoryBanner, StorageDetailsDialog
 from storage.doctor import report_text
 from storage.secrets import SecretStore
 from storage.settings import load_settings
-from storage.status import StorageStatus, TierEvent, TierStatus
+from storage.status import INVALID_URL, NOT_CONFIGURED, SWITCHED_OFF, StorageStatus, TierEvent, TierStatus
 from tests.gui.conftest import wait_signal
 
 
@@ -54,6 +54,8 @@ async def one_turn(saver: Any, thread_id: str) -> None:
 def status_on(tier: str) -> StorageStatus:
     """A status (plain data) with ``tier`` active, for drawing tests that need no storage behind them."""
     tiers = {name: TierStatus("active" if name == tier else "standby") for name in ("postgres", "sqlite", "memory")}
+    if tier != "postgres":
+        tiers["postgres"] = TierStatus("off")  # no server set up
     return StorageStatus(tier, tiers, pending_sync=0, postgres_url="", data_dir="/d")  # type: ignore[arg-type]
 
 
@@ -65,7 +67,16 @@ def dominant_colour(badge: StatusBadge) -> QColor:
 
 
 def pending_text(status: StorageStatus) -> str:
-    return f"Local · {status.pending_sync} to sync"
+    return f"On this computer · {status.pending_sync} waiting to sync"
+
+
+TECHNICAL_WORDS = ("Error", "Exception", "retry_in", "checkpoint", "pool", "sqlstate", "psycopg")
+
+
+def assert_plain(text: str) -> None:
+    """Words for people: no exception class, no retry timer, no checkpoints or pool statistics."""
+    found = [word for word in TECHNICAL_WORDS if word.lower() in text.lower()]
+    assert not found, (found, text)
 
 
 # --------------------------------------------------------------------------------------------- the badge
@@ -77,15 +88,16 @@ async def test_badge_says_local_without_a_postgres_url(tmp_path: Path, open_stor
     badge = StatusBadge(bridge)
     qtbot.addWidget(badge)
 
-    assert badge.text() == "Local"
+    assert badge.text() == "Saved on this computer"
     tooltip = badge.toolTip()
-    assert "Saved on this computer only" in tooltip
-    assert "no Postgres URL is configured" in tooltip
-    assert "Postgres: not configured" in tooltip
+    assert tooltip.startswith("Saved on this computer\nNo server is set up")
     assert str(tmp_path / "data") in tooltip
-    assert badge.accessibleName() == "Storage: Local"
+    assert_plain(tooltip)
+    assert badge.accessibleName() == "Storage: Saved on this computer"
     assert badge.accessibleDescription() == tooltip
-    assert badge.colors()[0] == QColor(TIER_LOOKS["sqlite"].background)
+    # The normal state of a computer without a server: a calm colour, not the warning amber.
+    assert badge.colors()[0] == QColor(TIER_LOOKS["sqlite"].background) == QColor(CALM[0])
+    assert badge.colors()[0] != QColor(AMBER[0])
     assert_readable(badge)
 
 
@@ -101,6 +113,112 @@ async def test_badge_click_asks_for_details(tmp_path: Path, open_storage: Any, q
     qtbot.keyClick(badge, Qt.Key.Key_Space)
 
     assert asked == [True, True]
+
+
+URL = "postgresql://me:***@db.example.com:5432/cairn"  # as the manager gives it: masked
+
+
+def status_of(
+    active: str, postgres: TierStatus, *, pending: int = 0, sqlite: TierStatus | None = None
+) -> StorageStatus:
+    """A status (plain data) in one of the states the manager produces (tests/test_tiers.py drives them for real)."""
+    tiers = {"postgres": postgres, "sqlite": sqlite or TierStatus("active"), "memory": TierStatus("standby")}
+    url = "" if postgres.state == "off" and not postgres.cause.startswith("The server address") else URL
+    return StorageStatus(active, tiers, pending_sync=pending, postgres_url=url, data_dir="/d")  # type: ignore[arg-type]
+
+
+REFUSED = TierStatus(
+    "down", "OperationalError: ... Connection refused", {"retry_in": 0.5}, "Can't reach the server: connection refused"
+)
+DISK_FULL = TierStatus("failed", "OperationalError: database or disk is full", cause="the disk is full")
+
+
+@pytest.mark.parametrize(
+    ("status", "words", "colour", "cause"),
+    [
+        (
+            status_of("sqlite", TierStatus("off", "no Postgres URL is configured", cause=NOT_CONFIGURED)),
+            "Saved on this computer",
+            CALM,
+            NOT_CONFIGURED,
+        ),
+        (
+            status_of(
+                "sqlite",
+                TierStatus("off", "Postgres is switched off (USE_POSTGRES_CHECKPOINTER=false)", cause=SWITCHED_OFF),
+            ),
+            "Saved on this computer",
+            CALM,
+            SWITCHED_OFF,
+        ),
+        (
+            status_of(
+                "sqlite", TierStatus("off", "POSTGRES_DATABASE_URL is not a valid Postgres URL: ...", cause=INVALID_URL)
+            ),
+            "On this computer · not synced",
+            AMBER,
+            INVALID_URL,
+        ),
+        (
+            status_of("sqlite", TierStatus("connecting", "connecting to ...", cause="Connecting to the server")),
+            "On this computer · connecting…",
+            CALM,
+            "Connecting to the server",
+        ),
+        (
+            status_of(
+                "sqlite", TierStatus("connecting", "connecting to ...", cause="Connecting to the server"), pending=2
+            ),
+            "On this computer · 2 waiting to sync",
+            CALM,
+            "Connecting to the server",
+        ),
+        (
+            status_of("sqlite", REFUSED),
+            "On this computer · not synced",
+            AMBER,
+            "Can't reach the server: connection refused",
+        ),
+        (status_of("sqlite", REFUSED, pending=3), "On this computer · 3 waiting to sync", AMBER, REFUSED.cause),
+        (
+            status_of(
+                "sqlite",
+                TierStatus("failed", "UndefinedColumn: ...", cause="Cairn could not set up its tables on the server"),
+            ),
+            "On this computer · not synced",
+            AMBER,
+            "Cairn could not set up its tables on the server",
+        ),
+        (status_of("postgres", TierStatus("connected")), "Synced · db.example.com", GREEN, ""),
+        (status_of("postgres", TierStatus("connected"), pending=3), "Syncing 3 · db.example.com", GREEN, ""),
+        (
+            status_of("postgres", TierStatus("connected"), sqlite=DISK_FULL),
+            "Only on the server · db.example.com",
+            AMBER,
+            "This computer's copy can't be written: the disk is full",
+        ),
+        (
+            status_of("memory", REFUSED, sqlite=DISK_FULL),
+            "Not saved",
+            RED,
+            "This computer's copy can't be written: the disk is full. Can't reach the server: connection refused",
+        ),
+    ],
+)
+def test_badge_words_for_every_state(
+    status: StorageStatus, words: str, colour: tuple[str, str], cause: str, qtbot: Any
+) -> None:
+    badge = StatusBadge()
+    qtbot.addWidget(badge)
+    badge.show_status(status)
+    assert badge.text() == words
+    assert badge.colors() == (QColor(colour[0]), QColor(colour[1]))
+    assert status.cause == cause
+    if cause:
+        assert f"{cause}." in badge.toolTip()
+    assert_plain(badge.toolTip())
+    assert "***" not in badge.toolTip() + badge.text()  # the host, never the URL's password (masked or not)
+    assert_readable(badge)
 
 
 @pytest.mark.parametrize("tier", ["postgres", "sqlite", "memory"])
@@ -146,7 +264,8 @@ async def test_badge_follows_postgres_going_down_and_coming_back(
     qtbot.addWidget(badge)
     events: list[TierEvent] = []
     bridge.tierChanged.connect(events.append)
-    assert badge.text() == "Postgres"
+    host = pg_cluster.host
+    assert badge.text() == f"Synced · {host}"
     assert badge.colors()[0] == QColor(TIER_LOOKS["postgres"].background)
 
     pg_cluster.stop()
@@ -162,11 +281,13 @@ async def test_badge_follows_postgres_going_down_and_coming_back(
     shown = badge.status()
     assert shown is not None and shown.active_tier == "sqlite"
     assert badge.text() == pending_text(shown)
-    # The reason it shows is the latest one (the monitor keeps retrying and the wording follows its last error).
-    assert f"Why: {shown.reason}" in badge.toolTip()
-    assert shown.reason == bridge.status().reason
-    assert f"Postgres: {down.postgres_url}" in badge.toolTip()
-    assert badge.colors()[0] == QColor(TIER_LOOKS["sqlite"].background)
+    # The cause it shows is the latest one, in plain words (the monitor keeps retrying; the words follow).
+    assert f"{shown.cause}." in badge.toolTip()
+    assert shown.cause == bridge.status().cause
+    assert shown.cause.startswith("Can't reach the server"), shown.cause
+    assert f"not on {host}" in badge.toolTip()
+    assert_plain(badge.toolTip())
+    assert badge.colors()[0] == QColor(AMBER[0])  # a server is set up and away: a warning
     assert [(e.previous, e.current) for e in events] == [("postgres", "sqlite")]
     assert events[0].reason
 
@@ -177,8 +298,9 @@ async def test_badge_follows_postgres_going_down_and_coming_back(
         lambda s: s.active_tier == "postgres" and s.pending_sync == 0,
         already=lambda: (s := bridge.status()).active_tier == "postgres" and s.pending_sync == 0,
     )
-    assert badge.text() == "Postgres"
-    assert "Saved to Postgres" in badge.toolTip()
+    assert badge.text() == f"Synced · {host}"
+    assert badge.toolTip().startswith(f"Saved on this computer and on {host}")
+    assert badge.colors()[0] == QColor(GREEN[0])
     assert [(e.previous, e.current) for e in events] == [("postgres", "sqlite"), ("sqlite", "postgres")]
 
 
@@ -197,7 +319,9 @@ async def test_memory_tier_turns_the_badge_red_and_shows_the_banner(open_storage
     assert_readable(badge)
     assert "Nothing is being saved" in badge.toolTip()
     assert not banner.isHidden()
-    assert banner.message.text() == "Nothing is being saved: no data directory is configured"
+    assert (
+        banner.message.text() == "Nothing is being saved. This computer's copy can't be written: no data folder is set."
+    )
     qtbot.mouseClick(banner.export_button, Qt.MouseButton.LeftButton)
     assert exports == [True]
 
@@ -283,7 +407,9 @@ async def test_details_show_the_doctor_report_and_retry_now_reconnects(
     assert dialog.report.toPlainText() == report_text(settings, secrets, status)
     assert dialog.tiers.item(0, 1).text() == "down"
     assert "refused" in dialog.tiers.item(0, 2).text().lower()
-    assert "Saved on this computer only" in dialog.summary.text()
+    assert dialog.headline().startswith("Saved on this computer only, not on 127.0.0.1\n")
+    assert "Can't reach the server: connection refused." in dialog.headline()
+    assert_plain(dialog.headline())
     assert dialog.keyring.text() == "tests.keyring_backend.MemoryKeyring"
     assert dialog.retry_button.isEnabled()
 
@@ -295,7 +421,7 @@ async def test_details_show_the_doctor_report_and_retry_now_reconnects(
     assert dialog.status() is not None and dialog.status().active_tier == "postgres"
     assert dialog.tiers.item(0, 1).text() == "connected"
     assert "mode: async" in dialog.tiers.item(0, 2).text()
-    assert "Saved to Postgres" in dialog.summary.text()
+    assert dialog.headline() == "Saved on this computer and on 127.0.0.1"
     assert dialog.report.toPlainText() == report_text(settings, secrets, dialog.status())
     assert back.tiers["postgres"].state == "connected"
 

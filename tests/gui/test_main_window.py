@@ -787,7 +787,7 @@ async def test_search_finds_conversations_by_title_and_by_message(qtbot: Any, ca
 async def test_the_badge_opens_the_storage_details(qtbot: Any, cairn: Cairn) -> None:
     async with cairn() as app:
         window = window_of(app)
-        assert window.badge.text().startswith("Local")
+        assert window.badge.text() == "Saved on this computer"
         assert window.badge.isVisible() and not window.banner.isVisible()
         window.badge.click()
         dialog = window.details_dialog
