@@ -197,17 +197,16 @@ _SQLSTATE_WORDS = {
     "53300": "The server has too many connections",
     "25006": "The server is read-only (a standby?)",
 }
-# Python's sqlite3 gives SQLite's primary result code (SQLITE_FULL, SQLITE_READONLY...); the low byte is the class.
 _SQLITE_WORDS = {
-    13: "the disk is full",
-    8: "the file is read-only",
-    14: "the file cannot be opened",
-    10: "the disk cannot be read or written",
-    11: "the file is damaged",
-    26: "the file is not a Cairn database",
-    5: "another program is using the file",
-    6: "another program is using the file",
-    7: "the computer is out of memory",
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_READONLY: "the file is read-only",
+    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened",
+    sqlite3.SQLITE_IOERR: "the disk cannot be read or written",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged",
+    sqlite3.SQLITE_NOTADB: "the file is not a Cairn database",
+    sqlite3.SQLITE_BUSY: "another program is using the file",
+    sqlite3.SQLITE_LOCKED: "another program is using the file",
+    sqlite3.SQLITE_NOMEM: "the computer is out of memory",
 }
 _ERRNO_WORDS = {
     errno.ENOSPC: "the disk is full",
@@ -244,9 +243,8 @@ def plain_words(exc: BaseException) -> str:
     if isinstance(exc, psycopg_pool.TooManyRequests):
         return "The server is too busy"
     if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        words = _SQLITE_WORDS.get(code & 0xFF) if isinstance(code, int) else None
-        return words or "the file cannot be used"
+        code = _sqlite_code(exc)
+        return (_SQLITE_WORDS.get(code) if code is not None else None) or "the file cannot be used"
     if isinstance(exc, OSError) and exc.errno in _ERRNO_WORDS:
         return _ERRNO_WORDS[exc.errno]
     if isinstance(exc, ConnectionError):
