@@ -7,8 +7,6 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import openai
-
 from chat.endpoints import ModelListError, ModelSilent, ServerUnreachable, unreachable_words
 
 
@@ -21,6 +19,8 @@ def describe_model_error(exc: BaseException, base_url: str = "") -> tuple[str, s
         return f"{words} ({str(cause) or type(cause).__name__})", "network"
     if isinstance(exc, ModelListError):
         return f"No model is chosen and the server did not list its models: {exc}", "config"
+    import openai  # here, not at the top: the OpenAI SDK takes 0.3 s to import, and the window is ready without it
+
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return f"The model server refused the API key ({_detail(exc)}). Check it in Settings → Model.", "auth"
     if isinstance(exc, openai.NotFoundError):

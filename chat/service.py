@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import re
+import threading
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -206,6 +207,8 @@ class ConversationService:
         self._model_factory = model_factory
         self._model_lister = model_lister
         self._models: dict[Endpoint, BaseChatModel] = {}
+        # _model_for fills the cache on the model thread (chat.offload) while set_endpoint clears it on the loop's.
+        self._models_lock = threading.Lock()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._answering: set[str] = set()
         """Runs whose model call has begun: the user's message is stored, so Stop may cancel at once."""
@@ -222,7 +225,8 @@ class ConversationService:
     def set_endpoint(self, endpoint: Endpoint) -> None:
         """Apply new model settings; the next reply uses them (no restart)."""
         self.endpoint = endpoint
-        self._models.clear()
+        with self._models_lock:
+            self._models.clear()
 
     async def pick_first_model(self) -> str:
         """No model is chosen: use the server's first, in the server's order (not the sorted one of the menus), as
@@ -250,11 +254,11 @@ class ConversationService:
             if no_model is not None:
                 raise no_model  # why no first model could be picked (ModelListError, LookupError)
             raise LookupError("No model is chosen: pick one in Settings → Model")
-        # Called on the model thread (chat.offload) while set_endpoint may clear the cache on the loop's thread.
-        model = self._models.get(endpoint)
-        if model is None:
-            model = self._models[endpoint] = self._model_factory(endpoint)
-        return model
+        with self._models_lock:
+            model = self._models.get(endpoint)
+            if model is None:
+                model = self._models[endpoint] = self._model_factory(endpoint)
+            return model
 
     # --- listing --------------------------------------------------------------------------------------------
     @staticmethod
@@ -282,7 +286,7 @@ class ConversationService:
         title = self._derived_titles.get(thread_id)
         if title is not None:
             return title
-        state = await self.graph.aget_state(self._thread_config(thread_id))
+        state = await self.graph.aget_state(self._config(thread_id))
         messages = state.values.get("messages", [])
         if not messages:
             return None if state.config else ""
@@ -313,7 +317,7 @@ class ConversationService:
         return result
 
     async def _messages_contain(self, thread_id: str, needle: str) -> bool:
-        state = await self.graph.aget_state(self._thread_config(thread_id))
+        state = await self.graph.aget_state(self._config(thread_id))
         return any(needle in _text(m).casefold() for m in state.values.get("messages", []))
 
     async def conversation(self, thread_id: str) -> Conversation | None:
@@ -477,7 +481,7 @@ class ConversationService:
         not replace the one the user is reading (the view says it exists)."""
         if not shown or await self.saver.aget_tuple(self._config(thread_id, shown)) is None:
             return None
-        found = await self.saver.aget_tuple(self._thread_config(thread_id))
+        found = await self.saver.aget_tuple(self._config(thread_id))
         # Ids order causally (storage/clock.py): walking back from the newest, ``shown`` comes before any id below it.
         while found is not None and found.checkpoint["id"] > shown and found.parent_config is not None:
             if found.parent_config["configurable"]["checkpoint_id"] == shown:
@@ -650,7 +654,7 @@ class ConversationService:
         keep waiting for the next run)."""
         while True:
             ended = finished.is_set()  # read before looking: a checkpoint stored after the look wakes us again
-            state = await self.graph.aget_state(self._thread_config(thread_id))
+            state = await self.graph.aget_state(self._config(thread_id))
             messages = state.values.get("messages", [])
             if (message_id is None and messages) or any(m.id == message_id for m in messages):
                 break
@@ -668,7 +672,7 @@ class ConversationService:
     ) -> ChatEvent:
         """After Stop: store what arrived as the reply (unless the full reply made it in first), continuing the
         run's own newest checkpoint ``at`` (the thread's latest when the run stored none)."""
-        thread = at or self._thread_config(thread_id)
+        thread = at or self._config(thread_id)
         state = await self.graph.aget_state(thread)
         messages = state.values.get("messages", [])
         shown = str((state.config or {}).get("configurable", {}).get("checkpoint_id") or "")
@@ -683,10 +687,6 @@ class ConversationService:
         stored = await self.graph.aupdate_state(thread, {"messages": [reply]}, as_node=MODEL_NODE)
         at = str(stored["configurable"].get("checkpoint_id") or "")
         return ReplyDone(str(reply.id), partial, stopped=True, checkpoint_id=at)
-
-    @staticmethod
-    def _thread_config(thread_id: str) -> RunnableConfig:
-        return {"configurable": {"thread_id": thread_id}}
 
     @staticmethod
     def _config(thread_id: str, at: str | None = None) -> RunnableConfig:

@@ -10,6 +10,7 @@ conversation, shown under the user's message with a Retry.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import time
 from dataclasses import dataclass, field
@@ -336,7 +337,8 @@ class MainWindow(QMainWindow):
         if not model:
             self.model_label.setText('Model: <a href="model">choose one…</a>')
         else:
-            self.model_label.setText(f'Model: <a href="model">{_escape(model)}</a>' + ("" if chosen else " (default)"))
+            suffix = "" if chosen else " (default)"
+            self.model_label.setText(f'Model: <a href="model">{html.escape(model, quote=False)}</a>{suffix}')
         self.model_label.setToolTip(
             f"Model server: {self.settings.model_base_url}\nClick to choose the model for this conversation (Ctrl+M)"
         )
@@ -1042,6 +1044,3 @@ class MainWindow(QMainWindow):
         thread = self.current if self.current in unsaved else next(iter(listed), self.current)
         return self.ask_export(thread, "markdown")
 
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

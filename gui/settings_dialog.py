@@ -42,7 +42,9 @@ from PySide6.QtWidgets import (
 )
 
 from chat.endpoints import PRESETS, PRESETS_BY_KEY, ModelListError, api_key_name, list_models
+from chat.offload import model_thread
 from gui.badge import TIER_LOOKS
+from gui.tasks import TaskRunner
 from storage import connection_test
 from storage.connection_test import SSL_MODES, ConnectionResult
 from storage.secrets import SecretStore, mask_secrets, password_key
@@ -152,7 +154,7 @@ class SettingsDialog(QDialog):
         self.settings = settings
         self.secrets = secrets
         self.applied: Settings | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskRunner(self)
         self._test_task: asyncio.Task[ConnectionResult] | None = None
         self._models_task: asyncio.Task[None] | None = None
         self.setWindowTitle("Settings")
@@ -562,13 +564,15 @@ class SettingsDialog(QDialog):
         self.refresh_button.setEnabled(False)
         self.models_result.setStyleSheet("")
         self.models_result.setText(f"Asking {base_url} for its models…")
-        self._models_task = self._spawn(self._refresh_models(base_url, self.api_key.text().strip() or None))
+        self._models_task = self._spawn(
+            self._refresh_models(base_url, self.api_key.text().strip() or None), "Listing the models"
+        )
 
     async def _refresh_models(self, base_url: str, api_key: str | None) -> None:
         try:
-            # On a private loop in a worker thread: building an httpx client loads an SSL context synchronously
-            # (30-60 ms here, more on a busy machine), which would stall the GUI loop for a visible moment.
-            models = await asyncio.to_thread(asyncio.run, list_models(base_url, api_key, timeout=MODEL_LIST_TIMEOUT))
+            # On the model thread's loop: building an httpx client loads an SSL context synchronously (30-60 ms here,
+            # more on a busy machine), which would stall the GUI loop; closing the dialog cancels the request.
+            models = await model_thread().run(list_models(base_url, api_key, timeout=MODEL_LIST_TIMEOUT))
         except ModelListError as exc:
             self.refresh_button.setEnabled(True)
             self._show_models_error(mask_secrets(str(exc)))
@@ -602,7 +606,9 @@ class SettingsDialog(QDialog):
         self.test_button.setEnabled(False)
         self.test_result.setStyleSheet("")
         self.test_result.setText(f"Connecting to {where} (at most {timeout:g} s)…")
-        self._test_task = self._spawn(self._run_connection_test(url, self.postgres_password_text() or None, timeout))
+        self._test_task = self._spawn(
+            self._run_connection_test(url, self.postgres_password_text() or None, timeout), "Testing the connection"
+        )
 
     async def _run_connection_test(self, url: str, password: str | None, timeout: float) -> ConnectionResult:
         result = await connection_test.test_connection(url, password, timeout)
@@ -622,23 +628,18 @@ class SettingsDialog(QDialog):
         return opened
 
     # --- tasks ----------------------------------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
+    def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        task = self.tasks.spawn(coro, what)  # which logs a failure with its traceback
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, _task: asyncio.Task[Any]) -> None:
         # Here rather than in the coroutine: a task cancelled before its first step never runs its own code.
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("settings dialog task failed", exc_info=task.exception())
         if shiboken6.isValid(self):
             self.test_button.setEnabled(self._test_task is None or self._test_task.done())
             self.refresh_button.setEnabled(self._models_task is None or self._models_task.done())
 
     def done(self, result: int) -> None:
         # Closing the dialog ends its checks: their results would land in a form nobody looks at.
-        for task in list(self._tasks):
-            task.cancel()
+        self.tasks.cancel_all()
         super().done(result)

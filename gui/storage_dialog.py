@@ -3,6 +3,7 @@ Quit asks when conversations would be lost."""
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -178,11 +179,11 @@ class StorageDetailsDialog(QDialog):
     def show_status(self, status: StorageStatus) -> None:
         self._status = status
         look = look_of(status)
-        lines = [f"<b>{_escape(look.headline)}</b>"]
+        lines = [f"<b>{html.escape(look.headline, quote=False)}</b>"]
         if status.cause:
-            lines.append(_escape(status.cause) + ".")
+            lines.append(html.escape(status.cause, quote=False) + ".")
         if status.pending_sync:
-            lines.append(f"Waiting to be copied to the server: {_escape(status.pending_words)}.")
+            lines.append(f"Waiting to be copied to the server: {html.escape(status.pending_words, quote=False)}.")
         if status.active_tier == "sqlite" and status.server_configured:
             lines.append("Cairn keeps trying by itself; nothing you write is lost.")
         self.summary.setText("<br>".join(lines))
@@ -297,6 +298,3 @@ class QuitWarning(QMessageBox):
         self.setDefaultButton(self.cancel_button)
         self.setEscapeButton(self.cancel_button)
 
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
