@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import getpass
 
-from psycopg.conninfo import conninfo_to_dict
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
 
+from storage.postgres_url import parse_postgres_url
 from storage.secrets import url_user
 
 
 def _where(url: str) -> str:
     """host:port/database as the user wrote them; the URL has no password (the stored one never does)."""
     try:
-        params = conninfo_to_dict(url)
-    except Exception:  # psycopg's ProgrammingError: storage would have refused such a URL before asking
+        return parse_postgres_url(url).where
+    except ValueError:  # storage would have refused such a URL before asking
         return "the Postgres server"
-    host = str(params.get("host") or params.get("hostaddr") or "localhost")
-    port = str(params.get("port") or "5432")
-    return f"{host}:{port}/{params.get('dbname') or url_user(url)}"
 
 
 def _login_name() -> str:

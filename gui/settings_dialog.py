@@ -46,7 +46,8 @@ from chat.offload import model_thread
 from gui.badge import TIER_LOOKS
 from gui.tasks import TaskRunner
 from storage import connection_test
-from storage.connection_test import SSL_MODES, ConnectionResult
+from storage.connection_test import ConnectionResult
+from storage.postgres_url import SSL_MODES, parse_postgres_url
 from storage.secrets import SecretStore, mask_secrets, password_key
 from storage.settings import SPECS_BY_KEY, Settings, SettingsError, load_settings, save_settings
 
@@ -479,7 +480,7 @@ class SettingsDialog(QDialog):
         url = str(values["POSTGRES_DATABASE_URL"])
         if url:
             try:
-                connection_test.parse_target(url)
+                parse_postgres_url(url)
             except ValueError as exc:
                 return "POSTGRES_DATABASE_URL", f"Postgres URL: not a valid PostgreSQL URL ({exc})"
         base_url = str(values["MODEL_BASE_URL"])
@@ -600,7 +601,7 @@ class SettingsDialog(QDialog):
         url = self._composed_url()
         timeout = round(self.connect_timeout.value(), 1)
         try:
-            where = connection_test.parse_target(url).address
+            where = parse_postgres_url(url).address
         except ValueError:
             where = "the server"
         self.test_button.setEnabled(False)

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import shutil
 import sqlite3
 import time
@@ -37,8 +36,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from storage import schema, upload
 from storage.conversations import Conversation, merge_conversations, row_to_conversation
 from storage.errors import describe, is_corruption, is_environment_error
+from storage.postgres_url import check_postgres_url
 from storage.schema import SQLITE_FILE_NAME
-from storage.secrets import mask_secrets
 from storage.threaded import ThreadedSaver
 from storage.upload import StoredCheckpoint, StoredWrite
 
@@ -636,27 +635,6 @@ class PostgresTarget:
         if self.password:
             kwargs["password"] = self.password
         return kwargs
-
-
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-
-def check_postgres_url(url: str) -> None:
-    """Raise ValueError("not a valid Postgres URL: ...") for a URL or conninfo string that can never connect,
-    whatever the network does: libpq cannot parse it, the scheme is not Postgres', or a port is not a port.
-    The message never carries a password."""
-    scheme, sep, _ = url.partition("://")
-    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme) and scheme.lower() not in POSTGRES_SCHEMES:
-        raise ValueError(f"not a valid Postgres URL: it must start with postgresql://, not {scheme[:20]}://")
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.Error as exc:
-        raise ValueError(f"not a valid Postgres URL: {mask_secrets(describe(exc))}") from None
-    for port in str(params.get("port") or "").split(","):
-        port = port.strip()
-        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-            shown = port if len(port) <= 20 else port[:17] + "..."
-            raise ValueError(f'not a valid Postgres URL: port "{shown}" is not a number from 1 to 65535')
 
 
 def async_allowed(loop: asyncio.AbstractEventLoop) -> bool:

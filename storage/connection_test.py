@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from storage.errors import describe
+from storage.postgres_url import PostgresAddress, parse_postgres_url
 from storage.secrets import mask_secrets, split_password
 
 ResultKind = Literal[
@@ -32,7 +32,6 @@ ResultKind = Literal[
     "other",
 ]
 
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 """libpq's sslmode values, weakest first; "prefer" is its default."""
 
 # libpq's own words; the server's address inside them is the one it really tried.
@@ -51,49 +50,12 @@ class ConnectionResult:
     server_version: str = ""
 
 
-@dataclass(frozen=True)
-class Target:
-    host: str
-    port: str
-    user: str
-    dbname: str
-
-    @property
-    def address(self) -> str:
-        return self.host if self.host.startswith("/") else f"{self.host}:{self.port}"
-
-
-def parse_target(url: str) -> Target:
-    """Where ``url`` points (host, port, user, database); ValueError, worded for the user, when libpq cannot use it."""
-    if not url.strip():
-        raise ValueError("no URL is set")
-    scheme, sep, _ = url.partition("://")
-    if sep and scheme.lower() not in ("postgresql", "postgres"):
-        raise ValueError(f"it starts with {scheme}://; a PostgreSQL URL starts with postgresql://")
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.Error as exc:
-        raise ValueError(str(exc).strip().splitlines()[0] if str(exc).strip() else "libpq cannot parse it") from None
-    port = str(params.get("port") or "5432")
-    if not all(part.strip().isdigit() for part in port.split(",")):
-        raise ValueError(f"the port {port!r} is not a number")
-    sslmode = params.get("sslmode")
-    if sslmode is not None and str(sslmode) not in SSL_MODES:
-        raise ValueError(f"sslmode {sslmode!r} is not one of {', '.join(SSL_MODES)}")
-    return Target(
-        host=str(params.get("host") or params.get("hostaddr") or "localhost"),
-        port=port,
-        user=str(params.get("user") or ""),
-        dbname=str(params.get("dbname") or params.get("user") or ""),
-    )
-
-
 def classify(exc: BaseException, url: str, timeout: float) -> ConnectionResult:
     """The failure of a connect to ``url`` as a sentence the user can act on, and its kind."""
     try:
-        target = parse_target(url)
+        target = parse_postgres_url(url)
     except ValueError:
-        target = Target("localhost", "5432", "", "")
+        target = PostgresAddress("localhost", "5432", "", "")
     text = str(exc)
     lower = text.lower()
     address = target.address
@@ -138,7 +100,7 @@ async def test_connection(url: str, password: str | None, timeout: float) -> Con
     """
     clean, inline_password = split_password(url) if "://" in url else (url, None)
     try:
-        parse_target(clean)
+        parse_postgres_url(clean)
     except ValueError as exc:
         return ConnectionResult(False, f"Not a valid PostgreSQL URL: {exc}", "invalid_url")
     kwargs: dict[str, object] = {
@@ -160,7 +122,7 @@ async def test_connection(url: str, password: str | None, timeout: float) -> Con
         return classify(exc, clean, timeout)
     version = str(row[0]) if row else ""
     short = version.split(" on ", 1)[0] or "PostgreSQL"
-    return ConnectionResult(True, f"Connected to {parse_target(clean).address}: {short}", "ok", version)
+    return ConnectionResult(True, f"Connected to {parse_postgres_url(clean).address}: {short}", "ok", version)
 
 
 test_connection.__test__ = False  # type: ignore[attr-defined]  # its name is not a pytest test

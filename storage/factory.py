@@ -6,8 +6,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.backends import PostgresTarget, check_postgres_url
+from storage.backends import PostgresTarget
 from storage.manager import StorageManager
+from storage.postgres_url import check_postgres_url
 from storage.secrets import SecretStore, mask_secrets, resolve_password, split_password, store_url_password
 from storage.settings import Settings
 from storage.tiered import TieredSaver

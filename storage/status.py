@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from storage.postgres_url import parse_postgres_url
 
 TierName = Literal["postgres", "sqlite", "memory"]
 TierState = Literal["active", "connected", "standby", "connecting", "down", "failed", "off"]
@@ -78,10 +77,9 @@ class StorageStatus:
         if not self.postgres_url:
             return ""
         try:
-            params = conninfo_to_dict(self.postgres_url)
-        except psycopg.Error:
+            return parse_postgres_url(self.postgres_url).host
+        except ValueError:
             return ""
-        return str(params.get("host") or params.get("hostaddr") or "localhost")
 
     @property
     def server_configured(self) -> bool:
