@@ -19,8 +19,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
 
 from chat.endpoints import ModelSilent
 
@@ -36,7 +38,16 @@ class WordWatch(AsyncCallbackHandler):
         self.first = asyncio.Event()
         self.chunks = 0
 
-    async def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
+    async def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.chunks += 1
         if token or self.chunks > 1 or _carries_more_than_a_role(chunk):
             self.last = time.monotonic()
@@ -76,7 +87,7 @@ async def within_limits(
             left = None if limit is None else since + limit - time.monotonic()
             if left is not None and left <= 0:
                 raise ModelSilent(limit or 0.0, flowing=watch.last is not None)
-            waits = [task] if first.done() else [task, first]
+            waits: list[asyncio.Future[Any]] = [task] if first.done() else [task, first]
             await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
                 return task.result()

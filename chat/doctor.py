@@ -89,12 +89,26 @@ async def check_model_server(settings: Settings, secrets: SecretStore, *, timeou
     """Ask the configured server for its models (at most ``timeout`` seconds) and judge the answer."""
     base_url = settings.model_base_url
     api_key = secrets.get(api_key_name(base_url)) if base_url.strip() else None
-    limits = {"first_token_timeout": settings.model_first_token_timeout, "token_timeout": settings.model_token_timeout}
+
+    def result(
+        reachable: Check, models: Check, model: Check, key: Check, listed: list[str] | None = None
+    ) -> ServerCheck:
+        return ServerCheck(
+            base_url,
+            reachable,
+            models,
+            model,
+            key,
+            listed or [],
+            first_token_timeout=settings.model_first_token_timeout,
+            token_timeout=settings.model_token_timeout,
+        )
+
     try:
         check_base_url(base_url)
     except ModelListError as exc:
         unusable = Check(False, f"not asked: {mask_secrets(str(exc))}")
-        return ServerCheck(base_url, unusable, NOT_CHECKED, NOT_CHECKED, NOT_CHECKED, **limits)
+        return result(unusable, NOT_CHECKED, NOT_CHECKED, NOT_CHECKED)
     timeout = round(max(timeout, 0.1), 1)
     try:
         # The whole exchange within the time, not each of its steps: building the client alone (its SSL context)
@@ -103,17 +117,17 @@ async def check_model_server(settings: Settings, secrets: SecretStore, *, timeou
             listed = await list_models(base_url, api_key, timeout=timeout, sort=False)
     except TimeoutError:
         no_answer = Check(False, f"No answer from {base_url} within {timeout:g} s")
-        return ServerCheck(base_url, no_answer, NOT_CHECKED, NOT_CHECKED, NOT_CHECKED, **limits)
+        return result(no_answer, NOT_CHECKED, NOT_CHECKED, NOT_CHECKED)
     except (ServerUnreachable, NoAnswer) as exc:
         words = describe_model_error(exc, base_url)[0] if isinstance(exc, ServerUnreachable) else str(exc)
-        return ServerCheck(base_url, Check(False, mask_secrets(words)), NOT_CHECKED, NOT_CHECKED, NOT_CHECKED, **limits)
+        return result(Check(False, mask_secrets(words)), NOT_CHECKED, NOT_CHECKED, NOT_CHECKED)
     except KeyRefused as exc:
         fix = "Check it in Settings → Model." if api_key else "No key is set: enter it in Settings → Model."
         refused = Check(False, f"{exc}. {fix}")
-        return ServerCheck(base_url, Check(True, "yes"), NOT_CHECKED, NOT_CHECKED, refused, **limits)
+        return result(Check(True, "yes"), NOT_CHECKED, NOT_CHECKED, refused)
     except ModelListError as exc:  # the server answered, but not with a model list
         models = Check(False, mask_secrets(str(exc)))
-        return ServerCheck(base_url, Check(True, "yes"), models, NOT_CHECKED, NOT_CHECKED, **limits)
+        return result(Check(True, "yes"), models, NOT_CHECKED, NOT_CHECKED)
     more = len(listed) - SHOWN_MODELS
     shown = ", ".join(listed[:SHOWN_MODELS]) + (f", … ({more} more)" if more > 0 else "")
     models = Check(True, f"{len(listed)} listed: {shown}") if listed else Check(False, "The server lists no models")
@@ -131,7 +145,7 @@ async def check_model_server(settings: Settings, secrets: SecretStore, *, timeou
     else:
         model = Check(False, "No model is chosen and the server offers none")
     key = Check(True, "accepted") if api_key else Check(True, "none set; the server asks for none")
-    return ServerCheck(base_url, Check(True, "yes"), models, model, key, listed=listed, **limits)
+    return result(Check(True, "yes"), models, model, key, listed)
 
 
 async def diagnose_all(

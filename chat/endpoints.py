@@ -9,6 +9,7 @@ import httpx
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
+    from langchain_openai import ChatOpenAI
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,11 @@ async def list_models(
 def chat_model(endpoint: Endpoint) -> BaseChatModel:
     """A streaming LangChain chat model for the endpoint (imported here: langchain-openai takes 2 s to import)."""
     from openai import Timeout  # the client's own httpx (a vendored copy): an httpx.Timeout is refused
+    from pydantic import SecretStr
 
     return _reasoning_chat_openai()(
         base_url=endpoint.base_url,
-        api_key=endpoint.api_key or "not-needed",  # local servers ignore it; the client insists on one
+        api_key=SecretStr(endpoint.api_key or "not-needed"),  # local servers ignore it; the client insists on one
         model=endpoint.model,
         streaming=True,
         # A failure is shown at once with a Retry (a 429 with when to try again): silent retries would look like a
@@ -173,10 +175,10 @@ def chat_model(endpoint: Endpoint) -> BaseChatModel:
     )
 
 
-_REASONING_CLASS: type[BaseChatModel] | None = None
+_REASONING_CLASS: type[ChatOpenAI] | None = None
 
 
-def _reasoning_chat_openai() -> type[BaseChatModel]:
+def _reasoning_chat_openai() -> type[ChatOpenAI]:
     """ChatOpenAI that keeps ``delta.reasoning_content``, which it drops (it follows OpenAI's own API only): thinking
     models behind Ollama, vLLM, LM Studio and DeepSeek stream their reasoning there (see chat/thinking.py). The
     override is the one langchain-deepseek's ChatDeepSeek makes, for any OpenAI-compatible server."""
@@ -184,11 +186,11 @@ def _reasoning_chat_openai() -> type[BaseChatModel]:
     if _REASONING_CLASS is not None:
         return _REASONING_CLASS
     from langchain_core.outputs import ChatGenerationChunk
-    from langchain_openai import ChatOpenAI
+    from langchain_openai import ChatOpenAI as Base
 
     from chat.thinking import REASONING
 
-    class ReasoningChatOpenAI(ChatOpenAI):
+    class ReasoningChatOpenAI(Base):
         def _convert_chunk_to_generation_chunk(
             self, chunk: dict[str, Any], default_chunk_class: type, base_generation_info: dict[str, Any] | None
         ) -> ChatGenerationChunk | None:

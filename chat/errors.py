@@ -14,9 +14,9 @@ def describe_model_error(exc: BaseException, base_url: str = "") -> tuple[str, s
     """(message, kind); kind is auth, model, server, rate_limit, network, timeout, bad_request, config or bug.
     ``base_url``: the server asked, named in the words when nothing answers there."""
     if isinstance(exc, ServerUnreachable):
-        cause = _root_cause(exc)
+        root = _root_cause(exc)
         words = unreachable_words(base_url) if base_url else "Cannot reach the model server. Is it running?"
-        return f"{words} ({str(cause) or type(cause).__name__})", "network"
+        return f"{words} ({str(root) or type(root).__name__})", "network"
     if isinstance(exc, ModelListError):
         return f"No model is chosen and the server did not list its models: {exc}", "config"
     import openai  # here, not at the top: the OpenAI SDK takes 0.3 s to import, and the window is ready without it

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +71,7 @@ token), ``thinking`` (reasoning, when there was some) and ``writing`` (the answe
 
 
 async def _streamed_reply(
-    model: Runnable[Any, BaseMessageChunk], history: list[BaseMessage], config: RunnableConfig
+    model: Runnable[Any, Any], history: Sequence[BaseMessage], config: RunnableConfig
 ) -> BaseMessage:
     """The model's reply, streamed (LangGraph hands each chunk to the window as it comes) and timed."""
     started = time.monotonic()
@@ -105,7 +105,9 @@ async def _streamed_reply(
 
 def build_chat_graph(checkpointer: BaseCheckpointSaver[Any]) -> Any:
     graph = StateGraph(ChatState, context_schema=ChatContext)
-    graph.add_node(MODEL_NODE, call_model)
+    # LangGraph's overloads know nodes taking (state, config) or (state, runtime), not all three; it calls this one
+    # with all three (it reads the parameters' names).
+    graph.add_node(MODEL_NODE, call_model)  # type: ignore[call-overload]
     graph.add_edge(START, MODEL_NODE)
     graph.add_edge(MODEL_NODE, END)
     return graph.compile(checkpointer=checkpointer)

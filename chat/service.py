@@ -37,6 +37,7 @@ from chat.graph import MODEL_NODE, STREAM_TIMES, ChatContext, build_chat_graph
 from chat.state import created_stamp, with_id
 from chat.thinking import REASONING, InlineThinking, reasoning_of
 from storage.backends import Conversation
+from storage.changes import Changes
 from storage.factory import Storage
 from storage.schema import checkpoint_time
 from storage.tiered import check_thread_id
@@ -559,7 +560,12 @@ class ConversationService:
         unsubscribe: Callable[[], None] | None = None
         if waiting is not None:
             # Before the run starts: its first checkpoint must not be missed.
-            unsubscribe = self.manager.subscribe_changes(lambda change: thread_id in change.turns and stored.set())
+
+            def on_change(change: Changes) -> None:
+                if thread_id in change.turns:
+                    stored.set()
+
+            unsubscribe = self.manager.subscribe_changes(on_change)
         try:
             if waiting is not None:
                 sent = graph_input["messages"][-1].id if graph_input else None
@@ -606,18 +612,18 @@ class ConversationService:
                 if thought:
                     thoughts.append(thought)
                     queue.put_nowait(Thinking(thought))
-                for kind, piece in inline.feed(_text(chunk)):
-                    (parts if kind == "answer" else thoughts).append(piece)
-                    queue.put_nowait(Token(piece) if kind == "answer" else Thinking(piece))
-            for kind, piece in inline.end():
-                (parts if kind == "answer" else thoughts).append(piece)
-                queue.put_nowait(Token(piece) if kind == "answer" else Thinking(piece))
+                for part, piece in inline.feed(_text(chunk)):
+                    (parts if part == "answer" else thoughts).append(piece)
+                    queue.put_nowait(Token(piece) if part == "answer" else Thinking(piece))
+            for part, piece in inline.end():
+                (parts if part == "answer" else thoughts).append(piece)
+                queue.put_nowait(Token(piece) if part == "answer" else Thinking(piece))
             messages = last["values"].get("messages", []) if last else []
             if last is None or last["next"] or not messages or not isinstance(messages[-1], AIMessage):
                 queue.put_nowait(ReplyFailed("The model gave no reply", "unknown", "".join(parts)))
             else:
-                at = str(last["config"]["configurable"]["checkpoint_id"])
-                queue.put_nowait(ReplyDone(str(messages[-1].id), _text(messages[-1]), checkpoint_id=at))
+                done_at = str(last["config"]["configurable"]["checkpoint_id"])
+                queue.put_nowait(ReplyDone(str(messages[-1].id), _text(messages[-1]), checkpoint_id=done_at))
         except asyncio.CancelledError as cancelled:
             # LangGraph stores a run's last writes in background tasks; cancelled, it hands over the task that
             # finishes them (langgraph/pregel/_loop.py, AsyncPregelLoop.__aexit__). Wait for it: a write still on
@@ -627,8 +633,8 @@ class ConversationService:
                     with contextlib.suppress(BaseException):
                         await asyncio.shield(pending)
             await self.manager.writes_settled(STOP_SETTLE_SECONDS)
-            at = last["config"] if last is not None else None
-            queue.put_nowait(await self._keep_partial(thread_id, "".join(parts), at, "".join(thoughts)))
+            newest = last["config"] if last is not None else None
+            queue.put_nowait(await self._keep_partial(thread_id, "".join(parts), newest, "".join(thoughts)))
         except Exception as exc:
             message, kind = describe_model_error(exc, self.endpoint.base_url)
             if kind == "bug":
@@ -685,8 +691,8 @@ class ConversationService:
             AIMessage(partial, id=str(uuid.uuid4()), response_metadata={"stopped": True}, additional_kwargs=reasoned)
         )
         stored = await self.graph.aupdate_state(thread, {"messages": [reply]}, as_node=MODEL_NODE)
-        at = str(stored["configurable"].get("checkpoint_id") or "")
-        return ReplyDone(str(reply.id), partial, stopped=True, checkpoint_id=at)
+        stored_at = str(stored["configurable"].get("checkpoint_id") or "")
+        return ReplyDone(str(reply.id), partial, stopped=True, checkpoint_id=stored_at)
 
     @staticmethod
     def _config(thread_id: str, at: str | None = None) -> RunnableConfig:

@@ -502,7 +502,7 @@ class ChatView(QTextBrowser):
             return
         super().keyPressEvent(event)
 
-    def loadResource(self, _type: int, _name: QUrl) -> Any:
+    def loadResource(self, _type: int, _name: QUrl | str) -> Any:
         return None  # nothing from disk or network, ever: the document needs no resources
 
     def changeEvent(self, event: QEvent) -> None:

@@ -409,7 +409,8 @@ class MainWindow(QMainWindow):
 
     def show_sidebar(self, shown: bool) -> None:
         """Show or hide the conversation list (Ctrl+B); hidden, the keyboard focus it held goes to the composer."""
-        had_focus = self.sidebar.isAncestorOf(QApplication.focusWidget())
+        focused = QApplication.focusWidget()
+        had_focus = focused is not None and self.sidebar.isAncestorOf(focused)
         self.sidebar.setVisible(shown)
         self.sidebar_action.setChecked(shown)
         if not shown and had_focus:
@@ -730,7 +731,7 @@ class MainWindow(QMainWindow):
 
     async def _run(self, thread: str, events: AsyncIterator[ChatEvent], *, draft: str | None = None) -> None:
         """Stream one reply into ``thread``: the view follows while it is the open conversation."""
-        run = Run(thread, task=asyncio.current_task())  # type: ignore[arg-type]
+        run = Run(thread, task=asyncio.current_task())
         self._runs[thread] = run
         if self.current == thread:
             self.view.set_busy(True)

@@ -12,9 +12,10 @@ import functools
 import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
 from markdown_it.token import Token
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
@@ -87,7 +88,9 @@ class _Renderer:
         md = MarkdownIt("commonmark", {"html": False, "breaks": True, "typographer": False})
         md.enable(["table", "strikethrough"])
         # Set as bound methods (add_render_rule would rebind them to the renderer): the rules read per-call state.
-        md.renderer.rules.update(
+        # The HTML renderer MarkdownIt makes by default; its rules are typed as methods of its own.
+        rules = cast(dict[str, Any], cast(RendererHTML, md.renderer).rules)
+        rules.update(
             fence=self._fence,
             code_block=self._fence,
             image=self._image,
@@ -147,7 +150,7 @@ class _Renderer:
     def _link_open(self, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
         # The address as a tooltip: the user sees where a link goes before choosing to open it.
         tokens[idx].attrSet("title", str(tokens[idx].attrGet("href") or ""))
-        return str(self.md.renderer.renderToken(tokens, idx, options, env))
+        return str(cast(RendererHTML, self.md.renderer).renderToken(tokens, idx, options, env))
 
 
 _renderer = _Renderer()

@@ -288,7 +288,7 @@ def _session_secrets() -> Any:
     from storage.secrets import SecretStore
 
     class SessionKeyring(keyring.backend.KeyringBackend):
-        priority = 0  # type: ignore[assignment]
+        priority = 0
 
         def __init__(self) -> None:
             super().__init__()
@@ -584,7 +584,8 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) if args.json else report.to_text()
     if sys.stdout is not None:  # a windowed app on Windows has no console
         with contextlib.suppress(AttributeError, ValueError):
-            sys.stdout.reconfigure(errors="backslashreplace")  # a cp1252 console must not lose the report
+            # A cp1252 console must not lose the report (a redirected stdout may be another kind of stream).
+            sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
         with contextlib.suppress(OSError):
             print(text, flush=True)
     if args.report is not None:

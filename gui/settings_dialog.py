@@ -286,7 +286,9 @@ class SettingsDialog(QDialog):
         self.model.setEditable(True)
         self.model.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.model.setAccessibleName("Model")
-        self.model.lineEdit().setPlaceholderText("the server's first model")
+        editor = self.model.lineEdit()
+        assert editor is not None  # an editable combo box has one
+        editor.setPlaceholderText("the server's first model")
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.setToolTip("Ask the server which models it offers.")
         self.refresh_button.clicked.connect(self.start_models_refresh)

@@ -326,7 +326,7 @@ class Sidebar(QWidget):
         try:
             if item is None:
                 self.list.clearSelection()
-                self.list.setCurrentItem(None)
+                self.list.setCurrentRow(-1)
             else:
                 self.list.setCurrentItem(item)
                 item.setSelected(True)

@@ -6,7 +6,8 @@
 #
 # Installs Debian's `postgresql` package when no server binaries are found (unless TEST_POSTGRES_URL
 # points at a server), and `faketime`, `xvfb`, the X11 libraries Qt needs, a CJK font and the other tools the tests
-# use when missing, creates .venv, installs the project with its test extras, then runs pytest.
+# use when missing, creates .venv, installs the project with its test extras, type-checks it (mypy), then runs
+# pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -118,5 +119,9 @@ if [ -n "$xcb_packages" ]; then
     read -r -a xcb_list <<<"$xcb_packages"
     apt_install "${xcb_list[@]}"
 fi
+
+# The type checker first (storage/, chat/, gui/, main.py: [tool.mypy] in pyproject.toml): a wrong type fails here.
+echo "test.sh: type-checking with mypy" >&2
+.venv/bin/python -m mypy
 
 exec .venv/bin/python -m pytest "$@"

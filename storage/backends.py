@@ -30,7 +30,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from storage import schema, upload
@@ -154,6 +154,7 @@ class LocalBackend(Backend):
 
 class SqliteBackend(LocalBackend):
     tier = "sqlite"
+    saver: AsyncSqliteSaver
 
     def __init__(self, saver: AsyncSqliteSaver, path: Path, note: str | None) -> None:
         self.saver = saver
@@ -212,14 +213,14 @@ class SqliteBackend(LocalBackend):
     async def checkpoint_keys(self, thread_id: str | None = None) -> set[Key]:
         where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None else ("", ())
         rows = await self._fetch(f"SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints {where}", params)
-        return {tuple(r) for r in rows}  # type: ignore[misc]
+        return {(r[0], r[1], r[2]) for r in rows}
 
     async def write_keys(self, thread_id: str | None = None) -> set[WriteKey]:
         where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None else ("", ())
         rows = await self._fetch(
             f"SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx FROM writes {where}", params
         )
-        return {tuple(r) for r in rows}  # type: ignore[misc]
+        return {(r[0], r[1], r[2], r[3], r[4]) for r in rows}
 
     async def task_paths(self, key: Key) -> dict[str, str]:
         rows = await self._fetch(
@@ -646,7 +647,11 @@ class PostgresBackend(Backend):
     tier = "postgres"
 
     def __init__(
-        self, saver: BaseCheckpointSaver[str], pool: AsyncConnectionPool | ConnectionPool, *, is_async: bool
+        self,
+        saver: BaseCheckpointSaver[str],
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] | ConnectionPool[psycopg.Connection[DictRow]],
+        *,
+        is_async: bool,
     ) -> None:
         self.saver = saver
         self.pool = pool
@@ -673,22 +678,27 @@ class PostgresBackend(Backend):
                 await _migrate_postgres(probe)
         finally:
             await probe.close()
-        use_async = target.prefer_async and async_allowed(asyncio.get_running_loop())
-        pool_class = AsyncConnectionPool if use_async else ConnectionPool
-        pool = pool_class(
-            target.url,
-            min_size=1,
-            max_size=target.pool_size,
-            kwargs=kwargs,
-            open=False,
-            timeout=target.connect_timeout,
-            check=pool_class.check_connection,
-            name="cairn",
-        )
         opening = target.connect_timeout + 0.5
-        if isinstance(pool, AsyncConnectionPool):
-            await pool.open(wait=True, timeout=opening)
-            return cls(AsyncPostgresSaver(pool), pool, is_async=True)
+        common: dict[str, Any] = {
+            "min_size": 1,
+            "max_size": target.pool_size,
+            "kwargs": kwargs,  # rows as dicts (connect_kwargs), as LangGraph's savers expect
+            "open": False,
+            "timeout": target.connect_timeout,
+            "name": "cairn",
+        }
+        if target.prefer_async and async_allowed(asyncio.get_running_loop()):
+            async_pool = AsyncConnectionPool(
+                target.url,
+                connection_class=psycopg.AsyncConnection[DictRow],
+                check=AsyncConnectionPool.check_connection,
+                **common,
+            )
+            await async_pool.open(wait=True, timeout=opening)
+            return cls(AsyncPostgresSaver(async_pool), async_pool, is_async=True)
+        pool = ConnectionPool(
+            target.url, connection_class=psycopg.Connection[DictRow], check=ConnectionPool.check_connection, **common
+        )
         await asyncio.to_thread(pool.open, wait=True, timeout=opening)
         return cls(ThreadedSaver(PostgresSaver(pool)), pool, is_async=False)
 
@@ -780,9 +790,9 @@ class PostgresBackend(Backend):
                 async def put(batch: Sequence[StoredCheckpoint]) -> None:
                     nonlocal conn
                     rows = await asyncio.to_thread(upload.postgres_rows, saver, batch)
-                    if conn is None:
-                        conn = await stack.enter_async_context(pool.connection())
-                    await upload.aput_rows(conn, rows)
+                    current = conn if conn is not None else await stack.enter_async_context(pool.connection())
+                    conn = current
+                    await upload.aput_rows(current, rows)
 
                 yield put
             return
@@ -846,6 +856,7 @@ class PostgresBackend(Backend):
         )
 
     async def search_messages(self, text: str) -> set[str]:
+        params: list[str | bytes]
         if text.isascii():
             # In encode(.., 'escape') every ASCII byte but NUL and the backslash stands for itself: lower() folds it.
             where, params = "position(lower(%s) in lower(encode(blob, 'escape'))) > 0", [_escape_bytea(text.encode())]
@@ -878,8 +889,8 @@ async def _migrate_postgres(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(schema.POSTGRES_MIGRATIONS_TABLE)
         cursor = await conn.execute("SELECT coalesce(max(v), -1) AS v FROM cairn_migrations")
         row = await cursor.fetchone()
-        version = int(row["v"]) if row else -1  # type: ignore[call-overload,index]
+        version = int(row["v"]) if row else -1
         for v in range(version + 1, len(schema.POSTGRES_MIGRATIONS)):
-            await conn.execute(schema.POSTGRES_MIGRATIONS[v])  # type: ignore[arg-type]
+            await conn.execute(schema.POSTGRES_MIGRATIONS[v])
             await conn.execute("INSERT INTO cairn_migrations (v) VALUES (%s)", (v,))
         await conn.execute(schema.POSTGRES_RECONCILE_INDEX)

@@ -10,7 +10,7 @@ import asyncio
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 
@@ -103,16 +103,13 @@ async def test_connection(url: str, password: str | None, timeout: float) -> Con
         parse_postgres_url(clean)
     except ValueError as exc:
         return ConnectionResult(False, f"Not a valid PostgreSQL URL: {exc}", "invalid_url")
-    kwargs: dict[str, object] = {
-        "autocommit": True,
-        # libpq counts whole seconds and treats anything below 2 as 2; asyncio.timeout is the exact bound.
-        "connect_timeout": max(2, math.ceil(timeout)),
-    }
+    # libpq counts whole seconds and treats anything below 2 as 2; asyncio.timeout is the exact bound.
+    libpq: dict[str, Any] = {"connect_timeout": max(2, math.ceil(timeout))}  # libpq options, by keyword
     if password or inline_password:
-        kwargs["password"] = password or inline_password
+        libpq["password"] = password or inline_password or ""
     try:
         async with asyncio.timeout(timeout):
-            conn = await psycopg.AsyncConnection.connect(clean, **kwargs)
+            conn = await psycopg.AsyncConnection.connect(clean, autocommit=True, **libpq)
             try:
                 cursor = await conn.execute("SELECT version()")
                 row = await cursor.fetchone()

@@ -14,7 +14,7 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,11 +38,21 @@ from storage.conversations import listed
 from storage.errors import CANT_REACH, describe, is_environment_error, plain_words, refusal
 from storage.schema import APP_NAME_PREFIX
 from storage.secrets import mask_secrets, mask_url
-from storage.status import INVALID_URL, NOT_CONFIGURED, SWITCHED_OFF, StorageStatus, TierEvent, TierName, TierStatus
+from storage.status import (
+    INVALID_URL,
+    NOT_CONFIGURED,
+    SWITCHED_OFF,
+    StorageStatus,
+    TierEvent,
+    TierName,
+    TierState,
+    TierStatus,
+)
 
 log = logging.getLogger("cairn.storage")
 
 T = TypeVar("T")
+B = TypeVar("B", bound=Backend)
 Listener = Callable[[StorageStatus, TierEvent | None], None]
 ChangeListener = Callable[[Changes], None]
 
@@ -129,7 +139,7 @@ class StorageManager:
         self._writes_idle = asyncio.Event()
         self._notice = ""  # the last thing that happened to the user's words that they must hear of, in words
         self._active: TierName = "memory"
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._retry = asyncio.Event()
         self._remote_lost = asyncio.Event()
         self._sync_wake = asyncio.Event()
@@ -187,12 +197,12 @@ class StorageManager:
             await self._first_attempt.wait()
         log.info("storage started: active tier %s", self._active)
 
-    def _spawn(self, work: Awaitable[None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(work, name=name)  # type: ignore[arg-type]
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.append(task)
         task.add_done_callback(self._background_done)
 
-    def _background_done(self, task: asyncio.Task[None]) -> None:
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
         """A background task ended. Only close() ends them: anything else is a bug, which must not pass in silence."""
         if task.cancelled() or self._closed:
             return
@@ -323,7 +333,7 @@ class StorageManager:
             except Exception:
                 log.exception("storage change listener failed")
 
-    async def read(self, backend: Backend, op: Callable[[Backend], Awaitable[T]]) -> T | None:
+    async def read(self, backend: B, op: Callable[[B], Awaitable[T]]) -> T | None:
         """Run a read; an environment error fails that tier (the caller tries the next) and gives None."""
         try:
             return await op(backend)
@@ -422,9 +432,9 @@ class StorageManager:
         if self.sqlite is None or self.sqlite_failed:
             sqlite = TierStatus("failed", self.sqlite_failed, sqlite_detail, cause=self.sqlite_cause)
         else:
-            state = "active" if self.write_target() is self.sqlite else "standby"
+            state: TierState = "active" if self.write_target() is self.sqlite else "standby"
             sqlite = TierStatus(state, self.sqlite.note or "", sqlite_detail)
-        memory_state = "active" if self.write_target() is self.memory else "standby"
+        memory_state: TierState = "active" if self.write_target() is self.memory else "standby"
         memory_reason = "nothing is being saved: no durable storage works" if memory_state == "active" else ""
         postgres = self._postgres
         if self.remote is not None:
@@ -573,7 +583,7 @@ class StorageManager:
             task.result()
             return
         task.cancel()
-        self._tasks.append(task)  # type: ignore[arg-type]
+        self._tasks.append(task)
         task.add_done_callback(self._forget_task)
         raise TimeoutError(f"the server did not answer within {seconds:.1f} s")
 
@@ -627,8 +637,8 @@ class StorageManager:
         self._postgres = TierStatus("down", reason, {"retry_in": FIRST_RETRY_SECONDS}, cause=cause or CANT_REACH)
         log.warning("Postgres lost: %s", reason)
         task = asyncio.get_running_loop().create_task(remote.close())
-        self._tasks.append(task)  # type: ignore[arg-type]
-        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))  # type: ignore[arg-type]
+        self._tasks.append(task)
+        task.add_done_callback(self._closed_remote)
         self._remote_lost.set()
         self._listening = ""
         self._live_reason = "Postgres is not connected" if self.live else self._live_reason
@@ -675,7 +685,8 @@ class StorageManager:
         lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._rounds[task] = (remote, lost)
         try:
-            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: list[asyncio.Future[Any]] = [task, lost]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -686,15 +697,21 @@ class StorageManager:
         if not task.done():
             # Cancelled, but psycopg first tries to cancel the query on the server, which on a dead network takes
             # its own timeouts (about 10 s): let it finish in the background (close() awaits it) and go on.
-            self._tasks.append(task)  # type: ignore[arg-type]
+            self._tasks.append(task)
             task.add_done_callback(self._forget_task)
         if task.cancelled() or not task.done():
             raise ConnectionError("Postgres was lost during sync")
         return task.result()
 
-    def _forget_task(self, task: asyncio.Future[Any]) -> None:
+    def _closed_remote(self, task: asyncio.Task[Any]) -> None:
         if task in self._tasks:
-            self._tasks.remove(task)  # type: ignore[arg-type]
+            self._tasks.remove(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("closing a lost Postgres connection failed", exc_info=exc)  # environment errors never get here
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
         if not task.cancelled():
             task.exception()  # retrieved: an abandoned round's error was already answered by the tier change
 

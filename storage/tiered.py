@@ -92,7 +92,7 @@ class TieredSaver(BaseCheckpointSaver[str]):
         thread_id = _thread_of(config)
         # Taken now: LangGraph goes on with the next step meanwhile, and may append to a list this checkpoint
         # holds (a Topic channel) before a later tier, the journal's replay or the cache looks at it.
-        checkpoint, metadata = stored_checkpoint(checkpoint, self.serde), dict(metadata)
+        checkpoint, metadata = stored_checkpoint(checkpoint, self.serde), CheckpointMetadata(**metadata)
         c = config["configurable"]
         key = (thread_id, c.get("checkpoint_ns", ""), checkpoint["id"])
         parent = (thread_id, c.get("checkpoint_ns", ""), c.get("checkpoint_id"))
@@ -225,7 +225,7 @@ class TieredSaver(BaseCheckpointSaver[str]):
             return await read()
         hit = ask(cache)
         if hit is not MISS:
-            return hit  # type: ignore[no-any-return]
+            return hit
         token = cache.token()
         found = await read()
         remember(cache, token, found)

@@ -147,10 +147,10 @@ def postgres_rows(saver: BasePostgresSaver, batch: Iterable[StoredCheckpoint]) -
             (row,) = saver._dump_writes(
                 thread_id, ns, checkpoint_id, write.task_id, write.task_path, [(write.channel, write.value)]
             )
-            row = (*row[:IDX], write.idx, *row[IDX + 1 :])
+            numbered = (*row[:IDX], write.idx, *row[IDX + 1 :])
             # aput_writes overwrites special writes (errors, interrupts) and never regular ones: a local special
             # write may have been replaced since an earlier upload, a regular one never changes.
-            (rows.special_writes if write.channel in WRITES_IDX_MAP else rows.writes).append(row)
+            (rows.special_writes if write.channel in WRITES_IDX_MAP else rows.writes).append(numbered)
     return rows
 
 
