@@ -1,0 +1,305 @@
+// The conversation: a ListView of message cards. Python gives `messages` (gui.conversation.model.MessageListModel)
+// and `chat` (gui.conversation.view.Bridge: the actions, the fonts and colours that come from Python).
+import QtQuick
+import QtQuick.Controls.Basic
+
+Rectangle {
+    id: root
+    color: pal.base
+
+    SystemPalette { id: pal; colorGroup: SystemPalette.Active }
+
+    readonly property bool dark: pal.base.hslLightness < 0.5
+    readonly property color muted: pal.placeholderText
+    readonly property color userCard: Qt.tint(pal.base, Qt.rgba(pal.highlight.r, pal.highlight.g, pal.highlight.b, 0.12))
+    readonly property color replyCard: Qt.tint(pal.base, Qt.rgba(pal.text.r, pal.text.g, pal.text.b, 0.04))
+    readonly property int maxCardWidth: 760
+
+    ListView {
+        id: list
+        objectName: "messageList"
+        anchors.fill: parent
+        model: messages
+        spacing: 10
+        topMargin: 12
+        bottomMargin: 12
+        boundsBehavior: Flickable.StopAtBounds
+        keyNavigationEnabled: true
+        activeFocusOnTab: true
+        Accessible.role: Accessible.List
+        Accessible.name: "Conversation"
+        // Follow the end while the user has not scrolled away from it (a streaming reply grows the last card).
+        property bool follow: true
+        onMovementEnded: follow = atYEnd
+        onContentHeightChanged: if (follow) Qt.callLater(list.toEnd)
+        onCountChanged: if (follow) Qt.callLater(list.toEnd)
+        function toEnd() { if (list.follow) list.positionViewAtEnd() }
+
+        ScrollBar.vertical: ScrollBar { policy: ScrollBar.AsNeeded }
+
+        delegate: Item {
+            id: row
+            objectName: "message"
+            required property int index
+            required property string id
+            required property string role
+            required property string timestamp
+            required property bool streaming
+            required property bool stopped
+            required property int branchIndex
+            required property int branchCount
+            required property string reasoning
+            required property real reasoningSeconds
+            required property var usage
+            required property var blocks
+
+            width: ListView.view.width
+            height: card.height
+
+            Rectangle {
+                id: card
+                objectName: "card"
+                width: Math.min(root.maxCardWidth, row.width - 32)
+                x: (row.width - width) / 2
+                height: body.implicitHeight + 24
+                radius: 10
+                color: row.role === "user" ? root.userCard : root.replyCard
+                border.color: card.activeFocus ? pal.highlight : Qt.rgba(pal.mid.r, pal.mid.g, pal.mid.b, 0.35)
+                border.width: card.activeFocus ? 2 : 1
+                activeFocusOnTab: true
+                Accessible.role: Accessible.ListItem
+                Accessible.name: (row.role === "user" ? "You" : "Assistant") + ", " + row.timestamp
+
+                HoverHandler { id: hover }
+                Keys.onPressed: (event) => {
+                    if (event.matches(StandardKey.Copy)) { toolbar.copy(); event.accepted = true }
+                    else if (event.key === Qt.Key_E && row.role === "user") { chat.edit(row.id); event.accepted = true }
+                    else if (event.key === Qt.Key_R && row.role === "assistant") { chat.regenerate(row.id); event.accepted = true }
+                }
+
+                Column {
+                    id: body
+                    x: 14; y: 12
+                    width: card.width - 28
+                    spacing: 6
+
+                    Row {
+                        spacing: 8
+                        height: 24
+                        Text {
+                            anchors.verticalCenter: parent.verticalCenter
+                            text: row.role === "user" ? "You" : "Assistant"
+                            font.bold: true
+                            color: pal.text
+                        }
+                        Text {
+                            anchors.verticalCenter: parent.verticalCenter
+                            text: row.timestamp + (row.streaming ? " · writing" : row.stopped ? " · stopped" : "")
+                            color: root.muted
+                            font.pixelSize: 11
+                        }
+                    }
+
+                    // Reasoning, collapsed: "Thought for N s".
+                    Column {
+                        visible: row.reasoning.length > 0
+                        width: parent.width
+                        spacing: 4
+                        property bool open: false
+                        Text {
+                            id: thought
+                            text: (parent.open ? "▾ " : "▸ ") + "Thought for " + Math.round(row.reasoningSeconds) + " s"
+                            color: root.muted
+                            TapHandler { onTapped: thought.parent.open = !thought.parent.open }
+                        }
+                        Text {
+                            visible: parent.open
+                            width: parent.width
+                            text: row.reasoning
+                            wrapMode: Text.Wrap
+                            color: root.muted
+                            textFormat: Text.PlainText
+                        }
+                    }
+
+                    Repeater {
+                        model: row.blocks
+                        delegate: Loader {
+                            id: block
+                            required property int index
+                            required property string kind
+                            required property string html
+                            required property string language
+                            required property var chunks
+                            width: body.width
+                            sourceComponent: kind === "code" ? codeBlock : textBlock
+                        }
+                    }
+
+                    // Tokens and speed under a finished reply; the branch switcher when there are other versions.
+                    Row {
+                        spacing: 12
+                        visible: switcher.visible || usageText.visible
+                        Row {
+                            id: switcher
+                            visible: row.branchCount > 1
+                            spacing: 2
+                            ToolButton {
+                                text: "‹"; enabled: row.branchIndex > 0
+                                onClicked: chat.switchBranch(row.id, -1)
+                                Accessible.name: "Previous version"
+                                ToolTip.visible: hovered; ToolTip.text: "Previous version"
+                            }
+                            Text {
+                                anchors.verticalCenter: parent.verticalCenter
+                                text: (row.branchIndex + 1) + " / " + row.branchCount
+                                color: root.muted
+                            }
+                            ToolButton {
+                                text: "›"; enabled: row.branchIndex < row.branchCount - 1
+                                onClicked: chat.switchBranch(row.id, 1)
+                                Accessible.name: "Next version"
+                                ToolTip.visible: hovered; ToolTip.text: "Next version"
+                            }
+                        }
+                        Text {
+                            id: usageText
+                            anchors.verticalCenter: parent.verticalCenter
+                            visible: row.role === "assistant" && !row.streaming && row.usage && row.usage.tokens > 0
+                            text: visible ? Math.round(row.usage.tokens) + " tokens · " + row.usage.perSecond.toFixed(1) + " tokens/s" : ""
+                            color: root.muted
+                            font.pixelSize: 11
+                        }
+                    }
+                }
+
+                // The toolbar: on hover or when the card (or one of its buttons) has the focus.
+                Row {
+                    id: toolbar
+                    objectName: "toolbar"
+                    anchors.right: parent.right
+                    anchors.top: parent.top
+                    anchors.margins: 6
+                    spacing: 2
+                    visible: hover.hovered || card.activeFocus || copyButton.activeFocus || editButton.activeFocus || regenButton.activeFocus
+                    property bool copied: false
+                    function copy() { chat.copyMessage(row.id); toolbar.copied = true; copiedTimer.restart() }
+                    Timer { id: copiedTimer; interval: 1500; onTriggered: toolbar.copied = false }
+                    ToolButton {
+                        id: copyButton
+                        objectName: "copyButton"
+                        text: toolbar.copied ? "Copied ✓" : "Copy"
+                        onClicked: toolbar.copy()
+                        Accessible.name: "Copy message"
+                        ToolTip.visible: hovered; ToolTip.text: "Copy this message (Ctrl+C)"
+                    }
+                    ToolButton {
+                        id: editButton
+                        visible: row.role === "user"
+                        text: "Edit"
+                        onClicked: chat.edit(row.id)
+                        Accessible.name: "Edit message"
+                        ToolTip.visible: hovered; ToolTip.text: "Edit and send again (E)"
+                    }
+                    ToolButton {
+                        id: regenButton
+                        visible: row.role === "assistant" && !row.streaming
+                        text: "Regenerate"
+                        onClicked: chat.regenerate(row.id)
+                        Accessible.name: "Regenerate reply"
+                        ToolTip.visible: hovered; ToolTip.text: "Write this reply again (R)"
+                    }
+                }
+
+                Component {
+                    id: textBlock
+                    Text {
+                        // Markdown already rendered by gui.markdown into Qt's rich-text HTML.
+                        text: parent ? parent.html : ""
+                        textFormat: Text.RichText
+                        wrapMode: Text.Wrap
+                        color: pal.text
+                        linkColor: chat.linkColor
+                        onLinkActivated: (link) => chat.openLink(link)
+                        HoverHandler { cursorShape: parent.hoveredLink ? Qt.PointingHandCursor : Qt.ArrowCursor }
+                    }
+                }
+
+                Component {
+                    id: codeBlock
+                    Rectangle {
+                        id: codeFrame
+                        readonly property var blockItem: parent
+                        height: codeColumn.height + 8
+                        radius: 6
+                        color: chat.codeBackground
+                        border.color: Qt.rgba(pal.mid.r, pal.mid.g, pal.mid.b, 0.5)
+                        Column {
+                            id: codeColumn
+                            x: 8; y: 4
+                            width: parent.width - 16
+                            Item {
+                                width: parent.width
+                                height: 26
+                                Text {
+                                    anchors.verticalCenter: parent.verticalCenter
+                                    text: codeFrame.blockItem.language || "code"
+                                    color: root.muted
+                                    font.pixelSize: 11
+                                }
+                                ToolButton {
+                                    id: copyCode
+                                    anchors.right: parent.right
+                                    anchors.verticalCenter: parent.verticalCenter
+                                    property bool copied: false
+                                    text: copied ? "Copied ✓" : "Copy"
+                                    onClicked: { chat.copyCode(row.id, codeFrame.blockItem.index); copied = true; codeTimer.restart() }
+                                    Timer { id: codeTimer; interval: 1500; onTriggered: copyCode.copied = false }
+                                    Accessible.name: "Copy code"
+                                    ToolTip.visible: hovered; ToolTip.text: "Copy this code"
+                                }
+                            }
+                            Flickable {
+                                // Its own horizontal scroll: long lines do not widen the card.
+                                width: parent.width
+                                height: lines.height
+                                contentWidth: lines.width
+                                contentHeight: lines.height
+                                flickableDirection: Flickable.HorizontalFlick
+                                boundsBehavior: Flickable.StopAtBounds
+                                clip: true
+                                ScrollBar.horizontal: ScrollBar { policy: ScrollBar.AsNeeded }
+                                Column {
+                                    id: lines
+                                    Repeater {
+                                        model: codeFrame.blockItem.chunks
+                                        delegate: Text {
+                                            text: model.text
+                                            textFormat: model.rich ? Text.RichText : Text.PlainText
+                                            font.family: chat.fixedFont
+                                            color: pal.text
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // "Jump to the newest" when the user has scrolled up.
+    RoundButton {
+        id: jump
+        objectName: "jumpButton"
+        anchors.horizontalCenter: parent.horizontalCenter
+        anchors.bottom: parent.bottom
+        anchors.bottomMargin: 16
+        visible: !list.follow && list.count > 0
+        text: "↓ Newest"
+        onClicked: { list.follow = true; list.positionViewAtEnd() }
+        Accessible.name: "Jump to the newest message"
+        ToolTip.visible: hovered; ToolTip.text: "Jump to the newest message (End)"
+    }
+}
