@@ -10,6 +10,7 @@ so a 5,000-message conversation costs 5,000 small records until the user scrolls
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -31,6 +32,7 @@ from gui.markdown import LIGHT, Theme
 FLUSH_MS = 30
 """Longest wait between a token's arrival and its appearance (about two frames), as gui/chat_view.py waits."""
 
+CACHE_SIZE = 4_000
 Index = QModelIndex | QPersistentModelIndex
 
 
@@ -231,6 +233,7 @@ class MessageListModel(QAbstractListModel):
         super().__init__(parent)
         self.entries: list[Entry] = []
         self.theme = LIGHT
+        self._cache: OrderedDict[tuple[str, str, Theme], list[Block]] = OrderedDict()
         self.flush_count = 0
         """How many times the streaming reply was rendered again (tokens between are coalesced)."""
         self._stream_parts: list[str] = []
@@ -257,8 +260,7 @@ class MessageListModel(QAbstractListModel):
         if role == r["blocks"]:
             if entry.blocks is None:  # made on first sight: most messages of a long conversation never are
                 entry.blocks = BlockModel(self.theme, self)
-                plain = entry.role == "user" and "```" not in entry.text and "\n    " not in entry.text
-                entry.blocks.set_blocks(0, split_blocks(entry.text, self.theme, plain=plain))
+                entry.blocks.set_blocks(0, self._blocks_of(entry))
             return entry.blocks
         if role == r["id"]:
             return entry.id
@@ -283,6 +285,19 @@ class MessageListModel(QAbstractListModel):
         if role == r["usage"]:
             return entry.usage
         return None
+
+    def _blocks_of(self, entry: Entry) -> list[Block]:
+        """A message's blocks, kept for the next open (as gui/chat_view.py keeps its rendered HTML)."""
+        key = (entry.id, entry.text, self.theme)
+        found = self._cache.get(key)
+        if found is not None:
+            self._cache.move_to_end(key)
+            return found
+        plain = entry.role == "user" and "```" not in entry.text and "\n    " not in entry.text
+        found = self._cache[key] = split_blocks(entry.text, self.theme, plain=plain)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return found
 
     # --- what the view calls --------------------------------------------------------------------------------
     def set_theme(self, theme: Theme) -> None:

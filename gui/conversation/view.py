@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from PySide6.QtCore import Property, QObject, QUrl, Signal, Slot
+from PySide6.QtCore import Property, QMetaObject, QObject, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication, QPalette
 from PySide6.QtQuick import QQuickItem, QQuickView, QQuickWindow
 from PySide6.QtQuickWidgets import QQuickWidget
@@ -175,11 +175,20 @@ class ConversationView(QWidget):
         start = time.perf_counter()
         self.thread_id = thread_id
         self.model.reset([Entry(m.id, m.role, m.text, m.stopped, _timestamp(m)) for m in messages])
+        self.scroll_to_end()
         self.last_open_ms = (time.perf_counter() - start) * 1000
         return self.last_open_ms
 
     def append_message(self, message: MessageLike) -> None:
         self.model.append(Entry(message.id, message.role, message.text, message.stopped, _timestamp(message)))
+        self.scroll_to_end()
+
+    def scroll_to_end(self) -> None:
+        """Show the end now, and follow it: the first frame after an open shows the newest messages, and the
+        delegates of the oldest are never made (the QML's own follow waits for the next turn of the loop)."""
+        items = self.list_item()
+        items.setProperty("follow", True)
+        QMetaObject.invokeMethod(items, "positionViewAtEnd")
 
     def remove_messages_from(self, index: int) -> None:
         self.model.remove_from(index)

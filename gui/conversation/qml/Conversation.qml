@@ -21,8 +21,9 @@ Rectangle {
         anchors.fill: parent
         model: messages
         spacing: 10
-        topMargin: 12
-        bottomMargin: 12
+        // Spacers, not top/bottomMargin: positionViewAtEnd() stops short of a bottom margin (atYEnd stays false).
+        header: Item { width: 1; height: 12 }
+        footer: Item { width: 1; height: 12 }
         boundsBehavior: Flickable.StopAtBounds
         keyNavigationEnabled: true
         activeFocusOnTab: true
@@ -72,7 +73,7 @@ Rectangle {
 
                 HoverHandler { id: hover }
                 Keys.onPressed: (event) => {
-                    if (event.matches(StandardKey.Copy)) { toolbar.copy(); event.accepted = true }
+                    if (event.matches(StandardKey.Copy)) { card.copy(); event.accepted = true }
                     else if (event.key === Qt.Key_E && row.role === "user") { chat.edit(row.id); event.accepted = true }
                     else if (event.key === Qt.Key_R && row.role === "assistant") { chat.regenerate(row.id); event.accepted = true }
                 }
@@ -173,41 +174,48 @@ Rectangle {
                     }
                 }
 
-                // The toolbar: on hover or when the card (or one of its buttons) has the focus.
-                Row {
+                // The toolbar: on hover or when the card (or one of its buttons) has the focus. Made only then: a card
+                // that is merely on screen costs no buttons.
+                property bool copied: false
+                function copy() { chat.copyMessage(row.id); card.copied = true }
+                Loader {
                     id: toolbar
                     objectName: "toolbar"
                     anchors.right: parent.right
                     anchors.top: parent.top
                     anchors.margins: 6
-                    spacing: 2
-                    visible: hover.hovered || card.activeFocus || copyButton.activeFocus || editButton.activeFocus || regenButton.activeFocus
-                    property bool copied: false
-                    function copy() { chat.copyMessage(row.id); toolbar.copied = true; copiedTimer.restart() }
-                    Timer { id: copiedTimer; interval: 1500; onTriggered: toolbar.copied = false }
-                    ToolButton {
-                        id: copyButton
-                        objectName: "copyButton"
-                        text: toolbar.copied ? "Copied ✓" : "Copy"
-                        onClicked: toolbar.copy()
-                        Accessible.name: "Copy message"
-                        ToolTip.visible: hovered; ToolTip.text: "Copy this message (Ctrl+C)"
-                    }
-                    ToolButton {
-                        id: editButton
-                        visible: row.role === "user"
-                        text: "Edit"
-                        onClicked: chat.edit(row.id)
-                        Accessible.name: "Edit message"
-                        ToolTip.visible: hovered; ToolTip.text: "Edit and send again (E)"
-                    }
-                    ToolButton {
-                        id: regenButton
-                        visible: row.role === "assistant" && !row.streaming
-                        text: "Regenerate"
-                        onClicked: chat.regenerate(row.id)
-                        Accessible.name: "Regenerate reply"
-                        ToolTip.visible: hovered; ToolTip.text: "Write this reply again (R)"
+                    active: hover.hovered || card.activeFocus || card.copied || (item !== null && item.activeFocus)
+                    sourceComponent: FocusScope {
+                        width: buttons.width
+                        height: buttons.height
+                        Timer { running: card.copied; interval: 1500; onTriggered: card.copied = false }
+                        Row {
+                            id: buttons
+                            spacing: 2
+                            ToolButton {
+                                objectName: "copyButton"
+                                text: card.copied ? "Copied ✓" : "Copy"
+                                onClicked: card.copy()
+                                Accessible.name: "Copy message"
+                                ToolTip.visible: hovered; ToolTip.text: "Copy this message (Ctrl+C)"
+                            }
+                            ToolButton {
+                                objectName: "editButton"
+                                visible: row.role === "user"
+                                text: "Edit"
+                                onClicked: chat.edit(row.id)
+                                Accessible.name: "Edit message"
+                                ToolTip.visible: hovered; ToolTip.text: "Edit and send again (E)"
+                            }
+                            ToolButton {
+                                objectName: "regenerateButton"
+                                visible: row.role === "assistant" && !row.streaming
+                                text: "Regenerate"
+                                onClicked: chat.regenerate(row.id)
+                                Accessible.name: "Regenerate reply"
+                                ToolTip.visible: hovered; ToolTip.text: "Write this reply again (R)"
+                            }
+                        }
                     }
                 }
 
@@ -271,13 +279,25 @@ Rectangle {
                                 ScrollBar.horizontal: ScrollBar { policy: ScrollBar.AsNeeded }
                                 Column {
                                     id: lines
+                                    // Where the code's top is in the list's content: only chunks on screen are drawn. The
+                                    // software renderer (offscreen, and the fallback without a GPU) visits every node of
+                                    // the scene each frame, and a 200 KB block is thousands of glyph runs.
+                                    readonly property real topInList: { list.contentY; row.y; body.height; return lines.mapToItem(list.contentItem, 0, 0).y }
                                     Repeater {
                                         model: codeFrame.blockItem.chunks
-                                        delegate: Text {
-                                            text: model.text
-                                            textFormat: model.rich ? Text.RichText : Text.PlainText
-                                            font.family: chat.fixedFont
-                                            color: pal.text
+                                        delegate: Item {
+                                            // The item keeps the chunk's place in the column; the text inside is hidden
+                                            // (out of the scene) when off screen.
+                                            width: chunk.implicitWidth
+                                            height: chunk.implicitHeight
+                                            Text {
+                                                id: chunk
+                                                visible: lines.topInList + parent.y + parent.height > list.contentY - 100 && lines.topInList + parent.y < list.contentY + list.height + 100
+                                                text: model.text
+                                                textFormat: model.rich ? Text.StyledText : Text.PlainText
+                                                font.family: chat.fixedFont
+                                                color: pal.text
+                                            }
                                         }
                                     }
                                 }
