@@ -94,7 +94,7 @@ class _BlockRow:
 class BlockModel(QAbstractListModel):
     """The blocks of one message (roles ``kind``, ``html``, ``language``, ``chunks``)."""
 
-    KIND, HTML, LANGUAGE, CHUNKS = (Qt.ItemDataRole.UserRole + n for n in range(1, 5))
+    KIND, HTML, LANGUAGE, CHUNKS, STYLED = (Qt.ItemDataRole.UserRole + n for n in range(1, 6))
 
     def __init__(self, theme: Theme, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -107,6 +107,7 @@ class BlockModel(QAbstractListModel):
             self.HTML: QByteArray(b"html"),
             self.LANGUAGE: QByteArray(b"language"),
             self.CHUNKS: QByteArray(b"chunks"),
+            self.STYLED: QByteArray(b"styled"),
         }
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
@@ -122,6 +123,8 @@ class BlockModel(QAbstractListModel):
             return row.block.language
         if role == self.CHUNKS:
             return row.chunks
+        if role == self.STYLED:
+            return row.block.styled
         return None
 
     def code(self, row: int) -> str:
@@ -136,9 +139,9 @@ class BlockModel(QAbstractListModel):
             if i < len(self.rows) and self.rows[i].block.kind == block.kind:
                 row = self.rows[i]
                 if block.kind == "text":
-                    if row.block.html != block.html:
+                    if row.block != block:
                         row.block = block
-                        self.dataChanged.emit(self.index(i), self.index(i), [self.HTML])
+                        self.dataChanged.emit(self.index(i), self.index(i), [self.HTML, self.STYLED])
                 else:
                     if row.block.language != block.language:
                         self.dataChanged.emit(self.index(i), self.index(i), [self.LANGUAGE])

@@ -132,6 +132,7 @@ Rectangle {
                             required property string html
                             required property string language
                             required property var chunks
+                            required property bool styled
                             width: body.width
                             sourceComponent: kind === "code" ? codeBlock : textBlock
                         }
@@ -224,7 +225,7 @@ Rectangle {
                     Text {
                         // Markdown already rendered by gui.markdown into Qt's rich-text HTML.
                         text: parent ? parent.html : ""
-                        textFormat: Text.RichText
+                        textFormat: parent && parent.styled ? Text.StyledText : Text.RichText
                         wrapMode: Text.Wrap
                         color: pal.text
                         linkColor: chat.linkColor
