@@ -79,9 +79,24 @@ def text_block(text: str, theme: Theme, *, plain: bool = False) -> Block:
 
 
 def split_blocks(text: str, theme: Theme, *, plain: bool = False) -> list[Block]:
-    """The blocks of a whole message. ``plain``: text shown as typed (a user's message without code)."""
+    """The blocks of a whole message: its text cut at every stable cut (see ``StreamSplitter``), each piece's
+    blocks; so a reply streamed and the same reply rendered whole are the same blocks. ``plain``: text shown as
+    typed (a user's message without code), one block."""
     if plain:
         return [text_block(text, theme, plain=True)] if text else []
+    scanner = StreamSplitter(theme)
+    scanner.scan(text)
+    blocks: list[Block] = []
+    start = 0
+    for cut in [*scanner.cuts, len(text)]:
+        if cut > start:
+            blocks.extend(parse_blocks(text[start:cut], theme))
+            start = cut
+    return blocks
+
+
+def parse_blocks(text: str, theme: Theme) -> list[Block]:
+    """The blocks of a piece of Markdown: each top-level code block on its own, the text between as one block."""
     blocks: list[Block] = []
     lines = _lines(text)
     start = 0
@@ -195,6 +210,8 @@ class StreamSplitter:
     def __init__(self, theme: Theme) -> None:
         self.theme = theme
         self.split = 0
+        self.cuts: list[int] = []  # every cut, in order
+        self._used = 0  # cuts already rendered up to
         self._scanned = 0
         self._fence = ""
         self._fence_start = -1  # offset of the open top-level fence's first line
@@ -215,6 +232,7 @@ class StreamSplitter:
             else:
                 if self._blank_before and line[:1] and not line[0].isspace() and not _LIST_ITEM.match(line):
                     self.split = pos
+                    self.cuts.append(pos)
                 fence = _FENCE_LINE.match(stripped)
                 self._fence = fence.group(1) if fence else ""
                 if fence and line[:1] in ("`", "~"):  # at column 0: a top-level block
@@ -225,13 +243,21 @@ class StreamSplitter:
             pos = end + 1
         self._scanned = pos
 
+    def scan(self, text: str) -> None:
+        """Look at the complete lines of ``text`` (which extends the text of earlier calls) not yet seen."""
+        self._advance(text)
+
     def update(self, text: str, done: int) -> tuple[int, Tail]:
         """Blocks of ``text`` past ``done`` (the end of what was rendered for good); returns the new ``done``."""
         self._advance(text)
-        stable = split_blocks(text[done : self.split], self.theme) if self.split > done else []
-        done = max(done, self.split)
+        stable: list[Block] = []
+        for cut in self.cuts[self._used :]:
+            if cut > done:
+                stable.extend(parse_blocks(text[done:cut], self.theme))
+                done = cut
+        self._used = len(self.cuts)
         if self._fence and self._fence_start >= done:
-            tail = split_blocks(text[done : self._fence_start], self.theme)
+            tail = parse_blocks(text[done : self._fence_start], self.theme)
             code = text[self._fence_body :]
             return done, Tail(stable, tail, Block("code", language=self._fence_language, code=code))
-        return done, Tail(stable, split_blocks(text[done:], self.theme), None)
+        return done, Tail(stable, parse_blocks(text[done:], self.theme), None)

@@ -23,6 +23,7 @@ from gui.conversation.blocks import (
     StreamSplitter,
     chunk_bounds,
     code_chunks,
+    parse_blocks,
     plain_chunk,
     render_chunk,
     split_blocks,
@@ -379,7 +380,7 @@ class MessageListModel(QAbstractListModel):
         assert blocks is not None
         text = self.stream_text()
         if message.text == text:  # the usual case: what streamed is what was stored
-            blocks.set_blocks(self._stream_stable_rows, split_blocks(text[self._stream_done :], self.theme))
+            blocks.set_blocks(self._stream_stable_rows, parse_blocks(text[self._stream_done :], self.theme))
         else:
             blocks.set_blocks(0, split_blocks(message.text, self.theme))
         seconds = max(time.perf_counter() - self._stream_started, 1e-3)

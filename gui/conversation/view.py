@@ -187,6 +187,7 @@ class ConversationView(QWidget):
         """Show the end now, and follow it: the first frame after an open shows the newest messages, and the
         delegates of the oldest are never made (the QML's own follow waits for the next turn of the loop)."""
         items = self.list_item()
+        items.setProperty("currentIndex", -1)  # a current item is kept made wherever it is: message 0, far above
         items.setProperty("follow", True)
         QMetaObject.invokeMethod(items, "positionViewAtEnd")
 

@@ -26,6 +26,7 @@ Rectangle {
         footer: Item { width: 1; height: 12 }
         boundsBehavior: Flickable.StopAtBounds
         keyNavigationEnabled: true
+        currentIndex: -1
         activeFocusOnTab: true
         Accessible.role: Accessible.List
         Accessible.name: "Conversation"
