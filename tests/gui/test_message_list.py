@@ -188,6 +188,37 @@ def test_toolbar_copy_copies_the_message_and_says_so(view: ConversationView, qtb
     assert button.property("text") == "Copied ✓"
 
 
+def test_keyboard_reaches_the_toolbar_and_copies(view: ConversationView, qtbot: QtBot) -> None:
+    """Tab goes to a card, which shows its toolbar; Tab again reaches its buttons (the toolbar stays); Space on Copy
+    copies the message."""
+    messages = conversation(4)
+    view.show_conversation("t", messages)
+    qtbot.waitUntil(lambda: len(delegates(view)) == 4, timeout=2000)
+    QGuiApplication.clipboard().setText("untouched")
+    view.surface.setFocus()
+    window = view.quick_window()
+
+    def focused_message() -> str | None:
+        item = window.activeFocusItem()
+        while item is not None and item.objectName() != "message":
+            item = item.parentItem()
+        return None if item is None else item.property("id")
+
+    for _ in range(2):  # the list, then the first card
+        QTest.keyClick(view.surface, Qt.Key.Key_Tab)
+    qtbot.waitUntil(lambda: focused_message() == "m0", timeout=2000)
+    row = delegates(view)[0]
+    card = row.findChild(QQuickItem, "card")
+    qtbot.waitUntil(lambda: card.findChild(QQuickItem, "copyButton") is not None, timeout=2000)
+    QTest.keyClick(view.surface, Qt.Key.Key_Tab)
+    qtbot.waitUntil(lambda: window.activeFocusItem().objectName() == "copyButton", timeout=2000)
+    assert focused_message() == "m0"
+    assert card.findChild(QQuickItem, "copyButton") is not None, "the toolbar went away when its button took focus"
+    QTest.keyClick(view.surface, Qt.Key.Key_Space)
+    qtbot.waitUntil(lambda: QGuiApplication.clipboard().text() == messages[0].text, timeout=2000)
+    assert window.activeFocusItem().property("text") == "Copied ✓"
+
+
 def test_model_rows_answer_every_role() -> None:
     model = MessageListModel()
     model.reset([])

@@ -58,17 +58,21 @@ Rectangle {
             width: ListView.view.width
             height: card.height
 
-            Rectangle {
+            // A focus scope: it keeps the focus (and its toolbar) while one of its buttons has it.
+            FocusScope {
                 id: card
                 objectName: "card"
                 width: Math.min(root.maxCardWidth, row.width - 32)
                 x: (row.width - width) / 2
                 height: body.implicitHeight + 24
-                radius: 10
-                color: row.role === "user" ? root.userCard : root.replyCard
-                border.color: card.activeFocus ? pal.highlight : Qt.rgba(pal.mid.r, pal.mid.g, pal.mid.b, 0.35)
-                border.width: card.activeFocus ? 2 : 1
                 activeFocusOnTab: true
+                Rectangle {
+                    anchors.fill: parent
+                    radius: 10
+                    color: row.role === "user" ? root.userCard : root.replyCard
+                    border.color: card.activeFocus ? pal.highlight : Qt.rgba(pal.mid.r, pal.mid.g, pal.mid.b, 0.35)
+                    border.width: card.activeFocus ? 2 : 1
+                }
                 Accessible.role: Accessible.ListItem
                 Accessible.name: (row.role === "user" ? "You" : "Assistant") + ", " + row.timestamp
 
@@ -186,7 +190,7 @@ Rectangle {
                     anchors.right: parent.right
                     anchors.top: parent.top
                     anchors.margins: 6
-                    active: hover.hovered || card.activeFocus || card.copied || (item !== null && item.activeFocus)
+                    active: hover.hovered || card.activeFocus || card.copied
                     sourceComponent: FocusScope {
                         width: buttons.width
                         height: buttons.height
