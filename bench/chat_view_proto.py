@@ -11,7 +11,8 @@ renderer on the GUI thread, see gui/conversation/view.py):
 
 - ``textbrowser``: ``gui.chat_view.ChatView``, the view of today;
 - ``quick-widget``: ``gui.conversation.view.ConversationView`` in a ``QQuickWidget``;
-- ``quick-window``: the same QML in a ``QQuickView`` inside ``QWidget.createWindowContainer``.
+- ``quick-window``: the same QML in a ``QQuickView`` inside ``QWidget.createWindowContainer``;
+- ``quick-selectable`` (only with ``--kinds``): ``quick-widget`` with text blocks the mouse can select in.
 
 Measures, median of several runs:
 
@@ -59,6 +60,7 @@ from bench.report import versions as report_versions  # noqa: E402
 from bench.ui import markdown_reply, reply_text, user_text  # noqa: E402
 
 KINDS = ("textbrowser", "quick-widget", "quick-window")
+OPTIONAL_KINDS = ("quick-selectable",)  # --kinds: QQuickWidget with selectable (TextEdit) text blocks
 TOKENS = 2_000
 TOKEN_DELAY = 0.005
 TICK_MS = 5
@@ -122,7 +124,8 @@ class Subject:
         else:
             from gui.conversation.view import ConversationView
 
-            self.view = ConversationView(embed=kind.removeprefix("quick-"))
+            embed = "window" if kind == "quick-window" else "widget"
+            self.view = ConversationView(embed=embed, selectable=kind == "quick-selectable")
         layout.addWidget(self.view)
         self.window.resize(*SIZE)
         self.window.show()
@@ -140,7 +143,7 @@ class Subject:
 
             self._filter = Filter()
             self.view.viewport().installEventFilter(self._filter)
-        elif kind == "quick-widget":
+        elif kind != "quick-window":  # QQuickWidget: its software frames emit no frameSwapped
             self.view.quick_window().afterRendering.connect(self._frame)
         else:
             self.view.quick_window().frameSwapped.connect(self._frame)

@@ -91,11 +91,15 @@ class Bridge(QObject):
     def _code_background(self) -> str:
         return code_background(self._view.model.theme.code_style)
 
+    def _selectable_text(self) -> bool:
+        return self._view.selectable
+
     def _link_color(self) -> str:
         return self._view.model.theme.link
 
     fixedFont = Property(str, _fixed_font, notify=themeChanged)
     linkColor = Property(str, _link_color, notify=themeChanged)
+    selectableText = Property(bool, _selectable_text, constant=True)
     codeBackground = Property(str, _code_background, notify=themeChanged)
 
 
@@ -107,10 +111,12 @@ class ConversationView(QWidget):
     branchRequested = Signal(str, int)  # message id, -1 or +1
     copied = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, *, embed: str = "widget") -> None:
+    def __init__(self, parent: QWidget | None = None, *, embed: str = "widget", selectable: bool = False) -> None:
+        """``selectable``: text blocks are read-only TextEdits the mouse can select in, not Text items."""
         super().__init__(parent)
         self.setObjectName("conversationView")
         self.embed = embed
+        self.selectable = selectable
         self.thread_id: str | None = None
         self.last_open_ms = 0.0
         self.model = MessageListModel(self)

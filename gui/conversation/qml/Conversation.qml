@@ -139,7 +139,7 @@ Rectangle {
                             required property var chunks
                             required property bool styled
                             width: body.width
-                            sourceComponent: kind === "code" ? codeBlock : textBlock
+                            sourceComponent: kind === "code" ? codeBlock : chat.selectableText ? selectableBlock : textBlock
                         }
                     }
 
@@ -236,6 +236,24 @@ Rectangle {
                         linkColor: chat.linkColor
                         onLinkActivated: (link) => chat.openLink(link)
                         HoverHandler { cursorShape: parent.hoveredLink ? Qt.PointingHandCursor : Qt.ArrowCursor }
+                    }
+                }
+
+                Component {
+                    id: selectableBlock
+                    // The same text, selectable with the mouse (within one block: no Qt Quick item selects across
+                    // items). TextEdit has no StyledText: every block is RichText.
+                    TextEdit {
+                        text: parent ? parent.html : ""
+                        textFormat: TextEdit.RichText
+                        wrapMode: TextEdit.Wrap
+                        readOnly: true
+                        selectByMouse: true
+                        activeFocusOnTab: false
+                        color: pal.text
+                        selectionColor: pal.highlight
+                        selectedTextColor: pal.highlightedText
+                        onLinkActivated: (link) => chat.openLink(link)
                     }
                 }
 
