@@ -448,7 +448,7 @@ def report(
     load: Sequence[float],
 ) -> str:
     lines = [
-        f"Command: `{COMMAND}` — {seconds / 60:.1f} min.",
+        f"Command: `{' '.join([COMMAND, *sys.argv[1:]])}` — {seconds / 60:.1f} min.",
         f"Machine: {machine()}. Load average {load[0]:.2f} at the start, {load[-1]:.2f} at the end.",
         f"Packages: {report_versions(('PySide6-Essentials', 'markdown-it-py', 'pygments'))}.",
         "",
