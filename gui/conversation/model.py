@@ -1,10 +1,10 @@
 """The conversation as list models for QML: messages, each message's blocks, each code block's chunks.
 
 Three levels so that a streaming reply touches only what changed: the message list gets ``dataChanged`` for the
-streaming row alone (its text and usage roles, never ``blocks``: a delegate that re-read ``blocks`` would rebuild every
-item of the reply), the reply's block model gets rows appended and its last rows changed, and the growing code
-block's chunk model gets its last chunk changed. A message's block model is made only when a delegate asks for it,
-so a 5,000-message conversation costs 5,000 small records until the user scrolls.
+streaming row alone (its ``text`` role at each flush, every role but ``blocks`` when it finishes: a delegate that
+re-read ``blocks`` would rebuild every item of the reply), the reply's block model gets rows appended and its last
+rows changed, and the growing code block's chunk model gets its last chunk changed. A message's block model is made
+only when a delegate asks for it, so a 5,000-message conversation costs 5,000 small records until the user scrolls.
 """
 
 from __future__ import annotations
