@@ -17,12 +17,12 @@ folder and uploads it into a new database, three ways, in turn:
 - the app: a ``StorageManager`` started on the folder with Postgres configured, from ``start()`` until the outbox
   is empty: connecting, setting up, the first full comparison (``reconcile``) and the upload.
 
-One turn at +50 ms: Postgres behind ``tests.netproxy.TcpProxy`` adding 50 ms each way (a 100 ms round trip). A
+One turn at +50 ms: Postgres behind ``tests.support.netproxy.TcpProxy`` adding 50 ms each way (a 100 ms round trip). A
 conversation of 20 turns is uploaded first; then each timed turn (3 checkpoints and their writes) is written to
 SQLite and uploaded by the old loop and by ``push``, alternately first. Then the app: a ``TieredSaver`` turn, and
 the time from the end of ``ainvoke`` until the outbox is empty (the sync waits for writes to pause for 50 ms first).
 
-Postgres is ``TEST_POSTGRES_URL`` when set, else a throwaway cluster from ``tests.pgcluster`` (fsync off).
+Postgres is ``TEST_POSTGRES_URL`` when set, else a throwaway cluster from ``tests.support.pgcluster`` (fsync off).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from storage.backends import LocalBackend, PostgresBackend, PostgresTarget, Sqli
 from storage.loop import run
 from storage.manager import StorageManager
 from storage.tiered import TieredSaver
-from tests.netproxy import TcpProxy
-from tests.pgcluster import PgServer, open_test_server
+from tests.support.netproxy import TcpProxy
+from tests.support.pgcluster import PgServer, open_test_server
 
 SECTION = "## Storage: catch-up"
 COMMAND = ".venv/bin/python -m bench.storage --catch-up --write"

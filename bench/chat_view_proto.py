@@ -98,7 +98,7 @@ def code_reply() -> list[str]:
 
 
 def replies() -> dict[str, list[str]]:
-    from tests.model_server import filler_tokens
+    from tests.support.model_server import filler_tokens
 
     return {"plain": filler_tokens(TOKENS), "markdown": markdown_reply(TOKENS), "code": code_reply()}
 

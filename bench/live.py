@@ -6,8 +6,10 @@ Usage::
     .venv/bin/python -m bench.live --write    # and update the "Live sync" section of docs/PERFORMANCE.md
     .venv/bin/python -m bench.live --turns 10 # fewer turns (a smoke run)
 
-Everything is real: a throwaway PostgreSQL cluster (``tests.pgcluster``) on loopback; machine B is a storage stack
-(``StorageManager`` + ``TieredSaver``) on its own data folder taking turns of the chat graph of ``tests.chatgraph``;
+Everything is real: a throwaway PostgreSQL cluster (``tests.support.pgcluster``) on loopback; machine B is a storage
+stack
+(``StorageManager`` + ``TieredSaver``) on its own data folder taking turns of the chat graph of
+``tests.support.chatgraph``;
 machine A is the same stack on another folder, and then the whole app (``gui.app.CairnApp`` with its window,
 offscreen Qt, on the selector qasync loop) with B's conversation open. Both share this process and its loop (two
 machines would not share a CPU: the numbers are, if anything, pessimistic).
@@ -66,8 +68,8 @@ async def store_latency(url: str, base: Path, turns: int, *, live: bool, log: Ca
     from storage.changes import Changes
     from storage.manager import StorageManager
     from storage.tiered import TieredSaver
-    from tests.chatgraph import build_graph, turn
-    from tests.waiting import eventually
+    from tests.support.chatgraph import build_graph, turn
+    from tests.support.waiting import eventually
 
     def stack(name: str, *, listen: bool) -> StorageManager:
         target = PostgresTarget(url=url, pool_size=4, connect_timeout=2.0)
@@ -116,10 +118,10 @@ async def window_latency(url: str, base: Path, turns: int, log: Callable[[str], 
     from storage.secrets import SecretStore
     from storage.settings import load_settings, save_settings
     from storage.tiered import TieredSaver
-    from tests.chatgraph import build_graph, turn
-    from tests.keyring_backend import MemoryKeyring
-    from tests.model_server import ModelServer
-    from tests.waiting import eventually
+    from tests.support.chatgraph import build_graph, turn
+    from tests.support.keyring_backend import MemoryKeyring
+    from tests.support.model_server import ModelServer
+    from tests.support.waiting import eventually
 
     series = Series("A's open window, listening")
     keyring = MemoryKeyring()
@@ -173,7 +175,7 @@ def run(turns: int, log: Callable[[str], None]) -> list[Series]:
     from PySide6.QtWidgets import QApplication
 
     from storage.loop import new_qt_loop
-    from tests.pgcluster import open_test_server
+    from tests.support.pgcluster import open_test_server
 
     qt = QApplication.instance() or QApplication(["cairn-bench"])
     assert isinstance(qt, QApplication)

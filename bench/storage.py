@@ -21,7 +21,7 @@ configurations, so whatever else the machine does is spread evenly over them. Th
 - The plain way: ``AsyncSqliteSaver``, ``AsyncPostgresSaver`` on a pool, ``InMemorySaver``, each with a plain
   ``MessagesState`` graph. ``AsyncSqliteSaver`` with Cairn's ``ChatState`` is included to separate what the delta
   channel saves from what the tiering costs.
-- Cairn with Postgres behind ``tests.netproxy.TcpProxy``, at 0 ms and 50 ms of added one-way delay, alternating.
+- Cairn with Postgres behind ``tests.support.netproxy.TcpProxy``, at 0 ms and 50 ms of added one-way delay, alternating.
 
 "Written per turn" is the median over the timed turns of the growth of the stored payload (SQLite: checkpoint,
 metadata and write blobs; Postgres: ``octet_length`` of checkpoint and metadata JSONB, blobs and writes, i.e. what
@@ -29,7 +29,7 @@ a turn uploads before TOAST compression; memory: the serialized bytes the saver 
 SQLite file plus its WAL after ``wal_checkpoint(TRUNCATE)``, the ``pg_total_relation_size`` of every table in the
 database, or the memory saver's serialized bytes.
 
-Postgres is ``TEST_POSTGRES_URL`` when set, else a throwaway cluster from ``tests.pgcluster`` (fsync off).
+Postgres is ``TEST_POSTGRES_URL`` when set, else a throwaway cluster from ``tests.support.pgcluster`` (fsync off).
 ``bench/snapshots.py`` measures the choice of ``chat.state.SNAPSHOT_EVERY``.
 """
 
@@ -77,8 +77,8 @@ from storage.backends import PostgresTarget  # noqa: E402
 from storage.loop import run  # noqa: E402
 from storage.manager import StorageManager  # noqa: E402
 from storage.tiered import TieredSaver  # noqa: E402
-from tests.netproxy import TcpProxy  # noqa: E402
-from tests.pgcluster import PgServer, open_test_server  # noqa: E402
+from tests.support.netproxy import TcpProxy  # noqa: E402
+from tests.support.pgcluster import PgServer, open_test_server  # noqa: E402
 
 DOCS = ROOT / "docs" / "PERFORMANCE.md"
 SECTION = "## Storage"

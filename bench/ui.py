@@ -11,9 +11,11 @@ Usage::
 Everything is the real thing: ``gui.app.CairnApp`` and its ``MainWindow`` on the selector qasync loop (offscreen
 Qt), a real SQLite data folder holding 1,000 conversations (999 of one turn, and one of 1,000 messages built turn by
 turn through the chat graph, so its storage has the shape a real chat leaves: deltas and snapshots), and Postgres
-configured but never answering: the URL points at ``tests.netproxy.TcpProxy`` in ``blackhole()`` mode (it accepts
+configured but never answering: the URL points at ``tests.support.netproxy.TcpProxy`` in ``blackhole()`` mode (it
+accepts
 the connection and then says nothing, like a partitioned network) in front of a port where nothing listens (or of a
-throwaway ``tests.pgcluster.PgCluster`` with ``--pgcluster``). The model is ``tests.model_server.ModelServer``, in
+throwaway ``tests.support.pgcluster.PgCluster`` with ``--pgcluster``). The model is
+``tests.support.model_server.ModelServer``, in
 its own process (its writing must not compete with the app for the interpreter lock), streaming 2,000 tokens at
 200 tokens/s (``token_delay=0.005``): either one paragraph of filler words (``token_count``) or a Markdown reply
 with headings, lists, code blocks and tables.
@@ -163,11 +165,11 @@ class SilentPostgres:
     """A Postgres URL whose host accepts connections and never answers (``TcpProxy.blackhole``)."""
 
     def __init__(self, use_cluster: bool) -> None:
-        from tests.netproxy import TcpProxy
+        from tests.support.netproxy import TcpProxy
 
         self.cluster: Any = None
         if use_cluster:
-            from tests.pgcluster import PgCluster
+            from tests.support.pgcluster import PgCluster
 
             self.cluster = PgCluster()
             host, port = self.cluster.host, self.cluster.port
@@ -194,7 +196,7 @@ class SilentPostgres:
 
 SERVER_CODE = """
 import json, sys
-from tests.model_server import ModelServer
+from tests.support.model_server import ModelServer
 replies = json.loads(sys.argv[1])
 server = ModelServer(token_delay=float(sys.argv[2])).start()
 print(server.base_url, flush=True)
@@ -208,7 +210,7 @@ server.close()
 
 def markdown_reply(tokens: int) -> list[str]:
     """A long reply as a model writes one: headings, paragraphs, lists, code blocks and a table; ``tokens`` words."""
-    from tests.model_server import tokenize
+    from tests.support.model_server import tokenize
 
     parts = []
     n = 0
@@ -232,7 +234,8 @@ def markdown_reply(tokens: int) -> list[str]:
 
 
 class ModelServerProcess:
-    """``tests.model_server.ModelServer`` in a child process; ``use(kind)`` picks the reply of the next requests."""
+    """``tests.support.model_server.ModelServer`` in a child process; ``use(kind)`` picks the reply of the next
+    requests."""
 
     def __init__(self, tokens: int, delay: float) -> None:
         replies = {"plain": tokens, "markdown": markdown_reply(tokens)}
@@ -265,7 +268,7 @@ class ModelServerProcess:
 def write_settings(config_dir: Path, data_dir: Path, model_url: str, postgres_url: str) -> None:
     from storage.secrets import SecretStore
     from storage.settings import save_settings
-    from tests.keyring_backend import MemoryKeyring
+    from tests.support.keyring_backend import MemoryKeyring
 
     save_settings(
         {
@@ -618,7 +621,7 @@ def run_app(
     from storage.loop import new_qt_loop
     from storage.secrets import SecretStore
     from storage.settings import load_settings
-    from tests.keyring_backend import MemoryKeyring
+    from tests.support.keyring_backend import MemoryKeyring
 
     app = QApplication.instance() or QApplication(["cairn-bench"])
     assert isinstance(app, QApplication)
@@ -753,7 +756,8 @@ def report(app: AppResults, processes: Sequence[ProcessRun], *, seconds: float, 
             "",
             f"The real app (`CairnApp`, `MainWindow`, selector qasync loop, offscreen Qt) on a SQLite data folder of"
             f" {CONVERSATIONS:,} conversations (one of them {LONG_MESSAGES:,} messages, built turn by turn through"
-            f" the chat graph); Postgres {postgres}; `tests.model_server.ModelServer` in its own process streaming"
+            f" the chat graph); Postgres {postgres}; `tests.support.model_server.ModelServer` in its own process"
+            " streaming"
             f" {TOKENS:,} tokens at {1 / TOKEN_DELAY:.0f} tokens/s, either one paragraph of filler words or Markdown"
             " (headings, lists, code blocks, tables). Stall: gaps of a "
             f"{TICK_MS} ms `PreciseTimer` over a whole send"

@@ -56,7 +56,7 @@ XCB_PACKAGES: dict[str, str] = {
     "libgthread-2.0.so.0": "libglib2.0-0",
 }
 """What Qt 6's xcb platform plugin (``libqxcb.so``, with ``libQt6XcbQpa`` and ``libQt6Gui``) loads, and the Debian
-and Ubuntu package holding each (``dpkg -S``); tests/test_first_start.py checks them against this machine."""
+and Ubuntu package holding each (``dpkg -S``); tests/gui/test_first_start.py checks them against this machine."""
 
 
 QT_OWN = ("libQt6", "libicu", "libpyside6", "libshiboken6")

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Same search as tests/pgcluster.py: pg_config --bindir, newest /usr/lib/postgresql/*/bin, PATH.
+# Same search as tests/support/pgcluster.py: pg_config --bindir, newest /usr/lib/postgresql/*/bin, PATH.
 has_server_binaries() {
     [ -x "$1/initdb" ] && [ -x "$1/pg_ctl" ] && [ -x "$1/postgres" ]
 }
@@ -43,12 +43,12 @@ if [ -z "${TEST_POSTGRES_URL:-}" ] && ! find_pg_bindir >/dev/null; then
     apt_packages+=(postgresql)
 fi
 
-# tests/test_clock_skew.py runs another device under libfaketime, so its clock is off without touching the code.
+# tests/storage/test_clock_skew.py runs another device under libfaketime, so its clock is off without touching the code.
 if ! command -v faketime >/dev/null 2>&1; then
     apt_packages+=(faketime)
 fi
 
-# tests/test_local_disk.py makes an ext4 image (mkfs.ext4) and marks files immutable (chattr): e2fsprogs.
+# tests/storage/test_local_disk.py makes an ext4 image (mkfs.ext4) and marks files immutable (chattr): e2fsprogs.
 if ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v chattr >/dev/null 2>&1; then
     apt_packages+=(e2fsprogs)
 fi
@@ -58,12 +58,12 @@ if ! fc-list :lang=zh 2>/dev/null | grep -q .; then
     apt_packages+=(fonts-wqy-microhei)
 fi
 
-# PyInstaller, which tests/test_bundle.py runs to build the Linux bundle, needs objdump.
+# PyInstaller, which tests/installer/test_bundle.py runs to build the Linux bundle, needs objdump.
 if ! command -v objdump >/dev/null 2>&1; then
     apt_packages+=(binutils)
 fi
 
-# tests/test_first_start.py opens the real window on an X server of its own, and kills that server.
+# tests/gui/test_first_start.py opens the real window on an X server of its own, and kills that server.
 if ! command -v Xvfb >/dev/null 2>&1; then
     apt_packages+=(xvfb)
 fi

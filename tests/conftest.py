@@ -1,4 +1,4 @@
-"""Shared fixtures. Logic lives in tests/pgcluster.py and tests/netproxy.py."""
+"""Shared fixtures. Logic lives in tests/support/pgcluster.py and tests/support/netproxy.py."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.netproxy import TcpProxy
-from tests.pgcluster import PgServer, PostgresUnavailable, open_test_server
+from tests.support.netproxy import TcpProxy
+from tests.support.pgcluster import PgServer, PostgresUnavailable, open_test_server
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -109,7 +109,7 @@ from storage.backends import PostgresTarget  # noqa: E402
 from storage.factory import Storage  # noqa: E402
 from storage.manager import REJECTED_RETRY_SECONDS, StorageManager  # noqa: E402
 from storage.tiered import TieredSaver  # noqa: E402
-from tests.keyring_backend import memory_keyring, no_keyring  # noqa: E402, F401
+from tests.support.keyring_backend import memory_keyring, no_keyring  # noqa: E402, F401
 
 OpenStorage = Callable[..., Awaitable[Storage]]
 

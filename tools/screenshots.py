@@ -7,7 +7,7 @@ Usage::
 
 The app runs as it does for a user (``gui.app.CairnApp`` on the selector qasync loop, Qt's xcb platform) inside a
 private X server (Xvfb, started and stopped here; on Debian: ``apt-get install xvfb libxcb-icccm4
-libxcb-keysyms1 libxcb-cursor0``), on throwaway folders, talking to ``tests.model_server.ModelServer`` with
+libxcb-keysyms1 libxcb-cursor0``), on throwaway folders, talking to ``tests.support.model_server.ModelServer`` with
 scripted replies. The messages are typed into the composer and sent with Enter; the pictures are what the X server
 shows of the window and of the settings dialog (``QScreen.grabWindow``), not a widget rendered off screen.
 """
@@ -97,7 +97,7 @@ def xvfb() -> Iterator[str]:
 
 
 def reply_for(messages: list[dict[str, Any]]) -> str:
-    from tests.model_server import last_user_text
+    from tests.support.model_server import last_user_text
 
     question = last_user_text(messages)
     return next((answer for asked, answer in EARLIER if asked == question), REPLY)
@@ -174,8 +174,8 @@ def inner(args: argparse.Namespace) -> int:
     from storage.loop import new_qt_loop
     from storage.secrets import SecretStore
     from storage.settings import load_settings, save_settings
-    from tests.keyring_backend import MemoryKeyring
-    from tests.model_server import ModelServer
+    from tests.support.keyring_backend import MemoryKeyring
+    from tests.support.model_server import ModelServer
 
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cairn-screenshots-"))
@@ -192,7 +192,7 @@ def inner(args: argparse.Namespace) -> int:
         if args.pgcluster:
             import psycopg
 
-            from tests.pgcluster import PgCluster
+            from tests.support.pgcluster import PgCluster
 
             cluster = PgCluster()  # a private server on a free loopback port, removed at the end
             with psycopg.connect(cluster.url(), autocommit=True) as admin:

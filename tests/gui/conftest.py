@@ -14,12 +14,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import qasync
 from PySide6.QtCore import QTimer, SignalInstance
 from PySide6.QtWidgets import QApplication
+
+from tests.support.app import Cairn, cairn_factory
+from tests.support.model_server import ModelServer
 
 # Every loop stays referenced for the session. A closed qasync loop can still have Qt timers pending on its
 # timer QObject; if the cyclic GC frees that object while Qt delivers one of them (a failed test's traceback
@@ -98,3 +102,22 @@ def ticker() -> Iterator[LoopTicker]:
     ticker = LoopTicker()
     yield ticker
     ticker.timer.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _app_setup(qapp: QApplication) -> Iterator[None]:
+    quits = qapp.quitOnLastWindowClosed()
+    qapp.setQuitOnLastWindowClosed(False)  # closing a test's window must not end the test's event loop
+    yield
+    qapp.setQuitOnLastWindowClosed(quits)
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    with ModelServer() as model_server:
+        yield model_server
+
+
+@pytest.fixture
+def cairn(tmp_path: Path, server: ModelServer) -> Cairn:
+    return cairn_factory(tmp_path, server)

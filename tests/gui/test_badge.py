@@ -46,7 +46,7 @@ def assert_readable(badge: StatusBadge) -> None:
 
 
 async def one_turn(saver: Any, thread_id: str) -> None:
-    from tests.chatgraph import build_graph, turn
+    from tests.support.chatgraph import build_graph, turn
 
     await turn(build_graph(saver), thread_id, "hello")
 
@@ -121,7 +121,8 @@ URL = "postgresql://me:***@db.example.com:5432/cairn"  # as the manager gives it
 def status_of(
     active: str, postgres: TierStatus, *, pending: int = 0, sqlite: TierStatus | None = None
 ) -> StorageStatus:
-    """A status (plain data) in one of the states the manager produces (tests/test_tiers.py drives them for real)."""
+    """A status (plain data) in one of the states the manager produces (tests/storage/test_tiers.py drives them for
+    real)."""
     tiers = {"postgres": postgres, "sqlite": sqlite or TierStatus("active"), "memory": TierStatus("standby")}
     url = "" if postgres.state == "off" and not postgres.cause.startswith("The server address") else URL
     return StorageStatus(active, tiers, pending_sync=pending, postgres_url=url, data_dir="/d")  # type: ignore[arg-type]
@@ -410,7 +411,7 @@ async def test_details_show_the_doctor_report_and_retry_now_reconnects(
     assert dialog.headline().startswith("Saved on this computer only, not on 127.0.0.1\n")
     assert "Can't reach the server: connection refused." in dialog.headline()
     assert_plain(dialog.headline())
-    assert dialog.keyring.text() == "tests.keyring_backend.MemoryKeyring"
+    assert dialog.keyring.text() == "tests.support.keyring_backend.MemoryKeyring"
     assert dialog.retry_button.isEnabled()
 
     pg_proxy.pass_through()

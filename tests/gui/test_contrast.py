@@ -23,15 +23,14 @@ from PySide6.QtWidgets import QApplication, QWidget
 from gui.chat_view import ChatView, action_href
 from gui.contrast import MINIMUM, contrast, readable, readable_changes
 from gui.main_window import MainWindow
-from tests.gui.test_main_window import (  # noqa: F401 - _app_setup is this module's autouse fixture too
+from tests.support.app import (
     WAIT,
-    _app_setup,
     cairn_factory,
     send_and_wait,
     window_of,
 )
-from tests.model_server import ModelServer
-from tests.waiting import eventually
+from tests.support.model_server import ModelServer
+from tests.support.waiting import eventually
 
 Role = QPalette.ColorRole
 STYLE_SHEET = Path(__file__).resolve().parents[2] / "resources" / "style.qss"

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PySide6.QtCore import QSettings
-from PySide6.QtWidgets import QApplication
 
 from chat.endpoints import Endpoint
 from chat.service import ConversationService
@@ -22,23 +19,9 @@ from gui.main_window import MainWindow
 from storage.factory import open_storage
 from storage.secrets import SecretStore
 from storage.settings import load_settings, save_settings
-from tests.gui.test_main_window import cairn_factory, type_and_send, until
-from tests.keyring_backend import MemoryKeyring
-from tests.model_server import ModelServer
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer() as model_server:
-        yield model_server
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _keep_loop(qapp: QApplication) -> Iterator[None]:
-    quits = qapp.quitOnLastWindowClosed()
-    qapp.setQuitOnLastWindowClosed(False)
-    yield
-    qapp.setQuitOnLastWindowClosed(quits)
+from tests.support.app import cairn_factory, type_and_send, until
+from tests.support.keyring_backend import MemoryKeyring
+from tests.support.model_server import ModelServer
 
 
 async def test_messages_sent_while_the_engine_loads_are_sent_once_it_has(

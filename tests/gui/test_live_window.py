@@ -22,12 +22,12 @@ from gui.main_window import MainWindow
 from gui.sidebar import TITLE_ROLE
 from storage.listen import LISTENER_SUFFIX
 from storage.schema import APP_NAME_PREFIX
-from tests.chatgraph import build_graph, turn
-from tests.gui.test_main_window import ROOT, cairn_factory, send_and_wait, window_of
-from tests.model_server import ModelServer
-from tests.netproxy import TcpProxy
-from tests.test_clock_skew import device
-from tests.waiting import eventually
+from tests.support.app import ROOT, cairn_factory, send_and_wait, window_of
+from tests.support.chatgraph import build_graph, turn
+from tests.support.devices import device
+from tests.support.model_server import ModelServer
+from tests.support.netproxy import TcpProxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -134,7 +134,13 @@ async def test_a_second_process_on_the_same_data_folder_shows_in_an_idle_window(
         window = window_of(app)
         await eventually(lambda: window.storage is not None, WAIT, "storage open")
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.second_process", str(tmp_path / "data"), "other", "From process 2", "hi",
+            sys.executable,
+            "-m",
+            "tests.support.second_process",
+            str(tmp_path / "data"),
+            "other",
+            "From process 2",
+            "hi",
             cwd=ROOT,
         )
         async with asyncio.timeout(60):

@@ -21,7 +21,7 @@ from pytestqt.qtbot import QtBot
 from gui.conversation.blocks import CHUNK_LINES, split_blocks
 from gui.conversation.model import ROLES, BlockModel, MessageListModel
 from gui.conversation.view import ConversationView
-from tests.model_server import tokenize
+from tests.support.model_server import tokenize
 
 REPLY = """## Setting it up
 

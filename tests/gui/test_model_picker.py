@@ -18,18 +18,16 @@ from chat.endpoints import Endpoint
 from gui.main_window import MainWindow
 from gui.model_picker import LOADING_TEXT, ModelMenu
 from tests.gui.conftest import wait_signal
-from tests.gui.test_main_window import (  # noqa: F401 - _app_setup is this module's autouse fixture too
+from tests.support.app import (
     Cairn,
-    _app_setup,
     cairn_factory,
     click_at,
     closed_port_url,
-    quit_app,
     send_and_wait,
     until,
     window_of,
 )
-from tests.model_server import ModelServer
+from tests.support.model_server import ModelServer
 
 WAIT = 10.0
 MODELS = ["test-model", "other-model"]

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from gui.chat_view import action_href
-from tests.gui.test_main_window import (  # noqa: F401 - _app_setup is this module's autouse fixture too
-    _app_setup,
+from tests.support.app import (
     cairn_factory,
     click_link,
     roles_and_texts,
@@ -27,7 +26,7 @@ from tests.gui.test_main_window import (  # noqa: F401 - _app_setup is this modu
     until,
     window_of,
 )
-from tests.model_server import ModelServer
+from tests.support.model_server import ModelServer
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Quitting while conversations live only in memory asks first; with nothing to lose it does not.
 
 The app is started as ``main.py`` starts it (tests/gui/test_main_window.py ``cairn_factory``), offscreen, against a
-real model server. Memory mode is real: the data folder cannot be created (``tests.places.unwritable_dir``) and
+real model server. Memory mode is real: the data folder cannot be created (``tests.support.places.unwritable_dir``) and
 Postgres is absent, or refused by a real proxy in front of a real server until the test lets it through.
 """
 
@@ -17,15 +17,14 @@ from PySide6.QtWidgets import QApplication, QWidget
 
 from gui.main_window import MainWindow
 from gui.storage_dialog import QuitWarning
-from tests.gui.test_main_window import (  # noqa: F401 - _app_setup is this module's autouse fixture too
-    _app_setup,
+from tests.support.app import (
     cairn_factory,
     send_and_wait,
     until,
     window_of,
 )
-from tests.model_server import ModelServer
-from tests.places import unwritable_dir
+from tests.support.model_server import ModelServer
+from tests.support.places import unwritable_dir
 
 
 @pytest.fixture

@@ -28,19 +28,18 @@ from storage.factory import Storage
 from storage.secrets import SecretStore, password_key, split_password
 from storage.settings import SETTINGS, SETTINGS_FILE_NAME, Settings, load_settings
 from tests.gui.conftest import LoopTicker, wait_signal
-from tests.gui.test_main_window import (  # noqa: F401 - _app_setup is this module's autouse fixture too
+from tests.support.app import (
     WAIT,
     Cairn,
-    _app_setup,
     cairn_factory,
     send_and_wait,
     until,
     window_of,
 )
-from tests.keyring_backend import MemoryKeyring
-from tests.model_server import DEFAULT_MODELS, ModelServer
-from tests.pgcluster import PW_PASSWORD, PW_USER
-from tests.waiting import wait_for_status
+from tests.support.keyring_backend import MemoryKeyring
+from tests.support.model_server import DEFAULT_MODELS, ModelServer
+from tests.support.pgcluster import PW_PASSWORD, PW_USER
+from tests.support.waiting import wait_for_status
 
 SERVICE = "cairn"
 

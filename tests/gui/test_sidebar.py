@@ -18,8 +18,8 @@ from PySide6.QtWidgets import QApplication
 from gui.app import configure
 from gui.sidebar import Sidebar, group_of
 from storage.conversations import Conversation
-from tests.gui.test_main_window import cairn_factory, send_and_wait, until, window_of
-from tests.model_server import ModelServer
+from tests.support.app import cairn_factory, send_and_wait, until, window_of
+from tests.support.model_server import ModelServer
 
 LONG_TITLE = "A very long title that certainly does not fit into the sidebar, however wide the window is made"
 
@@ -28,11 +28,8 @@ LONG_TITLE = "A very long title that certainly does not fit into the sidebar, ho
 def _styled(qapp: QApplication) -> Iterator[None]:
     sheet = qapp.styleSheet()
     configure(qapp)  # the app's own style sheet: its padding is part of what made rows too wide
-    quits = qapp.quitOnLastWindowClosed()
-    qapp.setQuitOnLastWindowClosed(False)
     yield
     qapp.setStyleSheet(sheet)
-    qapp.setQuitOnLastWindowClosed(quits)
 
 
 @pytest.fixture
@@ -190,8 +187,3 @@ async def test_the_keyboard_switches_conversations_and_ctrl_b_hides_the_list(
         qtbot.keyClick(edit, Qt.Key.Key_K, ctrl)  # searching brings the list back
         assert not window.sidebar.isHidden() and window.sidebar.search.hasFocus()
 
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer() as model_server:
-        yield model_server

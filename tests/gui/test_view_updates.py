@@ -19,7 +19,7 @@ import gui.chat_view
 from gui.chat_view import STREAM_KEY, ChatView, StableSplit, action_href
 from gui.markdown import render_markdown
 from gui.sidebar import Sidebar
-from tests.model_server import tokenize
+from tests.support.model_server import tokenize
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,15 @@ from PySide6.QtGui import QColor
 from gui.badge import AMBER, CALM, GREEN, RED
 from gui.main_window import MainWindow
 from tests.gui.test_badge import assert_plain
-from tests.gui.test_main_window import (  # noqa: F401 - _app_setup is this module's autouse fixture too
+from tests.support.app import (
     WAIT,
-    _app_setup,
     cairn_factory,
     send_and_wait,
     window_of,
 )
-from tests.model_server import ModelServer
-from tests.pgcluster import PW_USER
-from tests.waiting import eventually
+from tests.support.model_server import ModelServer
+from tests.support.pgcluster import PW_USER
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from storage.errors import describe, is_corruption, is_environment_error, is_login_rejected, refusal
-from tests.pgcluster import PgServer
+from tests.support.pgcluster import PgServer
 
 
 def _raised(action: Callable[[], object]) -> BaseException:

@@ -1,6 +1,7 @@
 """storage/sync.py on its own: a real SQLite file and a real Postgres, no manager, no window.
 
-The manager-level behaviour (outages, two machines live, healing) is in tests/test_sync.py and tests/test_healing.py;
+The manager-level behaviour (outages, two machines live, healing) is in tests/storage/test_manager_sync.py and
+tests/storage/test_healing.py;
 here each function of the module is held to its contract: copies are unions and idempotent, uploads and downloads
 leave both sides holding the same keys, tombstones win, and every local change is reported."""
 
@@ -16,7 +17,7 @@ from storage import sync
 from storage.backends import PostgresBackend, PostgresTarget, SqliteBackend
 from storage.changes import Changes
 from storage.conversations import Conversation
-from tests.chatgraph import build_graph, messages, turn
+from tests.support.chatgraph import build_graph, messages, turn
 
 
 @pytest.fixture

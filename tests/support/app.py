@@ -1,0 +1,194 @@
+"""The app in tests: start Cairn the way ``main.py`` does on folders under a test's ``tmp_path`` and drive its window as
+a user would (typing, Enter, clicks on the links in the conversation), waiting on conditions with deadlines.
+Shared by the GUI tests (tests/gui/); their fixtures (``server``, ``cairn``, the app setup) are in
+tests/gui/conftest.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import shiboken6
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt, QTimer
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtWidgets import QApplication, QWidget
+
+from gui.app import CairnApp
+from gui.chat_view import ChatView
+from gui.main_window import MainWindow
+from storage.secrets import SecretStore
+from storage.settings import load_settings, save_settings
+from tests.support.keyring_backend import MemoryKeyring
+
+if TYPE_CHECKING:
+    from keyring.backend import KeyringBackend
+from tests.support.model_server import ModelServer
+from tests.support.waiting import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 10.0
+
+
+Cairn = Callable[..., AbstractAsyncContextManager[CairnApp]]
+
+
+def cairn_factory(
+    tmp_path: Path,
+    server: ModelServer,
+    *,
+    keyring: KeyringBackend | None = None,
+    settings: dict[str, object] | None = None,
+) -> Cairn:
+    """``async with cairn() as app``: Cairn started on folders under ``tmp_path`` (the same ones every time), and
+    quit at the end of the block, inside the test, so nothing of it is left running when the test's loop stops.
+
+    ``keyring``: the OS keyring each start finds (a fresh ``MemoryKeyring`` by default; keyring's "fail" backend for
+    a machine without one). ``settings``: more settings for the file."""
+    keyring = keyring if keyring is not None else MemoryKeyring()
+    config_dir = tmp_path / "config"
+    save_settings(
+        {
+            "MODEL_BASE_URL": server.base_url,
+            "MODEL_NAME": "test-model",
+            "CAIRN_DATA_DIR": str(tmp_path / "data"),
+            **(settings or {}),
+        },
+        config_dir=config_dir,
+        secrets=SecretStore(backend=keyring),
+    )
+
+    @contextlib.asynccontextmanager
+    async def run(*, model_timeout: float | None = None) -> AsyncIterator[CairnApp]:
+        settings = load_settings(environ={}, cwd=tmp_path, config_dir=config_dir, strict=False)
+        assert not settings.problems
+        app = CairnApp(
+            QApplication.instance(),  # type: ignore[arg-type]
+            settings=settings,
+            secrets=SecretStore(backend=keyring),
+            model_timeout=model_timeout,
+        )
+        try:
+            window = await app.start()
+            window.activateWindow()
+            yield app
+        finally:
+            await quit_app(app)
+
+    return run
+
+
+async def quit_app(app: CairnApp) -> None:
+    """What quitting does: the aboutToQuit signal, then the shutdown that runs once Qt's loop has returned."""
+    window = app.window
+    if window is None or not shiboken6.isValid(window):
+        await app.shutdown()
+        return
+    QApplication.instance().aboutToQuit.emit()  # type: ignore[union-attr]
+    await app.shutdown()
+    window.close()
+    window.deleteLater()
+
+
+def window_of(app: CairnApp) -> MainWindow:
+    assert app.window is not None
+    return app.window
+
+
+def click_at(widget: QWidget, pos: QPoint) -> None:
+    """A left click, delivered at once (QTest's clicks may spin a nested event loop)."""
+    local = QPointF(pos)
+    for kind, buttons in (
+        (QEvent.Type.MouseButtonPress, Qt.MouseButton.LeftButton),
+        (QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton),
+    ):
+        event = QMouseEvent(
+            kind,
+            local,
+            QPointF(widget.mapToGlobal(local)),
+            Qt.MouseButton.LeftButton,
+            buttons,
+            Qt.KeyboardModifier.NoModifier,
+        )
+        QApplication.sendEvent(widget, event)
+
+
+def click_link(view: ChatView, href: str) -> None:
+    rect = view.anchor_rect(href)
+    assert rect is not None, f"no link to {href} in {view.hrefs()}"
+    view.setTextCursor(view.textCursor())  # anchor_rect moved the cursor there to scroll it into view
+    click_at(view.viewport(), rect.center().toPoint())
+
+
+def type_and_send(qtbot: Any, window: MainWindow, text: str) -> None:
+    edit = window.composer.edit
+    edit.setFocus()
+    for number, line in enumerate(text.split("\n")):
+        if number:
+            qtbot.keyClick(edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+        qtbot.keyClicks(edit, line)
+    qtbot.keyClick(edit, Qt.Key.Key_Return)
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    await eventually(check, timeout, what)
+
+
+async def send_and_wait(qtbot: Any, window: MainWindow, text: str) -> str:
+    """Send ``text`` from the composer and wait for the reply to be complete; returns the thread id."""
+    finished: list[str] = []
+    window.replyFinished.connect(finished.append)
+    type_and_send(qtbot, window, text)
+    await until(lambda: bool(finished), f"the reply to {text!r}")
+    window.replyFinished.disconnect(finished.append)
+    assert window.current is not None
+    return window.current
+
+
+class LoopWatch:
+    """Measures how long the event loop goes without running a 10 ms timer (a stall shows as a long gap)."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._last = time.perf_counter()
+        self._timer = QTimer()
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def __enter__(self) -> LoopWatch:
+        self._last = time.perf_counter()
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._timer.stop()
+
+    def p95(self) -> float:
+        gaps = sorted(self.gaps) or [0.0]
+        return gaps[int(len(gaps) * 0.95)]
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.gaps)} ticks, p95 gap {self.p95() * 1000:.0f} ms, max {max(self.gaps, default=0) * 1000:.0f} ms"
+        )
+
+
+def roles_and_texts(messages: list[Any]) -> list[tuple[str, str]]:
+    return [(m.role, m.text) for m in messages]
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
