@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import openai
@@ -42,45 +39,15 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class _Canned(BaseHTTPRequestHandler):
-    """Answers every GET with the server's canned status, content type and body."""
-
-    server: _CannedServer
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        status, content_type, body = self.server.answer
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-class _CannedServer(ThreadingHTTPServer):
-    daemon_threads = True
-    answer: tuple[int, str, bytes] = (200, "text/plain", b"")
-
-
 @pytest.fixture
-def canned() -> Iterator[Callable[[int, str, bytes], str]]:
-    """A real HTTP server on loopback that answers anything with one fixed response; gives its base URL."""
-    servers: list[_CannedServer] = []
+def canned(server: ModelServer) -> Callable[[int, str, bytes], str]:
+    """The test model server answering ``GET /models`` with one fixed response; gives its base URL."""
 
-    def start(status: int, content_type: str, body: bytes) -> str:
-        httpd = _CannedServer(("127.0.0.1", 0), _Canned)
-        httpd.answer = (status, content_type, body)
-        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(httpd)
-        return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    def answer(status: int, content_type: str, body: bytes) -> str:
+        server.models_answer = (status, content_type, body)
+        return server.base_url
 
-    yield start
-    for httpd in servers:
-        httpd.shutdown()
-        httpd.server_close()
+    return answer
 
 
 # --- list_models ------------------------------------------------------------------------------------------------

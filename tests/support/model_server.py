@@ -338,6 +338,15 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/v1/models", "/models"):
             if not self._check_auth(index):
                 return
+            if self.owner.models_answer is not None:
+                status, content_type, body = self.owner.models_answer
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self._write(body)
+                self.owner._emit("done", index)
+                return
             created = self.owner.created
             data = [
                 {"id": model, "object": "model", "created": created, "owned_by": "cairn-test"}
@@ -585,6 +594,9 @@ class ModelServer:
     ) -> None:
         self.models: list[str] = list(models)
         self.reply: ReplySpec | None = reply
+        self.models_answer: tuple[int, str, bytes] | None = None
+        """When set, ``GET /models`` answers this (status, content type, body) instead of the model list: a web server,
+        a proxy or another API at the model server's address."""
         self.reasoning: str = ""
         """Streamed first as ``delta.reasoning_content`` tokens, as thinking models behind Ollama, vLLM, LM Studio and
         DeepSeek's API send their reasoning (a reply holding ``<think>...</think>`` is the other way servers do it)."""
