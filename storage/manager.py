@@ -507,10 +507,8 @@ class StorageManager:
                 log.exception("storage listener failed")
 
     def _pool_stats(self, remote: PostgresBackend) -> dict[str, Any]:
-        stats: dict[str, Any] = {"mode": remote.mode}
-        with contextlib.suppress(Exception):
-            stats["pool"] = {k: v for k, v in remote.pool.get_stats().items() if not k.startswith("connections_")}
-        return stats
+        pool = {k: v for k, v in remote.pool.get_stats().items() if not k.startswith("connections_")}
+        return {"mode": remote.mode, "pool": pool}
 
     # --- Postgres health ------------------------------------------------------------------------------------
     async def _health_loop(self) -> None:
