@@ -9,7 +9,8 @@ Usage::
 Each run is ``main.py`` in a fresh process, offscreen, on an empty data folder (``CAIRN_DATA_DIR``, settings from
 ``CAIRN_CONFIG_DIR``, a model server URL where nothing listens: start-up never waits on it), quitting 0.3 s after it
 is ready. The times are taken by this process from the moment it spawns ``main.py`` until the app's log says the
-window painted and the chat engine is attached ("ready": a message sent now is answered, nothing waits to load).
+window painted and the chat engine is attached ("ready": a message sent now is stored and sent; the model client
+finishes loading in the background, about 0.5 s more, before the first request).
 A baseline is a ``git worktree`` of the given commit sharing this checkout's ``.venv``; the two alternate, so load
 on the machine falls on both alike. Median of the runs, each run listed.
 """
