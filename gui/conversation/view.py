@@ -200,6 +200,9 @@ class ConversationView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         if embed == "widget":
             self.quick = _QuickWidget(self)
+            # Owned by the scene's widget: deleted after the scene, so no binding reads them once they are gone.
+            self.model.setParent(self.quick)
+            self.bridge.setParent(self.quick)
             self.quick.setResizeMode(QQuickWidget.ResizeMode.SizeRootObjectToView)
             context = self.quick.rootContext()
             context.setContextProperty("messages", self.model)

@@ -111,6 +111,7 @@ Rectangle {
             width: ListView.view.width
             height: card.height
             // Only the last reply offers Regenerate, and only when nothing streams or failed after it.
+            readonly property bool hasUsage: role === "assistant" && !streaming && !!usage && usage.tokens > 0
             readonly property bool canRegenerate: role === "assistant" && !streaming && index === list.count - 1 && chat.canRegenerate
 
             // A focus scope: it keeps the focus (and its toolbar) while one of its buttons has it.
@@ -221,7 +222,8 @@ Rectangle {
                     // Tokens and speed under a finished reply; the branch switcher when there are other versions.
                     Row {
                         spacing: 12
-                        visible: switcher.visible || usageText.visible
+                        // Not `usageText.visible`: an item's visible is false while its parent's is (a loop).
+                        visible: row.branchCount > 1 || row.hasUsage
                         Row {
                             id: switcher
                             visible: row.branchCount > 1
@@ -248,7 +250,7 @@ Rectangle {
                             id: usageText
                             objectName: "usage"
                             anchors.verticalCenter: parent.verticalCenter
-                            visible: row.role === "assistant" && !row.streaming && row.usage && row.usage.tokens > 0
+                            visible: row.hasUsage
                             text: visible ? Math.round(row.usage.tokens) + " tokens" + (row.usage.perSecond > 0 ? " · " + row.usage.perSecond.toFixed(1) + " tok/s" : "") : ""
                             color: root.muted
                             font.pixelSize: 11
