@@ -8,15 +8,19 @@ tests/gui/conftest.py.
 from __future__ import annotations
 
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import shiboken6
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QGuiApplication, QMouseEvent, QPalette
 from PySide6.QtQuick import QQuickItem
 from PySide6.QtWidgets import QApplication
 
+from chat.service import Usage
 from gui.chat_view import ChatView
 from gui.conversation.view import QuickChatView
 from tests.support.app import (
@@ -362,3 +366,60 @@ async def test_a_palette_change_renders_the_cards_again_in_its_colours(qtbot: An
             await card(view, view.messages()[-1].id)  # the cards are made again
         finally:
             QApplication.setPalette(app_palette)
+
+
+# --- the view alone: what the window's reloads ask of it ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    role: str
+    text: str
+    stopped: bool = False
+    created: float | None = None
+    reasoning: str = ""
+    thinking_seconds: float | None = None
+    usage: Usage | None = None
+
+
+def test_set_messages_updates_the_same_messages_in_place_and_replaces_what_changed(qtbot: Any) -> None:
+    view = QuickChatView()
+    qtbot.addWidget(view)
+    view.resize(900, 700)
+    view.show()
+    qtbot.waitExposed(view)
+    shown = [Message("pending:1", "user", "a question"), Message("pending:2", "assistant", "an answer")]
+    view.show_conversation("t", shown)
+    qtbot.waitUntil(lambda: len(rows(view)) == 2, timeout=2000)
+    first, reply = rows(view)  # kept: the same delegates must show the stored details
+
+    stored = [
+        Message("u1", "user", "a question", created=time.time()),
+        Message("a1", "assistant", "an answer", created=time.time(), usage=Usage(12, 34, 2.0)),
+        Message("u2", "user", "a second question"),
+        Message("a2", "assistant", "a second answer"),
+    ]
+    view.set_messages("t", stored)
+    assert [m.id for m in view.messages()] == ["u1", "a1", "u2", "a2"]
+    qtbot.waitUntil(lambda: len(rows(view)) == 4, timeout=2000)
+    assert shiboken6.isValid(first) and shiboken6.isValid(reply)  # updated in place, not made again
+    assert (first.property("id"), reply.property("id")) == ("u1", "a1")
+    qtbot.waitUntil(lambda: shown_text(reply, "usage") == "34 tokens · 17.0 tok/s", timeout=2000)
+    assert re.fullmatch(r"\d\d:\d\d", shown_text(first, "timestamp"))
+
+    view.begin_reply("partial")  # a reload while a reply streams keeps the reply
+    view.set_messages("t", stored)
+    assert view.streaming and view.stream_text() == "partial"
+    view.discard_reply()
+
+    edited = [*stored[:2], Message("u3", "user", "edited elsewhere")]
+    view.set_messages("t", edited)
+    assert [(m.id, m.text) for m in view.messages()][2:] == [("u3", "edited elsewhere")]
+    qtbot.waitUntil(lambda: len(rows(view)) == 3, timeout=2000)
+    assert shiboken6.isValid(first) and first.property("id") == "u1"
+
+
+def shown_text(row: QQuickItem, name: str) -> str:
+    item = part(row, name)
+    return str(item.property("text")) if item is not None and item.isVisible() else ""
