@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Property, QEvent, QMetaObject, QObject, Qt, QTimer, QUrl, Signal, Slot
-from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication, QKeyEvent, QPalette
+from PySide6.QtCore import Property, QEvent, QMetaObject, QObject, QTimer, QUrl, Signal, Slot
+from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication, QPalette
 from PySide6.QtQuick import QQuickItem, QQuickView, QQuickWindow
 from PySide6.QtQuickWidgets import QQuickWidget
 from PySide6.QtWidgets import QVBoxLayout, QWidget
@@ -199,7 +199,7 @@ class ConversationView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         if embed == "widget":
-            self.quick = _QuickWidget(self)
+            self.quick = QQuickWidget(self)  # Esc, which no item takes, goes on to the window (it stops a reply)
             # Owned by the scene's widget: deleted after the scene, so no binding reads them once they are gone.
             self.model.setParent(self.quick)
             self.bridge.setParent(self.quick)
@@ -296,14 +296,6 @@ class ConversationView(QWidget):
         if self.embed == "window":
             self.view.close()
         super().closeEvent(event)  # type: ignore[arg-type]
-
-
-class _QuickWidget(QQuickWidget):
-    def keyPressEvent(self, event: QKeyEvent) -> None:
-        if event.key() == Qt.Key.Key_Escape:
-            event.ignore()  # the window's: Esc stops the reply whatever has the focus
-            return
-        super().keyPressEvent(event)
 
 
 def time_words(created: float | None) -> str:

@@ -208,6 +208,24 @@ async def test_stop_on_the_streaming_card_keeps_the_partial_reply(
         assert stored.messages[-1].stopped
 
 
+async def test_esc_in_the_cards_stops_the_reply(qtbot: Any, cards: Cairn, server: ModelServer) -> None:
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        server.pause(after_tokens=1)
+        type_and_send(qtbot, window, "hello there")
+        await server.wait_for_paused_async(timeout=WAIT)
+        await until(lambda: view.stream_text() == "Echo: ", "the first token")
+        view.quick.setFocus()
+        await until(view.quick.hasFocus, "the cards focused")
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        qtbot.keyClick(view.quick, Qt.Key.Key_Escape)  # the window's: Esc stops whatever has the focus
+        await until(lambda: bool(finished), "the stopped reply")
+        server.resume()
+        assert view.messages()[-1].stopped
+
+
 # --- the toolbar ----------------------------------------------------------------------------------------------
 
 
