@@ -26,6 +26,7 @@ from gui.conversation.view import QuickChatView
 from tests.support.app import (
     WAIT,
     Cairn,
+    LoopWatch,
     cairn_factory,
     click_at,
     roles_and_texts,
@@ -35,6 +36,9 @@ from tests.support.app import (
     window_of,
 )
 from tests.support.model_server import ModelServer, tokenize
+
+BLOCKED = 0.25
+"""A loop gap (p95) no slow machine reaches but a blocked loop does (as in tests/gui/test_main_window.py)."""
 
 
 @pytest.fixture
@@ -224,6 +228,40 @@ async def test_esc_in_the_cards_stops_the_reply(qtbot: Any, cards: Cairn, server
         await until(lambda: bool(finished), "the stopped reply")
         server.resume()
         assert view.messages()[-1].stopped
+
+
+async def test_a_long_reply_streams_with_coalesced_renders_and_a_responsive_loop(
+    qtbot: Any, cards: Cairn, server: ModelServer
+) -> None:
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        server.token_count = 400
+        server.token_delay = 0.004  # ~250 tokens/s
+        with LoopWatch() as watch:
+            await send_and_wait(qtbot, window, "stream a lot")
+        assert view.messages()[-1].text.endswith("tok399")
+        assert view.flush_count < 400 / 3, view.flush_count  # never one render per token
+        assert watch.p95() < BLOCKED, watch.summary()  # blocked is seconds; the fine numbers are bench/'s
+
+
+async def test_a_conversation_opened_again_shows_its_cards_with_what_was_stored(
+    qtbot: Any, cards: Cairn, server: ModelServer
+) -> None:
+    server.reasoning = "Short thought."
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        thread = await send_and_wait(qtbot, window, "remember me")
+        window.new_chat()
+        await until(lambda: view.messages() == [] and view.thread_id is None, "a new conversation")
+        window.open_conversation(thread)
+        await until(lambda: len(view.messages()) == 2 and view.thread_id == thread, "the conversation opened")
+        stored = await app.service.load(thread)  # type: ignore[union-attr]
+        assert [m.id for m in view.messages()] == [m.id for m in stored.messages]
+        reply = await card(view, stored.messages[-1].id)
+        await until(lambda: shown(reply, "usage") and shown(reply, "thought"), "the reply's tokens and thought")
+        assert re.fullmatch(r"\d\d:\d\d", str(part(reply, "timestamp").property("text")))  # type: ignore[union-attr]
 
 
 # --- the toolbar ----------------------------------------------------------------------------------------------
