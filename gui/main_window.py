@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from chat.events import ChatEvent
     from chat.service import ConversationService
+    from gui.conversation.view import QuickChatView
     from gui.model_picker import ModelMenu
     from storage.changes import Changes
     from storage.factory import Storage
@@ -138,7 +139,14 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_TITLE)
         self.setObjectName("mainWindow")
         self.sidebar = Sidebar()
-        self.view = ChatView()
+        self.view: ChatView | QuickChatView
+        if settings.chat_view == "cards":
+            # Imported only when chosen: Qt Quick costs memory and start-up time (docs/CHAT_VIEW_PROTOTYPE.md).
+            from gui.conversation.view import QuickChatView
+
+            self.view = QuickChatView()
+        else:
+            self.view = ChatView()
         self.composer = Composer()
         self.banner = MemoryBanner()
         right = QWidget()

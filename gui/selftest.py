@@ -13,7 +13,8 @@ The same command runs in the frozen app (``Cairn.exe self-test``, ``Cairn.app/Co
 4. starts the app as ``python main.py`` does (settings, secrets, storage, the window, the chat engine); the window
    is offscreen when there is no display or ``--offscreen`` is given;
 5. sends a message through the conversation service (the graph, the tiered saver, SQLite) and checks the reply and
-   that the conversation shows in the window's list;
+   that the conversation shows in the window's list, and in the cards view (``CHAT_VIEW=cards``: Qt Quick and its
+   QML must load, which a bundle missing them fails);
 6. shuts the app down, opens the storage again from disk and reads the conversation back;
 7. prints a short report (``--json``: one JSON object; ``--report FILE``: the same text written to FILE too, for
    windowed apps on Windows that have no console) and exits 0, or 1 naming each failed check.
@@ -473,7 +474,11 @@ async def _exercise(
         listed = thread_id in window.sidebar.thread_ids()
         report.check("list", listed, "the conversation is in the window's list" if listed else "not in the list")
 
-        written = _messages(await service.load(thread_id))
+        loaded = await service.load(thread_id)
+        written = _messages(loaded)
+        step[0] = "showing the conversation as cards"
+        _check_cards(report, thread_id, loaded)
+
         conversation = await service.conversation(thread_id)
         report.conversation["title"] = conversation.title if conversation else None
         report.conversation["messages_written"] = len(written)
@@ -518,6 +523,27 @@ async def _exercise(
             if cairn.window is not None:
                 cairn.window.close()
         await responder.close()
+
+
+def _check_cards(report: Report, thread_id: str, loaded: Any) -> None:
+    """The cards view (``CHAT_VIEW=cards``) loads its QML scene and shows the conversation: in a bundle, Qt Quick and
+    the QML modules it imports must have come along (installer/cairn.spec)."""
+    # Qt's compiled-QML cache would go to the user's cache folder: the self-test writes nothing outside its own.
+    os.environ["QML_DISABLE_DISK_CACHE"] = "1"
+    try:
+        from gui.conversation.view import QuickChatView
+
+        view = QuickChatView()
+    except (ImportError, RuntimeError) as exc:  # a missing module, or QML that did not load: the report says which
+        report.check("cards view", False, f"{type(exc).__name__}: {exc}")
+        return
+    try:
+        view.show_conversation(thread_id, loaded.messages)
+        rows = view.model.rowCount()
+        wanted = len(loaded.messages)
+        report.check("cards view", rows == wanted, f"the Qt Quick scene loaded and shows {rows} of {wanted} messages")
+    finally:
+        view.deleteLater()
 
 
 def _run_qt(report: Report, args: argparse.Namespace, data_dir: Path, config_dir: Path, work_dir: Path) -> None:

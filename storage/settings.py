@@ -50,6 +50,8 @@ class SettingSpec:
     description: str
     minimum: float | None = None
     maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    """For text: the only values allowed (empty: any text)."""
 
 
 SETTINGS: tuple[SettingSpec, ...] = (
@@ -101,6 +103,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "MODEL_TOKEN_TIMEOUT", "model_token_timeout", "float", 60.0,
         "Seconds of silence allowed between words once a reply is flowing.", 1, 3600,
     ),
+    SettingSpec(
+        "CHAT_VIEW", "chat_view", "str", "text",
+        "How the conversation is drawn: text (the usual view) or cards (a preview of message cards in Qt Quick). "
+        "Read at start.",
+        choices=("text", "cards"),
+    ),
 )
 
 SPECS_BY_KEY: Mapping[str, SettingSpec] = {spec.key: spec for spec in SETTINGS}
@@ -125,6 +133,7 @@ class Settings:
     system_prompt: str
     model_first_token_timeout: float
     model_token_timeout: float
+    chat_view: str
     config_dir: Path
     # key -> "default" | "file" | ".env" | "environment": where each value in effect came from.
     sources: dict[str, str] = field(default_factory=dict)
@@ -172,7 +181,7 @@ def _expectation(spec: SettingSpec) -> str:
     if spec.type == "bool":
         return "expected true or false (or 1/0, yes/no, on/off)"
     if spec.type == "str":
-        return "expected text"
+        return "expected " + " or ".join(spec.choices) if spec.choices else "expected text"
     if spec.type == "path":
         return "expected a folder path"
     noun = "an integer" if spec.type == "int" else "a number"
@@ -186,10 +195,11 @@ def _expectation(spec: SettingSpec) -> str:
 
 
 def _is_unset(spec: SettingSpec, raw: object) -> bool:
-    # `KEY=` in .env or the environment means "not set here" for typed settings; for text it is a real value.
+    # `KEY=` in .env or the environment means "not set here" for typed settings and choices; for free text it is a
+    # real value.
     if raw is None:
         return True
-    return spec.type != "str" and isinstance(raw, str) and not raw.strip()
+    return (spec.type != "str" or bool(spec.choices)) and isinstance(raw, str) and not raw.strip()
 
 
 def _in_range(spec: SettingSpec, value: float) -> bool:
@@ -203,6 +213,11 @@ def _convert(spec: SettingSpec, raw: object, base_dir: Path) -> object:
     if spec.type == "str":
         if not isinstance(raw, str):
             raise ValueError(_expectation(spec))
+        if spec.choices:
+            word = raw.strip().lower()
+            if word not in spec.choices:
+                raise ValueError(_expectation(spec))
+            return word
         return raw
     if spec.type == "bool":
         if isinstance(raw, bool):

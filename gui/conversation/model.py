@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer
@@ -307,8 +307,8 @@ class MessageListModel(QAbstractListModel):
     def set_theme(self, theme: Theme) -> None:
         if theme != self.theme:
             self.theme = theme
-            entries = [Entry(e.id, e.role, e.text, e.stopped, e.timestamp) for e in self.entries]
-            self.reset(entries)
+            # Every field but the rendered blocks is kept; a streaming reply is the view's to begin again.
+            self.reset([replace(e, blocks=None) for e in self.entries if not e.streaming])
 
     def reset(self, entries: Sequence[Entry]) -> None:
         self._flush_timer.stop()
@@ -327,6 +327,22 @@ class MessageListModel(QAbstractListModel):
         self.beginInsertRows(QModelIndex(), row, row)
         self.entries.append(entry)
         self.endInsertRows()
+
+    def extend(self, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        row = len(self.entries)
+        self.beginInsertRows(QModelIndex(), row, row + len(entries) - 1)
+        self.entries.extend(entries)
+        self.endInsertRows()
+
+    def update(self, row: int, entry: Entry) -> None:
+        """Row ``row`` is the same message (same role and text) with other details (its stored id, time, usage):
+        they change in place, its blocks stay."""
+        old = self.entries[row]
+        entry.blocks = old.blocks
+        self.entries[row] = entry
+        self.dataChanged.emit(self.index(row), self.index(row), [self.ROLE[n] for n in ROLES if n != "blocks"])
 
     def remove_from(self, row: int) -> None:
         if row >= len(self.entries):

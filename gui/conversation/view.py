@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from PySide6.QtCore import Property, QMetaObject, QObject, QUrl, Signal, Slot
+from PySide6.QtCore import Property, QEvent, QMetaObject, QObject, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication, QPalette
 from PySide6.QtQuick import QQuickItem, QQuickView, QQuickWindow
 from PySide6.QtQuickWidgets import QQuickWidget
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
+from gui.chat_view import waiting_words
 from gui.conversation.model import Entry, MessageLike, MessageListModel
 from gui.markdown import Theme, code_background
 
@@ -42,14 +46,50 @@ def read_theme(palette: QPalette) -> Theme:
     )
 
 
+@dataclass(frozen=True)
+class Tail:
+    """What the scene shows besides the messages: the empty state's line, the failure under the last message, the
+    wait for a reply's first word, and whether the last reply may be regenerated."""
+
+    note: str = ""
+    error_title: str = ""
+    error_message: str = ""
+    error_partial: str = ""
+    error_retry: bool = False
+    has_error: bool = False
+    waiting: str = ""
+    can_regenerate: bool = True
+
+
 class Bridge(QObject):
-    """What QML calls (the actions) and reads (what only Python knows: the fixed font, the code background)."""
+    """What QML calls (the actions) and reads (what only Python knows: the fixed font, the code background, the
+    state of the view's tail)."""
 
     themeChanged = Signal()
+    tailChanged = Signal()
 
     def __init__(self, view: ConversationView) -> None:
         super().__init__(view)
         self._view = view
+        self._tail = Tail()
+
+    @property
+    def tail(self) -> Tail:
+        return self._tail
+
+    def set_tail(self, **changes: Any) -> None:
+        tail = replace(self._tail, **changes)
+        if tail != self._tail:
+            self._tail = tail
+            self.tailChanged.emit()
+
+    @Slot()
+    def retry(self) -> None:
+        self._view.retryRequested.emit()
+
+    @Slot()
+    def stop(self) -> None:
+        self._view.stopRequested.emit()
 
     @Slot(str)
     def copyMessage(self, message_id: str) -> None:
@@ -97,6 +137,38 @@ class Bridge(QObject):
     def _link_color(self) -> str:
         return self._view.model.theme.link
 
+    def _note(self) -> str:
+        return self._tail.note
+
+    def _has_error(self) -> bool:
+        return self._tail.has_error
+
+    def _error_title(self) -> str:
+        return self._tail.error_title
+
+    def _error_message(self) -> str:
+        return self._tail.error_message
+
+    def _error_partial(self) -> str:
+        return self._tail.error_partial
+
+    def _error_retry(self) -> bool:
+        return self._tail.error_retry
+
+    def _waiting(self) -> str:
+        return self._tail.waiting
+
+    def _can_regenerate(self) -> bool:
+        return self._tail.can_regenerate
+
+    note = Property(str, _note, notify=tailChanged)
+    hasError = Property(bool, _has_error, notify=tailChanged)
+    errorTitle = Property(str, _error_title, notify=tailChanged)
+    errorMessage = Property(str, _error_message, notify=tailChanged)
+    errorPartial = Property(str, _error_partial, notify=tailChanged)
+    errorRetry = Property(bool, _error_retry, notify=tailChanged)
+    waiting = Property(str, _waiting, notify=tailChanged)
+    canRegenerate = Property(bool, _can_regenerate, notify=tailChanged)
     fixedFont = Property(str, _fixed_font, notify=themeChanged)
     linkColor = Property(str, _link_color, notify=themeChanged)
     selectableText = Property(bool, _selectable_text, constant=True)
@@ -108,6 +180,8 @@ class ConversationView(QWidget):
 
     editRequested = Signal(str, str)  # message id, its text
     regenerateRequested = Signal()
+    retryRequested = Signal()
+    stopRequested = Signal()
     branchRequested = Signal(str, int)  # message id, -1 or +1
     copied = Signal(str)
 
@@ -125,7 +199,10 @@ class ConversationView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         if embed == "widget":
-            self.quick = QQuickWidget(self)
+            self.quick = QQuickWidget(self)  # Esc, which no item takes, goes on to the window (it stops a reply)
+            # Owned by the scene's widget: deleted after the scene, so no binding reads them once they are gone.
+            self.model.setParent(self.quick)
+            self.bridge.setParent(self.quick)
             self.quick.setResizeMode(QQuickWidget.ResizeMode.SizeRootObjectToView)
             context = self.quick.rootContext()
             context.setContextProperty("messages", self.model)
@@ -180,13 +257,13 @@ class ConversationView(QWidget):
     def show_conversation(self, thread_id: str, messages: Sequence[MessageLike]) -> float:
         start = time.perf_counter()
         self.thread_id = thread_id
-        self.model.reset([Entry(m.id, m.role, m.text, m.stopped, _timestamp(m)) for m in messages])
+        self.model.reset([entry_of(m) for m in messages])
         self.scroll_to_end()
         self.last_open_ms = (time.perf_counter() - start) * 1000
         return self.last_open_ms
 
     def append_message(self, message: MessageLike) -> None:
-        self.model.append(Entry(message.id, message.role, message.text, message.stopped, _timestamp(message)))
+        self.model.append(entry_of(message))
         self.scroll_to_end()
 
     def scroll_to_end(self) -> None:
@@ -221,5 +298,207 @@ class ConversationView(QWidget):
         super().closeEvent(event)  # type: ignore[arg-type]
 
 
-def _timestamp(message: MessageLike) -> str:
-    return str(getattr(message, "timestamp", "") or "")
+def time_words(created: float | None) -> str:
+    """When a message was made, as a card shows it: the time today, the day and time before."""
+    if created is None:
+        return ""
+    when = datetime.fromtimestamp(created)
+    now = datetime.now()
+    if when.date() == now.date():
+        return f"{when:%H:%M}"
+    year = f" {when.year}" if when.year != now.year else ""
+    return f"{when.day} {when:%b}{year}, {when:%H:%M}"
+
+
+def entry_of(message: MessageLike) -> Entry:
+    """A message as a card shows it; what chat.service.ChatMessage carries beyond the text (time, reasoning,
+    usage) is read when present (messages the window shows before they are stored have none)."""
+    usage = getattr(message, "usage", None)
+    tokens = getattr(usage, "output_tokens", 0) or 0
+    per_second = getattr(usage, "tokens_per_second", None) or 0.0
+    return Entry(
+        message.id,
+        message.role,
+        message.text,
+        message.stopped,
+        time_words(getattr(message, "created", None)),
+        reasoning=getattr(message, "reasoning", "") or "",
+        reasoning_seconds=float(getattr(message, "thinking_seconds", None) or 0.0),
+        usage={"tokens": float(tokens), "perSecond": float(per_second)} if tokens else {},
+    )
+
+
+def _details(entry: Entry) -> tuple[object, ...]:
+    return (entry.id, entry.timestamp, entry.reasoning, entry.reasoning_seconds, entry.usage)
+
+
+def _key(message: MessageLike) -> tuple[str, str, bool]:
+    return (message.role, message.text, message.stopped)
+
+
+START_NOTE = "Start a conversation: type below. Enter sends, Shift+Enter starts a new line."
+WAIT_TICK_MS = 1000
+
+
+class QuickChatView(ConversationView):
+    """The conversation as message cards (Qt Quick): what ``gui.main_window.MainWindow`` uses of
+    ``gui.chat_view.ChatView``, so the window can show either (setting ``CHAT_VIEW``; docs/CHAT_VIEW_PROTOTYPE.md)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent, embed="widget")
+        self.setObjectName("chatView")
+        self._busy = False
+        self._wait_since = 0.0
+        self._wait_timer = QTimer(self)
+        self._wait_timer.setInterval(WAIT_TICK_MS)
+        self._wait_timer.timeout.connect(self._tick_wait)
+        self.show_note("")
+
+    # --- what the window calls ------------------------------------------------------------------------------
+    def show_note(self, text: str) -> None:
+        """An empty view with a line of guidance ("Loading…", or how to start) instead of a conversation."""
+        self._stop_waiting()
+        self.model.reset([])
+        self.thread_id = None
+        self.bridge.set_tail(note=text or START_NOTE, has_error=False)
+        self._update_regenerate()
+
+    def show_conversation(self, thread_id: str, messages: Sequence[MessageLike]) -> float:
+        self._stop_waiting()
+        self.bridge.set_tail(note="" if messages else START_NOTE, has_error=False)
+        shown_ms = super().show_conversation(thread_id, messages)
+        self._update_regenerate()
+        return shown_ms
+
+    def set_messages(self, thread_id: str, messages: Sequence[MessageLike]) -> None:
+        """Show this (possibly changed) message list, touching only the rows that differ."""
+        new = list(messages)
+        stored = self.messages()
+        prefix = 0
+        while prefix < min(len(stored), len(new)) and _key(stored[prefix]) == _key(new[prefix]):
+            prefix += 1
+        unchanged_tail = prefix == len(stored) == len(new)
+        if thread_id != self.thread_id or self.bridge.tail.note or (self.streaming and not unchanged_tail):
+            streaming = self.stream_text() if self.streaming else None
+            since = self._wait_since
+            self.show_conversation(thread_id, new)
+            if streaming is not None:
+                self.begin_reply(streaming, since=since)
+            return
+        for row in range(prefix):  # the same messages: their stored ids, times and usage arrive now
+            entry = entry_of(new[row])
+            if _details(entry) != _details(stored[row]):
+                self.model.update(row, entry)
+        if not self.streaming:
+            self.model.remove_from(prefix)
+            self.model.extend([entry_of(m) for m in new[prefix:]])
+        self._update_regenerate()
+
+    def append_message(self, message: MessageLike) -> None:
+        self.bridge.set_tail(note="")
+        self.clear_error()
+        super().append_message(message)
+        self._update_regenerate()
+
+    def remove_messages_from(self, index: int) -> None:
+        super().remove_messages_from(index)
+        self._update_regenerate()
+
+    def set_busy(self, busy: bool) -> None:
+        """While a reply streams the last reply offers no Regenerate."""
+        self._busy = busy
+        self._update_regenerate()
+
+    def begin_reply(self, text: str = "", *, since: float | None = None) -> None:
+        """Start showing a streaming reply at the end (``text``: what already arrived; ``since``: when the reply was
+        asked for, ``time.monotonic()``: the wait shown counts from there)."""
+        self._wait_since = time.monotonic() if since is None else since
+        self.clear_error()
+        self.bridge.set_tail(note="")
+        if self.streaming:
+            self.model.discard_reply()
+        super().begin_reply(text)
+        if text:
+            self._stop_waiting()
+        else:
+            self._tick_wait()
+            self._wait_timer.start()
+        self._update_regenerate()
+        self.scroll_to_end()
+
+    def append_tokens(self, text: str) -> None:
+        if text:
+            self._stop_waiting()
+        super().append_tokens(text)
+
+    def finish_reply(self, message: MessageLike) -> None:
+        """The streaming reply is complete (or stopped): it becomes a message like the others. Its usage, when the
+        message carries none, stays unknown (the stored message brings it: ``set_messages``)."""
+        self._stop_waiting()
+        entry = entry_of(message)
+        if self.streaming:
+            self.model.finish_reply(message, usage=entry.usage)
+        else:
+            self.model.append(entry)
+        self._update_regenerate()
+
+    def discard_reply(self) -> str:
+        self._stop_waiting()
+        text = super().discard_reply()
+        self._update_regenerate()
+        return text
+
+    def show_error(
+        self, message: str, partial: str = "", *, title: str = "The reply failed.", retry: bool = True
+    ) -> None:
+        """An error under the last message, with what arrived before it and a Retry button."""
+        self.bridge.set_tail(
+            note="",
+            has_error=True,
+            error_title=title,
+            error_message=message,
+            error_partial=partial,
+            error_retry=retry,
+        )
+        self._update_regenerate()
+        self.scroll_to_end()
+
+    def has_error(self) -> bool:
+        return self.bridge.tail.has_error
+
+    def error_text(self) -> str:
+        tail = self.bridge.tail
+        if not tail.has_error:
+            return ""
+        return "\n".join(part for part in (f"{tail.error_title} {tail.error_message}", tail.error_partial) if part)
+
+    def clear_error(self) -> None:
+        if self.bridge.tail.has_error:
+            self.bridge.set_tail(has_error=False, error_title="", error_message="", error_partial="")
+            self._update_regenerate()
+
+    def last_reply_text(self) -> str | None:
+        return next((m.text for m in reversed(self.messages()) if m.role == "assistant"), None)
+
+    # --- Qt overrides ---------------------------------------------------------------------------------------
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange:
+            theme = read_theme(self.palette())
+            if theme != self.model.theme:
+                streaming = self.stream_text() if self.streaming else None
+                self.model.set_theme(theme)  # the Markdown and the code are rendered again in the new colours
+                self.bridge.themeChanged.emit()
+                if streaming is not None:
+                    self.begin_reply(streaming, since=self._wait_since)
+
+    # --- the tail -------------------------------------------------------------------------------------------
+    def _update_regenerate(self) -> None:
+        self.bridge.set_tail(can_regenerate=not self._busy and not self.streaming and not self.has_error())
+
+    def _tick_wait(self) -> None:
+        self.bridge.set_tail(waiting=waiting_words(time.monotonic() - self._wait_since))
+
+    def _stop_waiting(self) -> None:
+        self._wait_timer.stop()
+        self.bridge.set_tail(waiting="")

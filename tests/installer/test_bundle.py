@@ -31,6 +31,13 @@ UNWANTED = re.compile(
     r"|VirtualKeyboard)|/qmltooling/|/sqldrivers/|/designer/|libqpdf|/zstandard/",
     re.IGNORECASE,
 )
+# ...but the cards view (CHAT_VIEW=cards) needs Qt Quick and the QML modules its scene imports; nothing else of qml/.
+CARDS_VIEW = re.compile(
+    r"(^|/)(lib)?Qt6?(Quick|QuickWidgets|QuickControls2(Basic|BasicStyleImpl|Impl)?|QuickTemplates2|Qml|QmlModels"
+    r"|QmlMeta|QmlWorkerScript)(\.|$)"
+    r"|/qml/(QtQml/((Models|WorkerScript)/)?|QtQuick/((Controls/((Basic/(impl/)?)|impl/)?)|Templates/)?)[^/]+$",
+    re.IGNORECASE,
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +117,8 @@ def test_bundle_self_test_passes(bundle: tuple[Path, float], tmp_path: Path) -> 
     assert next(c for c in report["checks"] if c["name"] == "icon")["ok"] is True  # the SVG icon engine
     assert report["storage"]["active_tier"] == "sqlite"
     assert report["conversation"]["round_trip"] is True
+    cards = next(c for c in report["checks"] if c["name"] == "cards view")  # Qt Quick and its QML in the bundle
+    assert cards["ok"] is True, cards
     # Every keyring backend module and keyring's entry points (its metadata) made it into the bundle.
     assert set(report["keyring"]["backend_modules"].values()) == {"ok"}, report["keyring"]
     assert {"SecretService", "libsecret", "macOS", "Windows"} <= set(report["keyring"]["entry_points"])
@@ -135,7 +144,11 @@ def test_bundle_contents(bundle: tuple[Path, float]) -> None:
     for needed in ("cairn.svg", "style.qss", "icons/cairn.ico", "icons/cairn.icns", "icons/cairn-256.png"):
         assert (internal / "resources" / needed).is_file(), needed
     assert (internal / "cairn_version.txt").read_text().strip() == _pyproject_version()
-    unwanted = [f for f in files if UNWANTED.search(f)]
+    assert (internal / "gui" / "conversation" / "qml" / "Conversation.qml").is_file()
+    qml = internal / "PySide6" / "Qt" / "qml"
+    for needed in ("QtQuick/qmldir", "QtQuick/Controls/Basic/qmldir", "QtQuick/Templates/qmldir", "QtQml/qmldir"):
+        assert (qml / needed).is_file(), needed
+    unwanted = [f for f in files if UNWANTED.search(f) and not CARDS_VIEW.search(f)]
     assert unwanted == [], f"unused Qt parts in the bundle: {unwanted[:20]}"
     assert not any(re.search(r"(^|/)(PIL|pytest|_pytest|tkinter)/", f) for f in files)
     size_mb = _size_mb(folder)

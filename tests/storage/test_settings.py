@@ -39,6 +39,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "SYSTEM_PROMPT": "",
     "MODEL_FIRST_TOKEN_TIMEOUT": 300.0,
     "MODEL_TOKEN_TIMEOUT": 60.0,
+    "CHAT_VIEW": "text",
 }
 SPEC = {spec.key: spec for spec in SETTINGS}
 
@@ -235,6 +236,7 @@ INVALID = [
     ("POSTGRES_CONNECT_TIMEOUT", "nan", "expected a number between 0.5 and 120"),
     ("POSTGRES_RETRY_MAX_SECONDS", "-1", "expected a number between 0.1 and 3600"),
     ("POSTGRES_RETRY_MAX_SECONDS", "inf", "expected a number between 0.1 and 3600"),
+    ("CHAT_VIEW", "bubbles", "expected text or cards"),
 ]
 
 
@@ -285,6 +287,12 @@ def test_invalid_value_from_file_names_key_and_file(
     message = str(info.value)
     assert message.startswith(f"{key}=")
     assert str(config / SETTINGS_FILE_NAME) in message
+
+
+def test_chat_view_takes_its_choices_in_any_case_and_empty_as_unset(work: Path, config: Path) -> None:
+    assert load(work, config, {"CHAT_VIEW": " Cards "}).chat_view == "cards"
+    settings = load(work, config, {"CHAT_VIEW": ""})
+    assert (settings.chat_view, settings.sources["CHAT_VIEW"]) == ("text", "default")
 
 
 def test_file_accepts_json_types_and_strings(work: Path, config: Path) -> None:

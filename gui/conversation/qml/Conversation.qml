@@ -23,7 +23,60 @@ Rectangle {
         spacing: 10
         // Spacers, not top/bottomMargin: positionViewAtEnd() stops short of a bottom margin (atYEnd stays false).
         header: Item { width: 1; height: 12 }
-        footer: Item { width: 1; height: 12 }
+        // The footer is also where a failed reply says so, with its Retry (under the last message).
+        footer: Item {
+            width: list.width
+            height: 12 + (chat.hasError ? errorCard.height + 10 : 0)
+            Rectangle {
+                id: errorCard
+                objectName: "errorBlock"
+                visible: chat.hasError
+                y: 10
+                width: Math.min(root.maxCardWidth, list.width - 32)
+                x: (list.width - width) / 2
+                height: errorColumn.implicitHeight + 24
+                radius: 10
+                color: Qt.tint(pal.base, Qt.rgba(0.8, 0.2, 0.2, 0.10))
+                border.color: Qt.rgba(0.8, 0.2, 0.2, 0.5)
+                Accessible.role: Accessible.AlertMessage
+                Accessible.name: chat.errorTitle + " " + chat.errorMessage
+                Column {
+                    id: errorColumn
+                    x: 14; y: 12
+                    width: parent.width - 28
+                    spacing: 6
+                    Text {
+                        objectName: "errorText"
+                        width: parent.width
+                        text: "<b>" + chat.errorTitle + "</b> " + chat.errorMessage
+                        textFormat: Text.StyledText
+                        wrapMode: Text.Wrap
+                        color: pal.text
+                    }
+                    Text {
+                        visible: chat.errorPartial.length > 0
+                        text: "What arrived before the failure (not saved):"
+                        color: root.muted
+                    }
+                    Text {
+                        objectName: "errorPartial"
+                        visible: chat.errorPartial.length > 0
+                        width: parent.width
+                        text: chat.errorPartial
+                        textFormat: Text.PlainText
+                        wrapMode: Text.Wrap
+                        color: root.muted
+                    }
+                    Button {
+                        objectName: "retryButton"
+                        visible: chat.errorRetry
+                        text: "↻ Retry"
+                        onClicked: chat.retry()
+                        Accessible.name: "Retry the reply"
+                    }
+                }
+            }
+        }
         boundsBehavior: Flickable.StopAtBounds
         keyNavigationEnabled: true
         currentIndex: -1
@@ -57,6 +110,9 @@ Rectangle {
 
             width: ListView.view.width
             height: card.height
+            // Only the last reply offers Regenerate, and only when nothing streams or failed after it.
+            readonly property bool hasUsage: role === "assistant" && !streaming && !!usage && usage.tokens > 0
+            readonly property bool canRegenerate: role === "assistant" && !streaming && index === list.count - 1 && chat.canRegenerate
 
             // A focus scope: it keeps the focus (and its toolbar) while one of its buttons has it.
             FocusScope {
@@ -80,7 +136,7 @@ Rectangle {
                 Keys.onPressed: (event) => {
                     if (event.matches(StandardKey.Copy)) { card.copy(); event.accepted = true }
                     else if (event.key === Qt.Key_E && row.role === "user") { chat.edit(row.id); event.accepted = true }
-                    else if (event.key === Qt.Key_R && row.role === "assistant") { chat.regenerate(row.id); event.accepted = true }
+                    else if (event.key === Qt.Key_R && row.canRegenerate) { chat.regenerate(row.id); event.accepted = true }
                 }
 
                 Column {
@@ -99,11 +155,29 @@ Rectangle {
                             color: pal.text
                         }
                         Text {
+                            objectName: "timestamp"
                             anchors.verticalCenter: parent.verticalCenter
                             text: row.timestamp + (row.streaming ? " · writing" : row.stopped ? " · stopped" : "")
                             color: root.muted
                             font.pixelSize: 11
                         }
+                        ToolButton {
+                            objectName: "stopButton"
+                            visible: row.streaming
+                            anchors.verticalCenter: parent.verticalCenter
+                            text: "Stop"
+                            onClicked: chat.stop()
+                            Accessible.name: "Stop the reply"
+                            ToolTip.visible: hovered; ToolTip.text: "Stop the reply; what arrived is kept (Esc)"
+                        }
+                    }
+
+                    // Until the first word: how long Cairn has waited (a local server may be loading the model).
+                    Text {
+                        objectName: "waiting"
+                        visible: row.streaming && chat.waiting.length > 0
+                        text: visible ? chat.waiting : ""
+                        color: root.muted
                     }
 
                     // Reasoning, collapsed: "Thought for N s".
@@ -114,11 +188,13 @@ Rectangle {
                         property bool open: false
                         Text {
                             id: thought
+                            objectName: "thought"
                             text: (parent.open ? "▾ " : "▸ ") + "Thought for " + Math.round(row.reasoningSeconds) + " s"
                             color: root.muted
                             TapHandler { onTapped: thought.parent.open = !thought.parent.open }
                         }
                         Text {
+                            objectName: "reasoningText"
                             visible: parent.open
                             width: parent.width
                             text: row.reasoning
@@ -146,7 +222,8 @@ Rectangle {
                     // Tokens and speed under a finished reply; the branch switcher when there are other versions.
                     Row {
                         spacing: 12
-                        visible: switcher.visible || usageText.visible
+                        // Not `usageText.visible`: an item's visible is false while its parent's is (a loop).
+                        visible: row.branchCount > 1 || row.hasUsage
                         Row {
                             id: switcher
                             visible: row.branchCount > 1
@@ -171,9 +248,10 @@ Rectangle {
                         }
                         Text {
                             id: usageText
+                            objectName: "usage"
                             anchors.verticalCenter: parent.verticalCenter
-                            visible: row.role === "assistant" && !row.streaming && row.usage && row.usage.tokens > 0
-                            text: visible ? Math.round(row.usage.tokens) + " tokens · " + row.usage.perSecond.toFixed(1) + " tokens/s" : ""
+                            visible: row.hasUsage
+                            text: visible ? Math.round(row.usage.tokens) + " tokens" + (row.usage.perSecond > 0 ? " · " + row.usage.perSecond.toFixed(1) + " tok/s" : "") : ""
                             color: root.muted
                             font.pixelSize: 11
                         }
@@ -215,7 +293,7 @@ Rectangle {
                             }
                             ToolButton {
                                 objectName: "regenerateButton"
-                                visible: row.role === "assistant" && !row.streaming
+                                visible: row.canRegenerate
                                 text: "Regenerate"
                                 onClicked: chat.regenerate(row.id)
                                 Accessible.name: "Regenerate reply"
@@ -331,6 +409,18 @@ Rectangle {
                 }
             }
         }
+    }
+
+    // The empty or loading state ("Loading…", or how to start).
+    Text {
+        objectName: "note"
+        visible: chat.note.length > 0
+        anchors.centerIn: parent
+        width: Math.min(root.maxCardWidth, parent.width - 48)
+        horizontalAlignment: Text.AlignHCenter
+        wrapMode: Text.Wrap
+        text: chat.note
+        color: root.muted
     }
 
     // "Jump to the newest" when the user has scrolled up.

@@ -1,0 +1,481 @@
+"""The window with the cards view (``CHAT_VIEW=cards``: gui/conversation/view.py ``QuickChatView``) against a real
+model server and real storage, driven as a user would: typing and Enter in the composer, the mouse on the cards'
+buttons (Stop, Copy, Edit, Regenerate, Retry, "Thought for N s"). QML items are found by their ``objectName``.
+Waiting is on conditions with deadlines; the helpers are in tests/support/app.py, the fixtures in
+tests/gui/conftest.py.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import shiboken6
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QColor, QGuiApplication, QMouseEvent, QPalette
+from PySide6.QtQuick import QQuickItem
+from PySide6.QtWidgets import QApplication
+
+from chat.service import Usage
+from gui.chat_view import ChatView
+from gui.conversation.view import QuickChatView
+from tests.support.app import (
+    WAIT,
+    Cairn,
+    LoopWatch,
+    cairn_factory,
+    click_at,
+    roles_and_texts,
+    send_and_wait,
+    type_and_send,
+    until,
+    window_of,
+)
+from tests.support.model_server import ModelServer, tokenize
+
+BLOCKED = 0.25
+"""A loop gap (p95) no slow machine reaches but a blocked loop does (as in tests/gui/test_main_window.py)."""
+
+
+@pytest.fixture
+def cards(tmp_path: Path, server: ModelServer) -> Cairn:
+    return cairn_factory(tmp_path / "cards", server, settings={"CHAT_VIEW": "cards"})
+
+
+def view_of(app: Any) -> QuickChatView:
+    view = window_of(app).view
+    assert isinstance(view, QuickChatView)
+    return view
+
+
+def rows(view: QuickChatView) -> list[QQuickItem]:
+    """The message delegates that exist now, top to bottom."""
+    content = view.list_item().property("contentItem")
+    found = [item for item in content.childItems() if item.objectName() == "message"]
+    return sorted(found, key=lambda item: item.y())
+
+
+def row_of(view: QuickChatView, message_id: str) -> QQuickItem | None:
+    return next((row for row in rows(view) if row.property("id") == message_id), None)
+
+
+async def card(view: QuickChatView, message_id: str) -> QQuickItem:
+    await until(lambda: row_of(view, message_id) is not None, f"the card of {message_id}")
+    found = row_of(view, message_id)
+    assert found is not None
+    return found
+
+
+def descendants(item: QQuickItem) -> list[QQuickItem]:
+    """Every item under ``item`` in the scene (a Repeater's items are not its QObject children)."""
+    found: list[QQuickItem] = []
+    stack = list(item.childItems())
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(child.childItems())
+    return found
+
+
+def part(row: QQuickItem, name: str) -> QQuickItem | None:
+    return next((item for item in descendants(row) if item.objectName() == name), None)
+
+
+def shown(row: QQuickItem, name: str) -> bool:
+    item = part(row, name)
+    return item is not None and item.isVisible()
+
+
+def words(row: QQuickItem) -> str:
+    """The text of every visible text item of a card."""
+    texts = [
+        str(item.property("text"))
+        for item in descendants(row)
+        if item.metaObject().className().startswith("QQuickText") and item.isVisible()
+    ]
+    return "\n".join(texts)
+
+
+def centre(item: QQuickItem) -> QPoint:
+    return item.mapToScene(QPointF(item.width() / 2, item.height() / 2)).toPoint()
+
+
+def hover(view: QuickChatView, item: QQuickItem) -> None:
+    pos = QPointF(centre(item))
+    event = QMouseEvent(
+        QEvent.Type.MouseMove,
+        pos,
+        QPointF(view.surface.mapToGlobal(pos)),
+        Qt.MouseButton.NoButton,
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    QApplication.sendEvent(view.surface, event)
+
+
+def click(view: QuickChatView, item: QQuickItem) -> None:
+    click_at(view.surface, centre(item))
+
+
+async def toolbar_button(view: QuickChatView, row: QQuickItem, name: str) -> QQuickItem:
+    """Hover the card until its toolbar is made; its button ``name``."""
+    body = part(row, "card")
+    assert body is not None
+    hover(view, body)
+    await until(lambda: part(row, name) is not None, f"the toolbar's {name}")
+    button = part(row, name)
+    assert button is not None
+    return button
+
+
+# --- the setting ----------------------------------------------------------------------------------------------
+
+
+async def test_the_text_view_stays_the_default_and_cards_is_chosen_by_setting(cairn: Cairn, cards: Cairn) -> None:
+    async with cairn() as app:
+        assert type(window_of(app).view) is ChatView
+    async with cards() as app:
+        view = view_of(app)
+        note = view.quick.rootObject().findChild(QQuickItem, "note")
+        assert note is not None and note.isVisible()
+        assert str(note.property("text")).startswith("Start a conversation")
+
+
+# --- sending and streaming ------------------------------------------------------------------------------------
+
+
+async def test_a_typed_message_streams_into_a_card_and_is_stored(qtbot: Any, cards: Cairn, server: ModelServer) -> None:
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        text = "tell me about cairns on the ridge"
+        tokens = tokenize("Echo: " + text)
+        server.pause()  # nothing yet: the card counts the wait
+        type_and_send(qtbot, window, text)
+        stream = await card(view, "stream")
+        await until(lambda: shown(stream, "waiting"), "the wait for the first word")
+        assert str(part(stream, "waiting").property("text")).startswith("Waiting for the model…")  # type: ignore[union-attr]
+        assert shown(stream, "stopButton")
+        assert [m.role for m in view.messages()] == ["user"]  # shown at once, before any reply
+
+        server.pause(after_tokens=2)  # held streams go on, up to their second token
+        first_two = "".join(tokens[:2])
+        await until(lambda: view.stream_text() == first_two, "the first two tokens in the view")
+        await until(lambda: first_two.strip() in words(stream), "the first two tokens drawn")
+        assert not shown(stream, "waiting")
+
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        server.resume()
+        await until(lambda: bool(finished), "the reply to finish")
+        assert roles_and_texts(view.messages()) == [("user", text), ("assistant", "".join(tokens))]
+        assert all(not m.id.startswith("pending:") for m in view.messages())  # real ids once stored
+        assert not view.streaming and not view.has_error()
+        reply = await card(view, view.messages()[-1].id)
+        assert not shown(reply, "stopButton")
+        assert re.fullmatch(r"\d\d:\d\d", str(part(reply, "timestamp").property("text")))  # type: ignore[union-attr]
+        stored = await app.service.load(window.current)  # type: ignore[union-attr, arg-type]
+        assert roles_and_texts(stored.messages) == [("user", text), ("assistant", "".join(tokens))]
+
+
+async def test_stop_on_the_streaming_card_keeps_the_partial_reply(
+    qtbot: Any, cards: Cairn, server: ModelServer
+) -> None:
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        text = "one two three four five six seven"
+        partial = "".join(tokenize("Echo: " + text)[:3])
+        server.pause(after_tokens=3)
+        type_and_send(qtbot, window, text)
+        await server.wait_for_paused_async(timeout=WAIT)
+        await until(lambda: view.stream_text() == partial, "three tokens")
+        stream = await card(view, "stream")
+        stop = part(stream, "stopButton")
+        assert stop is not None and stop.isVisible()
+
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        click(view, stop)
+        await until(lambda: bool(finished), "the stopped reply")
+        server.resume()
+        last = view.messages()[-1]
+        assert (last.role, last.text, last.stopped) == ("assistant", partial, True)
+        reply = await card(view, last.id)
+        assert "stopped" in str(part(reply, "timestamp").property("text"))  # type: ignore[union-attr]
+        stored = await app.service.load(window.current)  # type: ignore[union-attr, arg-type]
+        assert roles_and_texts(stored.messages) == [("user", text), ("assistant", partial)]
+        assert stored.messages[-1].stopped
+
+
+async def test_esc_in_the_cards_stops_the_reply(qtbot: Any, cards: Cairn, server: ModelServer) -> None:
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        server.pause(after_tokens=1)
+        type_and_send(qtbot, window, "hello there")
+        await server.wait_for_paused_async(timeout=WAIT)
+        await until(lambda: view.stream_text() == "Echo: ", "the first token")
+        view.quick.setFocus()
+        await until(view.quick.hasFocus, "the cards focused")
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        qtbot.keyClick(view.quick, Qt.Key.Key_Escape)  # the window's: Esc stops whatever has the focus
+        await until(lambda: bool(finished), "the stopped reply")
+        server.resume()
+        assert view.messages()[-1].stopped
+
+
+async def test_a_long_reply_streams_with_coalesced_renders_and_a_responsive_loop(
+    qtbot: Any, cards: Cairn, server: ModelServer
+) -> None:
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        server.token_count = 400
+        server.token_delay = 0.004  # ~250 tokens/s
+        with LoopWatch() as watch:
+            await send_and_wait(qtbot, window, "stream a lot")
+        assert view.messages()[-1].text.endswith("tok399")
+        assert view.flush_count < 400 / 3, view.flush_count  # never one render per token
+        assert watch.p95() < BLOCKED, watch.summary()  # blocked is seconds; the fine numbers are bench/'s
+
+
+async def test_a_conversation_opened_again_shows_its_cards_with_what_was_stored(
+    qtbot: Any, cards: Cairn, server: ModelServer
+) -> None:
+    server.reasoning = "Short thought."
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        thread = await send_and_wait(qtbot, window, "remember me")
+        window.new_chat()
+        await until(lambda: view.messages() == [] and view.thread_id is None, "a new conversation")
+        window.open_conversation(thread)
+        await until(lambda: len(view.messages()) == 2 and view.thread_id == thread, "the conversation opened")
+        stored = await app.service.load(thread)  # type: ignore[union-attr]
+        assert [m.id for m in view.messages()] == [m.id for m in stored.messages]
+        reply = await card(view, stored.messages[-1].id)
+        await until(lambda: shown(reply, "usage") and shown(reply, "thought"), "the reply's tokens and thought")
+        assert re.fullmatch(r"\d\d:\d\d", str(part(reply, "timestamp").property("text")))  # type: ignore[union-attr]
+
+
+# --- the toolbar ----------------------------------------------------------------------------------------------
+
+
+async def test_only_the_last_reply_offers_regenerate_and_it_replaces_that_reply(
+    qtbot: Any, cards: Cairn, server: ModelServer
+) -> None:
+    answers = iter(["The first answer.", "The second answer.", "A better second answer."])
+    server.reply = lambda _messages: next(answers)
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        thread = await send_and_wait(qtbot, window, "question")
+        await send_and_wait(qtbot, window, "another question")
+        first_reply, question = view.messages()[1], view.messages()[2]
+        earlier = await card(view, first_reply.id)
+        await toolbar_button(view, earlier, "copyButton")
+        assert not shown(earlier, "regenerateButton")
+        user = await card(view, question.id)
+        await toolbar_button(view, user, "editButton")
+        assert not shown(user, "regenerateButton")
+
+        last = await card(view, view.messages()[-1].id)
+        regenerate = await toolbar_button(view, last, "regenerateButton")
+        assert regenerate.isVisible()
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        click(view, regenerate)
+        await until(lambda: bool(finished), "the regenerated reply")
+        expected = [
+            ("user", "question"),
+            ("assistant", "The first answer."),
+            ("user", "another question"),
+            ("assistant", "A better second answer."),
+        ]
+        assert roles_and_texts(view.messages()) == expected
+        stored = await app.service.load(thread)  # type: ignore[union-attr]
+        assert roles_and_texts(stored.messages) == expected
+
+
+async def test_edit_on_a_card_resends_the_edited_message(qtbot: Any, cards: Cairn) -> None:
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        thread = await send_and_wait(qtbot, window, "first question")
+        await send_and_wait(qtbot, window, "second question")
+        first = view.messages()[0]
+        row = await card(view, first.id)
+        click(view, await toolbar_button(view, row, "editButton"))
+        assert window.composer.editing_id == first.id
+        assert window.composer.text() == "first question"
+
+        window.composer.edit.selectAll()
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        type_and_send(qtbot, window, "first question, edited")
+        await until(lambda: bool(finished), "the reply to the edited message")
+        expected = [("user", "first question, edited"), ("assistant", "Echo: first question, edited")]
+        assert roles_and_texts(view.messages()) == expected
+        stored = await app.service.load(thread)  # type: ignore[union-attr]
+        assert roles_and_texts(stored.messages) == expected
+
+
+async def test_copy_on_a_card_puts_the_message_on_the_clipboard(qtbot: Any, cards: Cairn) -> None:
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        await send_and_wait(qtbot, window, "copy **this** reply")
+        reply = view.messages()[-1]
+        QGuiApplication.clipboard().setText("untouched")
+        row = await card(view, reply.id)
+        copy = await toolbar_button(view, row, "copyButton")
+        click(view, copy)
+        await until(lambda: QGuiApplication.clipboard().text() == reply.text, "the reply on the clipboard")
+        assert reply.text == "Echo: copy **this** reply"
+        assert window.statusBar().currentMessage() == "Copied the message."
+
+
+# --- failures -------------------------------------------------------------------------------------------------
+
+
+async def test_a_failed_reply_shows_the_error_under_the_cards_and_retry_works(
+    qtbot: Any, cards: Cairn, server: ModelServer
+) -> None:
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        server.fail_next(500)
+        text = "please answer this"
+        thread = await send_and_wait(qtbot, window, text)
+        assert view.has_error()
+        root = view.quick.rootObject()
+        block = root.findChild(QQuickItem, "errorBlock")
+        assert block is not None
+        await until(block.isVisible, "the error block")
+        said = str(root.findChild(QQuickItem, "errorText").property("text"))  # type: ignore[union-attr]
+        assert "The reply failed." in said and "model server failed" in said
+        assert roles_and_texts(view.messages()) == [("user", text)]  # the user's message stays
+
+        retry = root.findChild(QQuickItem, "retryButton")
+        assert retry is not None and retry.isVisible()
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        click(view, retry)
+        await until(lambda: bool(finished), "the retried reply")
+        assert not view.has_error()
+        await until(lambda: not block.isVisible(), "the error block gone")
+        assert roles_and_texts(view.messages()) == [("user", text), ("assistant", "Echo: " + text)]
+        stored = await app.service.load(thread)  # type: ignore[union-attr]
+        assert roles_and_texts(stored.messages) == [("user", text), ("assistant", "Echo: " + text)]
+
+
+# --- what a reply carries -------------------------------------------------------------------------------------
+
+
+async def test_a_reply_shows_its_reasoning_folded_and_its_tokens(qtbot: Any, cards: Cairn, server: ModelServer) -> None:
+    server.reasoning = "The user asks about cairns; stacked stones mark a trail."
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        thread = await send_and_wait(qtbot, window, "what is a cairn")
+        stored = await app.service.load(thread)  # type: ignore[union-attr]
+        message = stored.messages[-1]
+        assert message.reasoning and message.usage is not None and message.usage.output_tokens > 0
+        row = await card(view, message.id)
+        await until(lambda: shown(row, "thought"), "the Thought for section")
+        thought = part(row, "thought")
+        assert thought is not None
+        assert re.fullmatch(r"▸ Thought for \d+ s", str(thought.property("text")))
+        assert not shown(row, "reasoningText")  # folded
+        click(view, thought)
+        await until(lambda: shown(row, "reasoningText"), "the reasoning unfolded")
+        assert part(row, "reasoningText").property("text") == message.reasoning  # type: ignore[union-attr]
+
+        usage = part(row, "usage")
+        assert usage is not None and usage.isVisible()
+        said = str(usage.property("text"))
+        assert re.fullmatch(rf"{message.usage.output_tokens} tokens · \d+\.\d tok/s", said), said
+
+
+async def test_a_palette_change_renders_the_cards_again_in_its_colours(qtbot: Any, cards: Cairn) -> None:
+    app_palette = QApplication.palette()
+    async with cards() as app:
+        window = window_of(app)
+        view = view_of(app)
+        await send_and_wait(qtbot, window, "colours")
+        light_code = view.bridge.property("codeBackground")
+        assert not view.model.theme.dark
+        dark = QPalette(app_palette)
+        for role, colour in ((QPalette.ColorRole.Base, "#1e1e1e"), (QPalette.ColorRole.Text, "#eeeeee")):
+            dark.setColor(role, QColor(colour))
+        try:
+            QApplication.setPalette(dark)
+            await until(lambda: view.model.theme.dark, "the dark theme")
+            assert view.bridge.property("codeBackground") != light_code
+            assert roles_and_texts(view.messages()) == [("user", "colours"), ("assistant", "Echo: colours")]
+            await card(view, view.messages()[-1].id)  # the cards are made again
+        finally:
+            QApplication.setPalette(app_palette)
+
+
+# --- the view alone: what the window's reloads ask of it ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    role: str
+    text: str
+    stopped: bool = False
+    created: float | None = None
+    reasoning: str = ""
+    thinking_seconds: float | None = None
+    usage: Usage | None = None
+
+
+def test_set_messages_updates_the_same_messages_in_place_and_replaces_what_changed(qtbot: Any) -> None:
+    view = QuickChatView()
+    qtbot.addWidget(view)
+    view.resize(900, 700)
+    view.show()
+    qtbot.waitExposed(view)
+    shown = [Message("pending:1", "user", "a question"), Message("pending:2", "assistant", "an answer")]
+    view.show_conversation("t", shown)
+    qtbot.waitUntil(lambda: len(rows(view)) == 2, timeout=2000)
+    first, reply = rows(view)  # kept: the same delegates must show the stored details
+
+    stored = [
+        Message("u1", "user", "a question", created=time.time()),
+        Message("a1", "assistant", "an answer", created=time.time(), usage=Usage(12, 34, 2.0)),
+        Message("u2", "user", "a second question"),
+        Message("a2", "assistant", "a second answer"),
+    ]
+    view.set_messages("t", stored)
+    assert [m.id for m in view.messages()] == ["u1", "a1", "u2", "a2"]
+    qtbot.waitUntil(lambda: len(rows(view)) == 4, timeout=2000)
+    assert shiboken6.isValid(first) and shiboken6.isValid(reply)  # updated in place, not made again
+    assert (first.property("id"), reply.property("id")) == ("u1", "a1")
+    qtbot.waitUntil(lambda: shown_text(reply, "usage") == "34 tokens · 17.0 tok/s", timeout=2000)
+    assert re.fullmatch(r"\d\d:\d\d", shown_text(first, "timestamp"))
+
+    view.begin_reply("partial")  # a reload while a reply streams keeps the reply
+    view.set_messages("t", stored)
+    assert view.streaming and view.stream_text() == "partial"
+    view.discard_reply()
+
+    edited = [*stored[:2], Message("u3", "user", "edited elsewhere")]
+    view.set_messages("t", edited)
+    assert [(m.id, m.text) for m in view.messages()][2:] == [("u3", "edited elsewhere")]
+    qtbot.waitUntil(lambda: len(rows(view)) == 3, timeout=2000)
+    assert shiboken6.isValid(first) and first.property("id") == "u1"
+
+
+def shown_text(row: QQuickItem, name: str) -> str:
+    item = part(row, name)
+    return str(item.property("text")) if item is not None and item.isVisible() else ""
