@@ -28,7 +28,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
@@ -88,6 +88,15 @@ class MessageLike(Protocol):
     def text(self) -> str: ...
     @property
     def stopped(self) -> bool: ...
+
+
+class VersionsLike(Protocol):
+    """Which version of a message is shown and the checkpoint showing each (``chat.service.Versions`` fits)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def checkpoints(self) -> tuple[str, ...]: ...
 
 
 def _key(message: MessageLike) -> tuple[str, str, bool]:
@@ -173,6 +182,7 @@ class ChatView(QTextBrowser):
     retryRequested = Signal()
     stopRequested = Signal()
     copied = Signal(str)  # a short description of what went to the clipboard
+    versionRequested = Signal(str)  # the checkpoint showing the version of a message the user asked for
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -199,6 +209,7 @@ class ChatView(QTextBrowser):
         self._stream_tail_len = 0  # document positions from the end of that part to the end of the frame
         self._block_formats: dict[tuple[str, ...], tuple[QTextBlockFormat, QTextCharFormat]] = {}
         self._code: dict[str, tuple[str, ...]] = {}
+        self._versions: dict[str, VersionsLike] = {}  # message id -> its versions, for messages with several
         self._cache: OrderedDict[tuple[str, str, bool], Rendered] = OrderedDict()
         self._theme = self._read_theme()
         self._stick_to_bottom = True
@@ -597,7 +608,33 @@ class ChatView(QTextBrowser):
             actions.append(f'<a href="{action_href("edit", message.id)}">Edit</a>')
         if index == self._regenerate_on:
             actions.append(f'<a href="{action_href("regenerate")}">Regenerate</a>')
+        versions = self._versions.get(message.id)
+        if versions is not None and len(versions.checkpoints) > 1:
+            actions.insert(0, self._switcher_html(versions))
         return f'<p style="font-size:small; margin-bottom:0">{" &nbsp;·&nbsp; ".join(actions)}</p>'
+
+    def _switcher_html(self, versions: VersionsLike) -> str:
+        """"‹ 2 / 3 ›": the arrows link to the versions before and after the one shown (plain text at the ends)."""
+        index, count = versions.index, len(versions.checkpoints)
+
+        def arrow(symbol: str, target: int, name: str) -> str:
+            if not 1 <= target <= count:
+                return f'<span style="color:{self._theme.muted}">{symbol}</span>'
+            href = action_href("version", versions.checkpoints[target - 1])
+            return f'<a href="{href}" title="{name} version">{symbol}</a>'
+
+        return f"{arrow('‹', index - 1, 'Previous')} {index} / {count} {arrow('›', index + 1, 'Next')}"
+
+    def set_versions(self, versions: Mapping[str, VersionsLike]) -> None:
+        """The versions of the messages shown (by message id; see chat.service.ConversationView.versions): a message
+        with several shows "‹ 2 / 3 ›", and a click asks for another (``versionRequested``)."""
+        changed = {m for m in set(self._versions) | set(versions) if self._versions.get(m) != versions.get(m)}
+        self._versions = {m: v for m, v in versions.items() if len(v.checkpoints) > 1}
+        for index in range(self._first_shown, len(self._messages)):
+            if self._messages[index].id in changed:
+                position = index - self._first_shown
+                if position < len(self._frames):
+                    self._render_actions_into(self._frames[position], index)
 
     def _render_into(self, frame: QTextFrame, index: int) -> None:
         """Render the message again into its frame, exactly as into a new frame (replacing the content in one
@@ -739,6 +776,7 @@ class ChatView(QTextBrowser):
         self._regenerate_on = None
         self._stream_parts = []
         self._code = {}
+        self._versions = {}
 
     def _page_start(self, stop: int) -> int:
         start, chars = stop, 0
@@ -871,6 +909,8 @@ class ChatView(QTextBrowser):
                 self.editRequested.emit(message.id, message.text)
         elif action == "regenerate":
             self.regenerateRequested.emit()
+        elif action == "version" and args:
+            self.versionRequested.emit(args[0])
         elif action == "retry":
             self.retryRequested.emit()
         elif action == "stop":

@@ -274,6 +274,7 @@ class MainWindow(QMainWindow):
         self.composer.stopRequested.connect(self.stop_reply)
         self.view.editRequested.connect(self.start_edit)
         self.view.regenerateRequested.connect(self.regenerate)
+        self.view.versionRequested.connect(self.show_version)
         self.view.retryRequested.connect(self.retry)
         self.view.stopRequested.connect(self.stop_reply)
         self.view.copied.connect(lambda what: self.show_status(f"Copied {what}."))
@@ -563,6 +564,7 @@ class MainWindow(QMainWindow):
         self._show_model()
         self._shown_at[thread_id] = loaded.checkpoint_id
         render_ms = self.view.show_conversation(thread_id, loaded.messages)
+        self.view.set_versions(loaded.versions)
         self.last_open_timing = (load_ms, render_ms)
         log.info(
             "opened a conversation of %d messages: load %.0f ms, render %.0f ms",
@@ -593,14 +595,14 @@ class MainWindow(QMainWindow):
 
     def _show_branches(self, others: int) -> None:
         """Say that other versions of the open conversation are kept (an edit, a regenerate, or turns taken on two
-        devices while they could not reach each other): the newest is shown."""
+        devices while they could not reach each other); the messages where they part show "‹ 2 / 3 ›"."""
         if not others:
             self.branch_note.hide()
             return
         versions = "another version" if others == 1 else f"{others} other versions"
         self.branch_note.setText(
             f"This conversation has {versions}, kept: edited or regenerated here, or continued on two devices "
-            "at once. The newest is shown."
+            "at once. ‹ › beside a message shows its other versions."
         )
         self.branch_note.show()
 
@@ -622,11 +624,27 @@ class MainWindow(QMainWindow):
             return
         self._shown_at[thread_id] = loaded.checkpoint_id
         self.view.set_messages(thread_id, loaded.messages)
+        self.view.set_versions(loaded.versions)
         self._show_branches(loaded.other_branches)
         if loaded.title:
             self.setWindowTitle(f"{loaded.title} — {APP_TITLE}")
         if not self.view.has_error() and not self.view.streaming:
             self._show_tail(thread_id, awaiting=loaded.awaiting_reply)
+
+    def show_version(self, checkpoint_id: str) -> None:
+        """Show another version of a message ("‹ 2 / 3 ›"): the conversation continues from it, here and on every
+        device (the choice is stored with the conversation)."""
+        thread = self.current
+        if thread is None or thread in self._runs:
+            return
+        self.tasks.spawn(self._show_version(thread, checkpoint_id), "Showing another version")
+
+    async def _show_version(self, thread: str, checkpoint_id: str) -> None:
+        service = await self._ready()
+        shown = await service.show_version(thread, checkpoint_id)
+        self._failures.pop(thread, None)
+        self.view.clear_error()
+        await self._reload(thread, shown)
 
     # --- replies --------------------------------------------------------------------------------------------
     def _on_send(self, text: str) -> None:

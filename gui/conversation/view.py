@@ -17,7 +17,7 @@ renderer by itself (``QSGRendererInterface.GraphicsApi.Software``), on the GUI t
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ from PySide6.QtQuick import QQuickItem, QQuickView, QQuickWindow
 from PySide6.QtQuickWidgets import QQuickWidget
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
-from gui.chat_view import waiting_words
+from gui.chat_view import VersionsLike, waiting_words
 from gui.conversation.model import Entry, MessageLike, MessageListModel
 from gui.markdown import Theme, code_background
 
@@ -183,6 +183,7 @@ class ConversationView(QWidget):
     retryRequested = Signal()
     stopRequested = Signal()
     branchRequested = Signal(str, int)  # message id, -1 or +1
+    versionRequested = Signal(str)  # the checkpoint showing the version asked for (set_versions knows them)
     copied = Signal(str)
 
     def __init__(self, parent: QWidget | None = None, *, embed: str = "widget", selectable: bool = False) -> None:
@@ -352,9 +353,29 @@ class QuickChatView(ConversationView):
         self._wait_timer = QTimer(self)
         self._wait_timer.setInterval(WAIT_TICK_MS)
         self._wait_timer.timeout.connect(self._tick_wait)
+        self._versions: dict[str, VersionsLike] = {}
+        self.branchRequested.connect(self._on_branch)
         self.show_note("")
 
     # --- what the window calls ------------------------------------------------------------------------------
+    def set_versions(self, versions: Mapping[str, VersionsLike]) -> None:
+        """The versions of the messages shown (by message id): a card with several shows "‹ 2 / 3 ›", and a click
+        asks for the one before or after (``versionRequested`` with the checkpoint that shows it)."""
+        self._versions = {m: v for m, v in versions.items() if len(v.checkpoints) > 1}
+        for row, entry in enumerate(self.model.entries):
+            found = self._versions.get(entry.id)
+            index, count = (found.index - 1, len(found.checkpoints)) if found is not None else (0, 1)
+            if (entry.branch_index, entry.branch_count) != (index, count):
+                self.model.update(row, replace(entry, branch_index=index, branch_count=count))
+
+    def _on_branch(self, message_id: str, step: int) -> None:
+        found = self._versions.get(message_id)
+        if found is None:
+            return
+        target = found.index - 1 + step
+        if 0 <= target < len(found.checkpoints):
+            self.versionRequested.emit(found.checkpoints[target])
+
     def show_note(self, text: str) -> None:
         """An empty view with a line of guidance ("Loading…", or how to start) instead of a conversation."""
         self._stop_waiting()

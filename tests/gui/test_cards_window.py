@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import shiboken6
-from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
-from PySide6.QtGui import QColor, QGuiApplication, QMouseEvent, QPalette
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtQuick import QQuickItem
 from PySide6.QtWidgets import QApplication
 
@@ -28,12 +28,21 @@ from tests.support.app import (
     Cairn,
     LoopWatch,
     cairn_factory,
-    click_at,
     roles_and_texts,
     send_and_wait,
     type_and_send,
     until,
     window_of,
+)
+from tests.support.cards import (
+    card,
+    click,
+    part,
+    rows,
+    shown,
+    toolbar_button,
+    view_of,
+    words,
 )
 from tests.support.model_server import ModelServer, tokenize
 
@@ -44,92 +53,6 @@ BLOCKED = 0.25
 @pytest.fixture
 def cards(tmp_path: Path, server: ModelServer) -> Cairn:
     return cairn_factory(tmp_path / "cards", server, settings={"CHAT_VIEW": "cards"})
-
-
-def view_of(app: Any) -> QuickChatView:
-    view = window_of(app).view
-    assert isinstance(view, QuickChatView)
-    return view
-
-
-def rows(view: QuickChatView) -> list[QQuickItem]:
-    """The message delegates that exist now, top to bottom."""
-    content = view.list_item().property("contentItem")
-    found = [item for item in content.childItems() if item.objectName() == "message"]
-    return sorted(found, key=lambda item: item.y())
-
-
-def row_of(view: QuickChatView, message_id: str) -> QQuickItem | None:
-    return next((row for row in rows(view) if row.property("id") == message_id), None)
-
-
-async def card(view: QuickChatView, message_id: str) -> QQuickItem:
-    await until(lambda: row_of(view, message_id) is not None, f"the card of {message_id}")
-    found = row_of(view, message_id)
-    assert found is not None
-    return found
-
-
-def descendants(item: QQuickItem) -> list[QQuickItem]:
-    """Every item under ``item`` in the scene (a Repeater's items are not its QObject children)."""
-    found: list[QQuickItem] = []
-    stack = list(item.childItems())
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack.extend(child.childItems())
-    return found
-
-
-def part(row: QQuickItem, name: str) -> QQuickItem | None:
-    return next((item for item in descendants(row) if item.objectName() == name), None)
-
-
-def shown(row: QQuickItem, name: str) -> bool:
-    item = part(row, name)
-    return item is not None and item.isVisible()
-
-
-def words(row: QQuickItem) -> str:
-    """The text of every visible text item of a card."""
-    texts = [
-        str(item.property("text"))
-        for item in descendants(row)
-        if item.metaObject().className().startswith("QQuickText") and item.isVisible()
-    ]
-    return "\n".join(texts)
-
-
-def centre(item: QQuickItem) -> QPoint:
-    return item.mapToScene(QPointF(item.width() / 2, item.height() / 2)).toPoint()
-
-
-def hover(view: QuickChatView, item: QQuickItem) -> None:
-    pos = QPointF(centre(item))
-    event = QMouseEvent(
-        QEvent.Type.MouseMove,
-        pos,
-        QPointF(view.surface.mapToGlobal(pos)),
-        Qt.MouseButton.NoButton,
-        Qt.MouseButton.NoButton,
-        Qt.KeyboardModifier.NoModifier,
-    )
-    QApplication.sendEvent(view.surface, event)
-
-
-def click(view: QuickChatView, item: QQuickItem) -> None:
-    click_at(view.surface, centre(item))
-
-
-async def toolbar_button(view: QuickChatView, row: QQuickItem, name: str) -> QQuickItem:
-    """Hover the card until its toolbar is made; its button ``name``."""
-    body = part(row, "card")
-    assert body is not None
-    hover(view, body)
-    await until(lambda: part(row, name) is not None, f"the toolbar's {name}")
-    button = part(row, name)
-    assert button is not None
-    return button
 
 
 # --- the setting ----------------------------------------------------------------------------------------------

@@ -229,17 +229,20 @@ Rectangle {
                             visible: row.branchCount > 1
                             spacing: 2
                             ToolButton {
+                                objectName: "previousVersion"
                                 text: "‹"; enabled: row.branchIndex > 0
                                 onClicked: chat.switchBranch(row.id, -1)
                                 Accessible.name: "Previous version"
                                 ToolTip.visible: hovered; ToolTip.text: "Previous version"
                             }
                             Text {
+                                objectName: "versionLabel"
                                 anchors.verticalCenter: parent.verticalCenter
                                 text: (row.branchIndex + 1) + " / " + row.branchCount
                                 color: root.muted
                             }
                             ToolButton {
+                                objectName: "nextVersion"
                                 text: "›"; enabled: row.branchIndex < row.branchCount - 1
                                 onClicked: chat.switchBranch(row.id, 1)
                                 Accessible.name: "Next version"
