@@ -70,11 +70,19 @@ WAIT_TICK_MS = 1000
 _WAITING = '<p style="color:{muted}">{text}</p>'
 
 
-def waiting_words(seconds: float) -> str:
+def waiting_words(seconds: float, *, thinking: bool = False) -> str:
     """What stands for a reply whose first word has not come: a local server may be loading the model for minutes,
-    and a count that moves says Cairn is still waiting (not stuck)."""
+    and a count that moves says Cairn is still waiting (not stuck); a thinking model is at work meanwhile."""
     whole = int(seconds)
-    return "Waiting for the model…" + (f" {whole} s" if whole >= 1 else "")
+    return ("Thinking…" if thinking else "Waiting for the model…") + (f" {whole} s" if whole >= 1 else "")
+
+
+def usage_words(usage: Any) -> str:
+    """"512 tokens · 41 tok/s" for a reply the server counted (``chat.service.Usage``); "" otherwise."""
+    if usage is None or not getattr(usage, "output_tokens", 0):
+        return ""
+    speed = getattr(usage, "tokens_per_second", None)
+    return f"{usage.output_tokens:,} tokens" + (f" · {speed:.0f} tok/s" if speed else "")
 
 
 class MessageLike(Protocol):
@@ -101,6 +109,11 @@ class VersionsLike(Protocol):
 
 def _key(message: MessageLike) -> tuple[str, str, bool]:
     return (message.role, message.text, message.stopped)
+
+
+def _details(message: MessageLike) -> tuple[str, object, object]:
+    """What a stored message shows besides its text (a streamed reply gets them once stored)."""
+    return (message.id, getattr(message, "reasoning", ""), getattr(message, "usage", None))
 
 
 def _blend(a: QColor, b: QColor, amount: float) -> QColor:
@@ -222,6 +235,8 @@ class ChatView(QTextBrowser):
         self._flush_timer.setInterval(FLUSH_MS)
         self._flush_timer.timeout.connect(self._flush_stream)
         self._wait_since = 0.0  # time.monotonic() when the streaming reply was asked for
+        self._thinking = False  # the streaming reply's model is thinking (its reasoning streams, no answer yet)
+        self._open_thoughts: set[str] = set()  # messages whose "Thought for N s" is unfolded
         self._wait_timer = QTimer(self)
         self._wait_timer.setInterval(WAIT_TICK_MS)
         self._wait_timer.timeout.connect(self._tick_wait)
@@ -296,7 +311,7 @@ class ChatView(QTextBrowser):
         keep_scroll = self.verticalScrollBar().value()
         self._remove_messages_from(prefix)
         for index in range(self._first_shown, prefix):
-            if old[index].id != new[index].id:
+            if _details(old[index]) != _details(new[index]):
                 self._messages[index] = new[index]
                 self._render_into(self._frames[index - self._first_shown], index)
         self._messages = new[:prefix]
@@ -335,6 +350,7 @@ class ChatView(QTextBrowser):
         """Start showing a streaming reply at the end (``text``: what already arrived; ``since``: when the reply was
         asked for, ``time.monotonic()``, now by default: the wait shown counts from there)."""
         self._wait_since = time.monotonic() if since is None else since
+        self._thinking = False
         self.clear_error()
         self._drop_note()
         if self._stream_frame is None:
@@ -598,7 +614,23 @@ class ChatView(QTextBrowser):
         header = f"<b>{name}</b>"
         if message.stopped:
             header += f' <span style="color:{muted}">· stopped</span>'
-        return f'<p style="margin-bottom:4px">{header}</p>{rendered.html}{self._actions_html(index)}'
+        return f'<p style="margin-bottom:4px">{header}</p>{self._thought_html(message)}{rendered.html}' + (
+            self._actions_html(index)
+        )
+
+    def _thought_html(self, message: MessageLike) -> str:
+        """A thinking model's reasoning, folded: "▸ Thought for 12 s" unfolds it (a click on it again folds it)."""
+        reasoning = str(getattr(message, "reasoning", "") or "")
+        if not reasoning:
+            return ""
+        seconds = getattr(message, "thinking_seconds", None)
+        label = f"Thought for {seconds:.0f} s" if seconds else "Thought"
+        opened = message.id in self._open_thoughts
+        link = f'<a href="{action_href("thought", message.id)}">{"▾" if opened else "▸"} {label}</a>'
+        line = f'<p style="font-size:small; margin-bottom:4px">{link}</p>'
+        if not opened:
+            return line
+        return line + f'<blockquote style="color:{self._theme.muted}">{render_plain(reasoning)}</blockquote>'
 
     def _actions_html(self, index: int) -> str:
         """The message's last paragraph: its actions."""
@@ -611,6 +643,9 @@ class ChatView(QTextBrowser):
         versions = self._versions.get(message.id)
         if versions is not None and len(versions.checkpoints) > 1:
             actions.insert(0, self._switcher_html(versions))
+        counted = usage_words(getattr(message, "usage", None))
+        if counted:
+            actions.append(f'<span style="color:{self._theme.muted}">{counted}</span>')
         return f'<p style="font-size:small; margin-bottom:0">{" &nbsp;·&nbsp; ".join(actions)}</p>'
 
     def _switcher_html(self, versions: VersionsLike) -> str:
@@ -702,8 +737,14 @@ class ChatView(QTextBrowser):
         if self._stick_to_bottom:
             self._scroll_to_bottom()
 
+    def set_thinking(self) -> None:
+        """The streaming reply's model thinks before it answers: the wait says so."""
+        if not self._thinking:
+            self._thinking = True
+            self._tick_wait()
+
     def _waiting_html(self) -> str:
-        text = waiting_words(time.monotonic() - self._wait_since)
+        text = waiting_words(time.monotonic() - self._wait_since, thinking=self._thinking)
         return _WAITING.format(muted=self._theme.muted, text=html.escape(text))
 
     def _tick_wait(self) -> None:
@@ -911,6 +952,11 @@ class ChatView(QTextBrowser):
             self.regenerateRequested.emit()
         elif action == "version" and args:
             self.versionRequested.emit(args[0])
+        elif action == "thought" and args:
+            self._open_thoughts ^= {args[0]}
+            index = next((i for i, m in enumerate(self._messages) if m.id == args[0]), -1)
+            if self._first_shown <= index < len(self._messages) and index - self._first_shown < len(self._frames):
+                self._render_into(self._frames[index - self._first_shown], index)
         elif action == "retry":
             self.retryRequested.emit()
         elif action == "stop":

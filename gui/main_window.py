@@ -775,7 +775,7 @@ class MainWindow(QMainWindow):
                         self.view.append_tokens(event.text)
                 elif isinstance(event, Thinking):
                     if self.current == thread and not run.parts:
-                        self.show_status("The model is thinking…", 2_000)
+                        self.view.set_thinking()
                 elif isinstance(event, ReplyDone):
                     outcome = event
                 elif isinstance(event, ReplyFailed):

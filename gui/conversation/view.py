@@ -350,6 +350,7 @@ class QuickChatView(ConversationView):
         self.setObjectName("chatView")
         self._busy = False
         self._wait_since = 0.0
+        self._thinking = False
         self._wait_timer = QTimer(self)
         self._wait_timer.setInterval(WAIT_TICK_MS)
         self._wait_timer.timeout.connect(self._tick_wait)
@@ -434,6 +435,7 @@ class QuickChatView(ConversationView):
         """Start showing a streaming reply at the end (``text``: what already arrived; ``since``: when the reply was
         asked for, ``time.monotonic()``: the wait shown counts from there)."""
         self._wait_since = time.monotonic() if since is None else since
+        self._thinking = False
         self.clear_error()
         self.bridge.set_tail(note="")
         if self.streaming:
@@ -517,8 +519,14 @@ class QuickChatView(ConversationView):
     def _update_regenerate(self) -> None:
         self.bridge.set_tail(can_regenerate=not self._busy and not self.streaming and not self.has_error())
 
+    def set_thinking(self) -> None:
+        """The streaming reply's model thinks before it answers: the wait says so."""
+        if not self._thinking:
+            self._thinking = True
+            self._tick_wait()
+
     def _tick_wait(self) -> None:
-        self.bridge.set_tail(waiting=waiting_words(time.monotonic() - self._wait_since))
+        self.bridge.set_tail(waiting=waiting_words(time.monotonic() - self._wait_since, thinking=self._thinking))
 
     def _stop_waiting(self) -> None:
         self._wait_timer.stop()

@@ -1,0 +1,42 @@
+"""A thinking model in the window's (default) view: while its reasoning streams the reply says "Thinking… N s",
+not "Waiting for the model"; the stored reply shows "▸ Thought for N s", which unfolds the reasoning on a click and
+folds it again, and the tokens the server counted with the speed. A real model server streaming
+``reasoning_content``, real storage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gui.chat_view import action_href
+from tests.support.app import Cairn, click_link, type_and_send, until, window_of
+from tests.support.model_server import ModelServer
+
+
+async def test_a_thinking_model_is_shown_thinking_then_its_thought_folded(
+    qtbot: Any, cairn: Cairn, server: ModelServer
+) -> None:
+    server.reasoning = "First I consider the question carefully."
+    server.reply = "The answer is 42."
+    async with cairn() as app:
+        window = window_of(app)
+        view = window.view
+        server.pause()  # held before the first word of the answer: the reasoning has been sent
+        finished: list[str] = []
+        window.replyFinished.connect(finished.append)
+        type_and_send(qtbot, window, "what is it?")
+        await server.wait_for_paused_async()
+        await until(lambda: "Thinking…" in view.toPlainText(), "the reply saying the model thinks")
+        assert "Waiting for the model" not in view.toPlainText()
+        server.resume()
+        await until(lambda: bool(finished), "the reply")
+
+        reply = view.messages()[-1]
+        await until(lambda: "Thought for" in view.toPlainText(), "the folded thought")
+        assert "consider the question" not in view.toPlainText()  # folded
+        # The server counts the reasoning and the answer: 6 tokens of thought, 4 of "The answer is 42."
+        assert "10 tokens" in view.toPlainText() and "tok/s" in view.toPlainText()
+
+        click_link(view, action_href("thought", reply.id))
+        assert "First I consider the question carefully." in view.toPlainText()
+        click_link(view, action_href("thought", reply.id))
+        assert "consider the question" not in view.toPlainText()
