@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import shiboken6
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from chat.events import ChatEvent
-    from chat.service import ConversationService
+    from chat.service import ConversationService, Usage
     from gui.conversation.view import QuickChatView
     from gui.model_picker import ModelMenu
     from storage.changes import Changes
@@ -178,6 +178,10 @@ class MainWindow(QMainWindow):
         self.model_label.setObjectName("modelLabel")
         self.model_label.setTextFormat(Qt.TextFormat.RichText)
         self.model_label.linkActivated.connect(lambda _link: self.open_model_menu())
+        self.usage_label = QLabel()
+        self.usage_label.setObjectName("usageLabel")
+        self.usage_label.setForegroundRole(QPalette.ColorRole.PlaceholderText)  # muted, and readable (gui/contrast.py)
+        self.statusBar().addPermanentWidget(self.usage_label)
         self.statusBar().addPermanentWidget(self.model_label)
         self.statusBar().addPermanentWidget(self.badge)
         self._show_model()
@@ -516,9 +520,22 @@ class MainWindow(QMainWindow):
         self.sidebar.focus_search()
 
     # --- opening conversations ------------------------------------------------------------------------------
+    def _show_usage(self, usage: Usage | None) -> None:
+        """The open conversation's tokens, as the server counted them for the replies shown."""
+        if usage is None or not usage.output_tokens:
+            self.usage_label.clear()
+            self.usage_label.setToolTip("")
+            return
+        self.usage_label.setText(f"{usage.input_tokens + usage.output_tokens:,} tokens")
+        self.usage_label.setToolTip(
+            f"This conversation, as shown: {usage.input_tokens:,} tokens sent to the model and "
+            f"{usage.output_tokens:,} in its replies (the server's count)"
+        )
+
     def new_chat(self) -> None:
         self._leave_current()
         self.branch_note.hide()
+        self._show_usage(None)
         self.current = None
         self.composer.cancel_edit()
         self.view.show_note("")
@@ -565,6 +582,7 @@ class MainWindow(QMainWindow):
         self._shown_at[thread_id] = loaded.checkpoint_id
         render_ms = self.view.show_conversation(thread_id, loaded.messages)
         self.view.set_versions(loaded.versions)
+        self._show_usage(loaded.usage)
         self.last_open_timing = (load_ms, render_ms)
         log.info(
             "opened a conversation of %d messages: load %.0f ms, render %.0f ms",
@@ -625,6 +643,7 @@ class MainWindow(QMainWindow):
         self._shown_at[thread_id] = loaded.checkpoint_id
         self.view.set_messages(thread_id, loaded.messages)
         self.view.set_versions(loaded.versions)
+        self._show_usage(loaded.usage)
         self._show_branches(loaded.other_branches)
         if loaded.title:
             self.setWindowTitle(f"{loaded.title} — {APP_TITLE}")

@@ -1,7 +1,7 @@
 """A thinking model in the window's (default) view: while its reasoning streams the reply says "Thinking… N s",
 not "Waiting for the model"; the stored reply shows "▸ Thought for N s", which unfolds the reasoning on a click and
-folds it again, and the tokens the server counted with the speed. A real model server streaming
-``reasoning_content``, real storage."""
+folds it again, and the tokens the server counted with the speed; the conversation's total is beside the model.
+A real model server streaming ``reasoning_content``, real storage."""
 
 from __future__ import annotations
 
@@ -36,7 +36,14 @@ async def test_a_thinking_model_is_shown_thinking_then_its_thought_folded(
         # The server counts the reasoning and the answer: 6 tokens of thought, 4 of "The answer is 42."
         assert "10 tokens" in view.toPlainText() and "tok/s" in view.toPlainText()
 
+        # The conversation's total, beside the model: what was sent and what came back, as the server counted.
+        await until(lambda: window.usage_label.text().endswith(" tokens"), "the conversation's total")
+        assert "10 in its replies" in window.usage_label.toolTip()
+
         click_link(view, action_href("thought", reply.id))
         assert "First I consider the question carefully." in view.toPlainText()
         click_link(view, action_href("thought", reply.id))
         assert "consider the question" not in view.toPlainText()
+
+        window.new_chat()
+        assert window.usage_label.text() == ""
