@@ -33,6 +33,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from gui import tuning
+from gui.appearance import apply_appearance
 from storage.loop import new_qt_loop
 from storage.secrets import SecretStore, password_key, split_password, url_user
 from storage.settings import APP_NAME, Settings, load_settings
@@ -105,6 +106,7 @@ class CairnApp(QObject):
         from storage.index import read_index
 
         state = QSettings(str(settings.config_dir / STATE_FILE_NAME), QSettings.Format.IniFormat)
+        apply_appearance(self.qt_app, settings.theme, settings.font_size)
         window = MainWindow(settings, secrets, state)
         self.window = window
         window.settingsApplied.connect(self._on_settings_applied)
@@ -205,6 +207,7 @@ class CairnApp(QObject):
             self.service.set_endpoint(self._endpoint_keeping_model())
             if not self.service.endpoint.model:
                 await self._pick_first_model()
+        apply_appearance(self.qt_app, settings.theme, settings.font_size)
         self.window.set_settings(settings)
         await self.apply_storage_settings()
 

@@ -165,6 +165,7 @@ class SettingsDialog(QDialog):
         self.tabs.addTab(self._build_model_tab(), "Model")
         self.tabs.addTab(self._build_postgres_tab(), "Sync")
         self.tabs.addTab(self._build_data_tab(), "Data")
+        self.tabs.addTab(self._build_appearance_tab(), "Appearance")
 
         self.error = QLabel()
         self.error.setWordWrap(True)
@@ -358,6 +359,22 @@ class SettingsDialog(QDialog):
         form.addRow("Settings file:", config)
         return page
 
+    def _build_appearance_tab(self) -> QWidget:
+        self.theme = QComboBox()
+        self.theme.setAccessibleName("Theme")
+        for label, value in (("As the desktop", "system"), ("Light", "light"), ("Dark", "dark")):
+            self.theme.addItem(label, value)
+        self.font_size = QSpinBox()
+        self.font_size.setAccessibleName("Text size")
+        self.font_size.setRange(0, 48)
+        self.font_size.setSuffix(" pt")
+        self.font_size.setSpecialValueText("As the desktop")  # shown for 0
+        page = QWidget()
+        form = QFormLayout(page)
+        form.addRow("Theme:", self.theme)
+        form.addRow("Text size:", self.font_size)
+        return page
+
     def _overridden_note(self) -> QLabel | None:
         keys = sorted(k for k, source in self.settings.sources.items() if source in ("environment", ".env"))
         if not keys:
@@ -389,6 +406,9 @@ class SettingsDialog(QDialog):
         self.first_token_timeout.setValue(round(settings.model_first_token_timeout))
         self.token_timeout.setValue(round(settings.model_token_timeout))
         self.data_dir.setText(str(settings.data_dir))
+        index = self.theme.findData(settings.theme)
+        self.theme.setCurrentIndex(index if index >= 0 else 0)
+        self.font_size.setValue(settings.font_size)
 
         self._initial = self.values()
         self._initial_password = (self._password_name(), self.postgres_password.text())
@@ -446,6 +466,8 @@ class SettingsDialog(QDialog):
             "SYSTEM_PROMPT": self.system_prompt.toPlainText(),
             "MODEL_FIRST_TOKEN_TIMEOUT": float(self.first_token_timeout.value()),
             "MODEL_TOKEN_TIMEOUT": float(self.token_timeout.value()),
+            "THEME": str(self.theme.currentData() or "system"),
+            "FONT_SIZE": self.font_size.value(),
         }
 
     # --- saving ---------------------------------------------------------------------------------------------

@@ -109,6 +109,15 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Read at start.",
         choices=("text", "cards"),
     ),
+    SettingSpec(
+        "THEME", "theme", "str", "system",
+        "Light or dark window: system follows the desktop's.",
+        choices=("system", "light", "dark"),
+    ),
+    SettingSpec(
+        "FONT_SIZE", "font_size", "int", 0,
+        "Text size in points; 0 keeps the desktop's.", 0, 48,
+    ),
 )
 
 SPECS_BY_KEY: Mapping[str, SettingSpec] = {spec.key: spec for spec in SETTINGS}
@@ -134,6 +143,8 @@ class Settings:
     model_first_token_timeout: float
     model_token_timeout: float
     chat_view: str
+    theme: str
+    font_size: int
     config_dir: Path
     # key -> "default" | "file" | ".env" | "environment": where each value in effect came from.
     sources: dict[str, str] = field(default_factory=dict)

@@ -659,7 +659,7 @@ def test_the_dialog_opens_on_the_model_with_postgres_under_sync_and_rare_knobs_f
     dialog: SettingsDialog, qtbot: Any
 ) -> None:
     dialog.show()
-    assert [dialog.tabs.tabText(i) for i in range(dialog.tabs.count())] == ["Model", "Sync", "Data"]
+    assert [dialog.tabs.tabText(i) for i in range(dialog.tabs.count())] == ["Model", "Sync", "Data", "Appearance"]
     assert dialog.tabs.currentIndex() == tab_index(dialog, "Model")
     assert dialog.model.isVisible() and dialog.base_url.isVisible()
     assert dialog.first_token_timeout.isVisible() and dialog.token_timeout.isVisible()

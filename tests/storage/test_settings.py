@@ -40,6 +40,8 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "MODEL_FIRST_TOKEN_TIMEOUT": 300.0,
     "MODEL_TOKEN_TIMEOUT": 60.0,
     "CHAT_VIEW": "text",
+    "THEME": "system",
+    "FONT_SIZE": 0,
 }
 SPEC = {spec.key: spec for spec in SETTINGS}
 
@@ -237,6 +239,8 @@ INVALID = [
     ("POSTGRES_RETRY_MAX_SECONDS", "-1", "expected a number between 0.1 and 3600"),
     ("POSTGRES_RETRY_MAX_SECONDS", "inf", "expected a number between 0.1 and 3600"),
     ("CHAT_VIEW", "bubbles", "expected text or cards"),
+    ("THEME", "purple", "expected system or light or dark"),
+    ("FONT_SIZE", "99", "expected an integer between 0 and 48"),
 ]
 
 
