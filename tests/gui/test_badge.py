@@ -24,7 +24,7 @@ from storage.doctor import report_text
 from storage.secrets import SecretStore
 from storage.settings import load_settings
 from storage.status import INVALID_URL, NOT_CONFIGURED, SWITCHED_OFF, StorageStatus, TierEvent, TierStatus
-from tests.gui.conftest import wait_signal
+from tests.support.qt import wait_signal
 
 
 def contrast(a: QColor, b: QColor) -> float:

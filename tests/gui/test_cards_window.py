@@ -123,7 +123,7 @@ async def test_stop_on_the_streaming_card_keeps_the_partial_reply(
 
         finished: list[str] = []
         window.replyFinished.connect(finished.append)
-        click(view, stop)
+        await click(view, stop)
         await until(lambda: bool(finished), "the stopped reply")
         server.resume()
         last = view.messages()[-1]
@@ -213,7 +213,7 @@ async def test_only_the_last_reply_offers_regenerate_and_it_replaces_that_reply(
         assert regenerate.isVisible()
         finished: list[str] = []
         window.replyFinished.connect(finished.append)
-        click(view, regenerate)
+        await click(view, regenerate)
         await until(lambda: bool(finished), "the regenerated reply")
         expected = [
             ("user", "question"),
@@ -234,7 +234,7 @@ async def test_edit_on_a_card_resends_the_edited_message(qtbot: Any, cards: Cair
         await send_and_wait(qtbot, window, "second question")
         first = view.messages()[0]
         row = await card(view, first.id)
-        click(view, await toolbar_button(view, row, "editButton"))
+        await click(view, await toolbar_button(view, row, "editButton"))
         assert window.composer.editing_id == first.id
         assert window.composer.text() == "first question"
 
@@ -258,7 +258,7 @@ async def test_copy_on_a_card_puts_the_message_on_the_clipboard(qtbot: Any, card
         QGuiApplication.clipboard().setText("untouched")
         row = await card(view, reply.id)
         copy = await toolbar_button(view, row, "copyButton")
-        click(view, copy)
+        await click(view, copy)
         await until(lambda: QGuiApplication.clipboard().text() == reply.text, "the reply on the clipboard")
         assert reply.text == "Echo: copy **this** reply"
         assert window.statusBar().currentMessage() == "Copied the message."
@@ -289,7 +289,7 @@ async def test_a_failed_reply_shows_the_error_under_the_cards_and_retry_works(
         assert retry is not None and retry.isVisible()
         finished: list[str] = []
         window.replyFinished.connect(finished.append)
-        click(view, retry)
+        await click(view, retry)
         await until(lambda: bool(finished), "the retried reply")
         assert not view.has_error()
         await until(lambda: not block.isVisible(), "the error block gone")
@@ -316,7 +316,7 @@ async def test_a_reply_shows_its_reasoning_folded_and_its_tokens(qtbot: Any, car
         assert thought is not None
         assert re.fullmatch(r"▸ Thought for \d+ s", str(thought.property("text")))
         assert not shown(row, "reasoningText")  # folded
-        click(view, thought)
+        await click(view, thought)
         await until(lambda: shown(row, "reasoningText"), "the reasoning unfolded")
         assert part(row, "reasoningText").property("text") == message.reasoning  # type: ignore[union-attr]
 

@@ -17,7 +17,6 @@ from PySide6.QtCore import QPoint, Qt
 from chat.endpoints import Endpoint
 from gui.main_window import MainWindow
 from gui.model_picker import LOADING_TEXT, ModelMenu
-from tests.gui.conftest import wait_signal
 from tests.support.app import (
     Cairn,
     cairn_factory,
@@ -28,6 +27,7 @@ from tests.support.app import (
     window_of,
 )
 from tests.support.model_server import ModelServer
+from tests.support.qt import wait_signal
 
 WAIT = 10.0
 MODELS = ["test-model", "other-model"]

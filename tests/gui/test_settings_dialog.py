@@ -27,7 +27,6 @@ from storage import connection_test
 from storage.factory import Storage
 from storage.secrets import SecretStore, password_key, split_password
 from storage.settings import SETTINGS, SETTINGS_FILE_NAME, Settings, load_settings
-from tests.gui.conftest import LoopTicker, wait_signal
 from tests.support.app import (
     WAIT,
     Cairn,
@@ -39,6 +38,7 @@ from tests.support.app import (
 from tests.support.keyring_backend import MemoryKeyring
 from tests.support.model_server import DEFAULT_MODELS, ModelServer
 from tests.support.pgcluster import PW_PASSWORD, PW_USER
+from tests.support.qt import LoopTicker, wait_signal
 from tests.support.waiting import wait_for_status
 
 SERVICE = "cairn"

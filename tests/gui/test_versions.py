@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from gui.chat_view import ChatView, action_href
-from tests.gui.conftest import wait_signal
 from tests.support.app import Cairn, cairn_factory, click_link, send_and_wait, until, window_of
 from tests.support.cards import card, click, part, view_of
 from tests.support.model_server import ModelServer, last_user_text
@@ -47,14 +46,11 @@ async def step_back(window: Any, reply_id: str) -> None:
         # Where a user would click: once the list has stopped moving (it scrolls to the newest after a reply).
         await until(lambda: not view.list_item().property("moving"), "the list to settle")
         row = await card(view, reply_id)
-        scene = view.surface.quickWindow()
-        scene.update()  # a frame drawn from here on: the switcher laid out where it is shown
-        await wait_signal(scene.afterRendering, 5)
         button = part(row, "previousVersion")
         assert button is not None and button.isVisible() and button.property("enabled")
         asked: list[str] = []
         view.versionRequested.connect(asked.append)
-        click(view, button)
+        await click(view, button)
         await until(lambda: bool(asked), "the click on ‹ to ask for the version before")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtQuick import QQuickItem
+from PySide6.QtQuickWidgets import QQuickWidget
 from PySide6.QtWidgets import QApplication
 
 from gui.conversation.view import QuickChatView
@@ -16,6 +17,7 @@ from tests.support.app import (
     until,
     window_of,
 )
+from tests.support.qt import wait_signal
 
 
 def view_of(app: Any) -> QuickChatView:
@@ -89,7 +91,13 @@ def hover(view: QuickChatView, item: QQuickItem) -> None:
     QApplication.sendEvent(view.surface, event)
 
 
-def click(view: QuickChatView, item: QQuickItem) -> None:
+async def click(view: QuickChatView, item: QQuickItem) -> None:
+    """A left click on ``item`` where it is drawn: a frame is drawn first, so an item that has just appeared (or
+    moved, the list scrolling to the newest) is clicked where it is, not where it was laid out before."""
+    scene = view.surface.quickWindow() if isinstance(view.surface, QQuickWidget) else None
+    if scene is not None:
+        scene.update()
+        await wait_signal(scene.afterRendering, 5)
     click_at(view.surface, centre(item))
 
 
