@@ -13,10 +13,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer
 
+from gui.chat_view import MessageLike
 from gui.conversation.blocks import (
     Block,
     Chunk,
@@ -35,17 +36,6 @@ FLUSH_MS = 30
 
 CACHE_SIZE = 4_000
 Index = QModelIndex | QPersistentModelIndex
-
-
-class MessageLike(Protocol):
-    @property
-    def id(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def stopped(self) -> bool: ...
 
 
 class ChunkModel(QAbstractListModel):
