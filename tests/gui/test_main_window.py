@@ -713,7 +713,8 @@ async def test_settings_apply_without_restart(qtbot: Any, cairn: Cairn, server: 
         dialog.close()
         await until(lambda: app.storage is not old_storage and window.service is app.service, "storage reopened")
         assert app.storage is not None and app.storage.manager.target is not None
-        assert old_storage is not None and old_storage.manager._closed
+        assert old_storage is not None
+        await until(lambda: old_storage.manager._closed, "the old storage closed")  # after the swap, once settled
         await until(lambda: window.sidebar.thread_ids() == [thread], "the same conversations")
         await until(
             lambda: (

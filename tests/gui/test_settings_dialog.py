@@ -554,7 +554,8 @@ async def test_a_password_typed_in_settings_reaches_postgres_without_a_restart(
         dialog.close()
 
         await until(lambda: app.storage is not old and window.service is app.service, "storage reopened")
-        assert old.manager._closed
+        # The old storage closes after the swap (CairnApp.reopen_storage): its writes settle first.
+        await until(lambda: old.manager._closed, "the old storage closed")
         storage = await on_postgres_as(app, PW_USER)
         assert storage.manager.target is not None and storage.manager.target.password == PW_PASSWORD
         assert app.password_dialog is None
