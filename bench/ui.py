@@ -512,25 +512,10 @@ class PaintWatch:
 
 
 def click(widget: Any, pos: Any) -> None:
-    """A left click, delivered at once (as in tests/gui: QTest's clicks may spin a nested loop)."""
-    from PySide6.QtCore import QEvent, QPointF, Qt
-    from PySide6.QtGui import QMouseEvent
-    from PySide6.QtWidgets import QApplication
+    """A left click, delivered at once: the tests' own (QTest's clicks may spin a nested loop)."""
+    from tests.support.app import click_at
 
-    local = QPointF(pos)
-    for kind, buttons in (
-        (QEvent.Type.MouseButtonPress, Qt.MouseButton.LeftButton),
-        (QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton),
-    ):
-        event = QMouseEvent(
-            kind,
-            local,
-            QPointF(widget.mapToGlobal(local)),
-            Qt.MouseButton.LeftButton,
-            buttons,
-            Qt.KeyboardModifier.NoModifier,
-        )
-        QApplication.sendEvent(widget, event)
+    click_at(widget, pos)
 
 
 async def open_by_click(window: Any, thread: str) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtQuick import QQuickItem
 from PySide6.QtWidgets import QApplication
 
-from chat.service import Usage
+from chat.service import ChatMessage, Usage
 from gui.chat_view import ChatView
 from gui.conversation.view import QuickChatView
 from tests.support.app import (
@@ -350,34 +349,22 @@ async def test_a_palette_change_renders_the_cards_again_in_its_colours(qtbot: An
 # --- the view alone: what the window's reloads ask of it ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Message:
-    id: str
-    role: str
-    text: str
-    stopped: bool = False
-    created: float | None = None
-    reasoning: str = ""
-    thinking_seconds: float | None = None
-    usage: Usage | None = None
-
-
 def test_set_messages_updates_the_same_messages_in_place_and_replaces_what_changed(qtbot: Any) -> None:
     view = QuickChatView()
     qtbot.addWidget(view)
     view.resize(900, 700)
     view.show()
     qtbot.waitExposed(view)
-    shown = [Message("pending:1", "user", "a question"), Message("pending:2", "assistant", "an answer")]
+    shown = [ChatMessage("pending:1", "user", "a question"), ChatMessage("pending:2", "assistant", "an answer")]
     view.show_conversation("t", shown)
     qtbot.waitUntil(lambda: len(rows(view)) == 2, timeout=2000)
     first, reply = rows(view)  # kept: the same delegates must show the stored details
 
     stored = [
-        Message("u1", "user", "a question", created=time.time()),
-        Message("a1", "assistant", "an answer", created=time.time(), usage=Usage(12, 34, 2.0)),
-        Message("u2", "user", "a second question"),
-        Message("a2", "assistant", "a second answer"),
+        ChatMessage("u1", "user", "a question", created=time.time()),
+        ChatMessage("a1", "assistant", "an answer", created=time.time(), usage=Usage(12, 34, 2.0)),
+        ChatMessage("u2", "user", "a second question"),
+        ChatMessage("a2", "assistant", "a second answer"),
     ]
     view.set_messages("t", stored)
     assert [m.id for m in view.messages()] == ["u1", "a1", "u2", "a2"]
@@ -392,7 +379,7 @@ def test_set_messages_updates_the_same_messages_in_place_and_replaces_what_chang
     assert view.streaming and view.stream_text() == "partial"
     view.discard_reply()
 
-    edited = [*stored[:2], Message("u3", "user", "edited elsewhere")]
+    edited = [*stored[:2], ChatMessage("u3", "user", "edited elsewhere")]
     view.set_messages("t", edited)
     assert [(m.id, m.text) for m in view.messages()][2:] == [("u3", "edited elsewhere")]
     qtbot.waitUntil(lambda: len(rows(view)) == 3, timeout=2000)
