@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -544,6 +545,22 @@ def _check_cards(report: Report, thread_id: str, loaded: Any) -> None:
         report.check("cards view", rows == wanted, f"the Qt Quick scene loaded and shows {rows} of {wanted} messages")
     finally:
         view.deleteLater()
+    unreadable = unreadable_icons()
+    report.check(
+        "cards icons",
+        not unreadable,
+        "every icon the scene uses is there and readable" + (f"; not: {', '.join(unreadable)}" if unreadable else ""),
+    )
+
+
+def unreadable_icons() -> list[str]:
+    """The icons Conversation.qml names that are missing or that Qt cannot read (the SVG image plugin)."""
+    from PySide6.QtGui import QImage
+
+    from gui.conversation.view import ICONS, QML
+
+    names = sorted(set(re.findall(r'"icons/([\w.-]+)"', QML.read_text(encoding="utf-8"))))
+    return [name for name in names if QImage(str(ICONS / name)).isNull()] if names else ["(none named)"]
 
 
 def _run_qt(report: Report, args: argparse.Namespace, data_dir: Path, config_dir: Path, work_dir: Path) -> None:

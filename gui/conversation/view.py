@@ -34,6 +34,7 @@ from gui.conversation.model import Entry, MessageLike, MessageListModel
 from gui.markdown import Theme, code_background
 
 QML = Path(__file__).resolve().parent / "qml" / "Conversation.qml"
+ICONS = QML.parent / "icons"
 EXTERNAL_SCHEMES = ("http:", "https:", "mailto:")
 
 
@@ -346,7 +347,7 @@ class QuickChatView(ConversationView):
     ``gui.chat_view.ChatView``, so the window can show either (setting ``CHAT_VIEW``; docs/CHAT_VIEW_PROTOTYPE.md)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent, embed="widget")
+        super().__init__(parent, embed="widget", selectable=True)
         self.setObjectName("chatView")
         self._busy = False
         self._wait_since = 0.0

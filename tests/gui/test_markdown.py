@@ -1,13 +1,27 @@
-"""gui/markdown.py: Markdown to Qt-ready HTML, safe to show and never loading anything. No Qt needed."""
+"""gui/markdown.py: Markdown to Qt-ready HTML, safe to show and never loading anything (the module needs no Qt;
+the styles are checked as Qt's rich text lays them out)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from gui.markdown import DARK, DARK_STYLE, LIGHT, MAX_HIGHLIGHT_CHARS, code_background, render_markdown, render_plain
+import pytest
+from PySide6.QtGui import QTextBlock, QTextDocument, QTextTable
+
+from gui.markdown import (
+    DARK,
+    DARK_STYLE,
+    LIGHT,
+    MAX_HIGHLIGHT_CHARS,
+    Theme,
+    code_background,
+    render_markdown,
+    render_plain,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,7 +104,39 @@ def test_chat_markdown_features() -> None:
     assert "line one<br" in rendered.html  # single newlines are kept, as typed
     assert "<table" in rendered.html and "<td>1</td>" in rendered.html
     assert "<s>gone</s>" in rendered.html
-    assert "<strong>bold</strong>" in rendered.html and "<code>code</code>" in rendered.html
+    assert "<strong>bold</strong>" in rendered.html and ">\u202fcode\u202f</code>" in rendered.html
+
+
+@pytest.mark.parametrize("theme", [LIGHT, DARK], ids=["light", "dark"])
+def test_quotes_have_a_bar_and_inline_code_a_background_in_qt_rich_text(theme: Theme) -> None:
+    """Laid out by Qt's rich text (what the cards draw): the quote sits beside a bar in the theme's border colour,
+    and inline code has a background of its own, a different one from the text around it."""
+    document = QTextDocument()
+    document.setHtml(render_markdown("> quoted words\n\nuse `the_call()` here", theme).html)
+    table = next(frame for frame in document.rootFrame().childFrames() if isinstance(frame, QTextTable))
+    assert (table.rows(), table.columns()) == (1, 2)
+    bar, quote = table.cellAt(0, 0), table.cellAt(0, 1)
+    assert bar.format().background().color().name() == theme.border
+    assert bar.firstCursorPosition().block().text() == ""
+    assert quote.firstCursorPosition().block().text() == "quoted words"
+
+    found = document.find("the_call()")
+    assert not found.isNull()
+    block = found.block()
+    backgrounds = {
+        fragment.text(): fragment.charFormat().background().color().name()
+        for fragment in (it.fragment() for it in _fragments(block))
+    }
+    code = next(text for text in backgrounds if "the_call()" in text)
+    assert backgrounds[code] == theme.inline_code
+    assert backgrounds["use "] != theme.inline_code
+
+
+def _fragments(block: QTextBlock) -> Iterator[QTextBlock.iterator]:
+    it = block.begin()
+    while not it.atEnd():
+        yield it
+        it += 1
 
 
 def test_plain_text_keeps_lines_and_escapes() -> None:

@@ -105,7 +105,7 @@ def test_selftest_passes_and_reports(user_home: dict[str, Path], tmp_path: Path)
     assert conversation["title"] == conversation["title_after_restart"]
     assert conversation["title"].startswith("Cairn self-test ✓")
     names = [c["name"] for c in report["checks"]]
-    assert names == ["keyring", "window", "icon", "storage", "reply", "list", "cards view", "round trip"]
+    assert names == ["keyring", "window", "icon", "storage", "reply", "list", "cards view", "cards icons", "round trip"]
     assert all(c["ok"] for c in report["checks"])
     assert report["timings_ms"]["total"] > 0
     # --report FILE holds the same report (a windowed app on Windows has no console to print to).

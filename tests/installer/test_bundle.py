@@ -119,6 +119,8 @@ def test_bundle_self_test_passes(bundle: tuple[Path, float], tmp_path: Path) -> 
     assert report["conversation"]["round_trip"] is True
     cards = next(c for c in report["checks"] if c["name"] == "cards view")  # Qt Quick and its QML in the bundle
     assert cards["ok"] is True, cards
+    icons = next(c for c in report["checks"] if c["name"] == "cards icons")  # the SVGs and the plugin that reads them
+    assert icons["ok"] is True, icons
     # Every keyring backend module and keyring's entry points (its metadata) made it into the bundle.
     assert set(report["keyring"]["backend_modules"].values()) == {"ok"}, report["keyring"]
     assert {"SecretService", "libsecret", "macOS", "Windows"} <= set(report["keyring"]["entry_points"])

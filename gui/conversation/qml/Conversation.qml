@@ -14,6 +14,38 @@ Rectangle {
     readonly property color userCard: Qt.tint(pal.base, Qt.rgba(pal.highlight.r, pal.highlight.g, pal.highlight.b, 0.12))
     readonly property color replyCard: Qt.tint(pal.base, Qt.rgba(pal.text.r, pal.text.g, pal.text.b, 0.04))
     readonly property int maxCardWidth: 760
+    readonly property color hoverFill: Qt.rgba(pal.text.r, pal.text.g, pal.text.b, 0.08)
+    readonly property color pressFill: Qt.rgba(pal.text.r, pal.text.g, pal.text.b, 0.16)
+
+    // A flat button with an icon (icons/*.svg, drawn in the text's colour): filled only while hovered or pressed,
+    // outlined while it has the keyboard focus. Its text is its name for screen readers and tests; it shows only
+    // when `display` asks for it (the "Copied ✓" feedback).
+    component IconButton: ToolButton {
+        id: iconButton
+        property string tip: ""
+        display: AbstractButton.IconOnly
+        icon.width: 16
+        icon.height: 16
+        icon.color: enabled ? pal.text : root.muted
+        // The controls' own palette does not follow a palette set on the application after start (Settings →
+        // Appearance); the scene's SystemPalette does.
+        palette.buttonText: pal.text
+        palette.highlight: pal.highlight
+        padding: 6
+        font.pixelSize: 12
+        Accessible.name: text
+        ToolTip.visible: hovered && tip.length > 0
+        ToolTip.text: tip
+        ToolTip.delay: 500
+        background: Rectangle {
+            implicitWidth: 28
+            implicitHeight: 28
+            radius: 6
+            color: iconButton.down ? root.pressFill : iconButton.hovered ? root.hoverFill : "transparent"
+            border.width: iconButton.visualFocus ? 2 : 0
+            border.color: pal.highlight
+        }
+    }
 
     ListView {
         id: list
@@ -70,7 +102,13 @@ Rectangle {
                     Button {
                         objectName: "retryButton"
                         visible: chat.errorRetry
-                        text: "↻ Retry"
+                        text: "Retry"
+                        icon.source: "icons/regenerate.svg"
+                        icon.color: pal.buttonText
+                        palette.button: pal.button
+                        palette.buttonText: pal.buttonText
+                        icon.width: 16
+                        icon.height: 16
                         onClicked: chat.retry()
                         Accessible.name: "Retry the reply"
                     }
@@ -78,7 +116,9 @@ Rectangle {
             }
         }
         boundsBehavior: Flickable.StopAtBounds
-        keyNavigationEnabled: true
+        // The keys are handled below: the list's own navigation moves currentIndex, and a current item is kept
+        // made wherever it is (-1: none).
+        keyNavigationEnabled: false
         currentIndex: -1
         activeFocusOnTab: true
         Accessible.role: Accessible.List
@@ -89,6 +129,43 @@ Rectangle {
         onContentHeightChanged: if (follow) Qt.callLater(list.toEnd)
         onCountChanged: if (follow) Qt.callLater(list.toEnd)
         function toEnd() { if (list.follow) list.positionViewAtEnd() }
+        function jumpToEnd() { list.follow = true; list.positionViewAtEnd() }
+        // Scroll like a page: the arrows by a line or two, Page Up/Down by a screen; following the end again once
+        // it is reached.
+        function scrollBy(dy) {
+            var top = list.originY
+            var bottom = list.originY + list.contentHeight - list.height
+            list.contentY = Math.max(top, Math.min(bottom, list.contentY + dy))
+            list.follow = list.contentY >= bottom - 1
+        }
+        // The keyboard's way through the conversation: the card of message i takes the focus (and shows its
+        // toolbar), scrolled into view.
+        function focusMessage(i) {
+            if (i < 0 || i >= list.count)
+                return
+            list.positionViewAtIndex(i, ListView.Contain)
+            list.follow = i === list.count - 1 && list.atYEnd
+            var item = list.itemAtIndex(i)
+            if (item)
+                item.focusCard()
+        }
+        // Keys shared by the list and its cards.
+        function pageKeys(event) {
+            if (event.key === Qt.Key_PageUp) list.scrollBy(-list.height * 0.9)
+            else if (event.key === Qt.Key_PageDown) list.scrollBy(list.height * 0.9)
+            else if (event.key === Qt.Key_End && event.modifiers === Qt.NoModifier) list.jumpToEnd()
+            else if (event.key === Qt.Key_Home && event.modifiers === Qt.NoModifier) list.positionViewAtBeginning()
+            else return false
+            return true
+        }
+        // The list itself has the focus (Tab's first stop): the arrows scroll; Tab goes on to the cards.
+        Keys.onPressed: (event) => {
+            if (event.key === Qt.Key_Up) list.scrollBy(-48)
+            else if (event.key === Qt.Key_Down) list.scrollBy(48)
+            else if (!list.pageKeys(event)) return
+            if (event.key === Qt.Key_Home) list.follow = false
+            event.accepted = true
+        }
 
         ScrollBar.vertical: ScrollBar { policy: ScrollBar.AsNeeded }
 
@@ -110,6 +187,7 @@ Rectangle {
 
             width: ListView.view.width
             height: card.height
+            function focusCard() { card.forceActiveFocus(Qt.TabFocusReason) }
             // Only the last reply offers Regenerate, and only when nothing streams or failed after it.
             readonly property bool hasUsage: role === "assistant" && !streaming && !!usage && usage.tokens > 0
             readonly property bool canRegenerate: role === "assistant" && !streaming && index === list.count - 1 && chat.canRegenerate
@@ -134,9 +212,16 @@ Rectangle {
 
                 HoverHandler { id: hover }
                 Keys.onPressed: (event) => {
-                    if (event.matches(StandardKey.Copy)) { card.copy(); event.accepted = true }
-                    else if (event.key === Qt.Key_E && row.role === "user") { chat.edit(row.id); event.accepted = true }
-                    else if (event.key === Qt.Key_R && row.canRegenerate) { chat.regenerate(row.id); event.accepted = true }
+                    if (event.matches(StandardKey.Copy)) card.copy()
+                    else if (event.key === Qt.Key_E && row.role === "user") chat.edit(row.id)
+                    else if (event.key === Qt.Key_R && row.canRegenerate) chat.regenerate(row.id)
+                    // Up and Down move between the cards, Home to the first (End, to the newest, is a page key).
+                    else if (event.key === Qt.Key_Up) list.focusMessage(row.index - 1)
+                    else if (event.key === Qt.Key_Down) list.focusMessage(row.index + 1)
+                    else if (event.key === Qt.Key_Home && event.modifiers === Qt.NoModifier) list.focusMessage(0)
+                    else if (event.key === Qt.Key_End && event.modifiers === Qt.NoModifier) { list.jumpToEnd(); list.focusMessage(list.count - 1) }
+                    else if (!list.pageKeys(event)) return
+                    event.accepted = true
                 }
 
                 Column {
@@ -161,14 +246,18 @@ Rectangle {
                             color: root.muted
                             font.pixelSize: 11
                         }
-                        ToolButton {
+                        IconButton {
                             objectName: "stopButton"
                             visible: row.streaming
                             anchors.verticalCenter: parent.verticalCenter
                             text: "Stop"
+                            display: AbstractButton.TextBesideIcon
+                            icon.source: "icons/stop.svg"
+                            icon.width: 12
+                            icon.height: 12
                             onClicked: chat.stop()
                             Accessible.name: "Stop the reply"
-                            ToolTip.visible: hovered; ToolTip.text: "Stop the reply; what arrived is kept (Esc)"
+                            tip: "Stop the reply; what arrived is kept (Esc)"
                         }
                     }
 
@@ -204,18 +293,25 @@ Rectangle {
                         }
                     }
 
-                    Repeater {
-                        model: row.blocks
-                        delegate: Loader {
-                            id: block
-                            required property int index
-                            required property string kind
-                            required property string html
-                            required property string language
-                            required property var chunks
-                            required property bool styled
-                            width: body.width
-                            sourceComponent: kind === "code" ? codeBlock : chat.selectableText ? selectableBlock : textBlock
+                    // The message's blocks (paragraphs, lists, tables, code), a paragraph's space apart.
+                    Column {
+                        width: parent.width
+                        spacing: 10
+                        Repeater {
+                            model: row.blocks
+                            delegate: Loader {
+                                id: block
+                                required property int index
+                                required property string kind
+                                required property string html
+                                required property string language
+                                required property var chunks
+                                required property bool styled
+                                width: body.width
+                                // Selectable once the reply is finished: while it grows, a Text's StyledText lays out
+                                // far faster than a TextEdit's rich text (docs/CHAT_VIEW_PROTOTYPE.md).
+                                sourceComponent: kind === "code" ? codeBlock : chat.selectableText && !row.streaming ? selectableBlock : textBlock
+                            }
                         }
                     }
 
@@ -228,12 +324,13 @@ Rectangle {
                             id: switcher
                             visible: row.branchCount > 1
                             spacing: 2
-                            ToolButton {
+                            IconButton {
                                 objectName: "previousVersion"
-                                text: "‹"; enabled: row.branchIndex > 0
+                                text: "Previous version"
+                                icon.source: "icons/previous.svg"
+                                enabled: row.branchIndex > 0
                                 onClicked: chat.switchBranch(row.id, -1)
-                                Accessible.name: "Previous version"
-                                ToolTip.visible: hovered; ToolTip.text: "Previous version"
+                                tip: "Previous version"
                             }
                             Text {
                                 objectName: "versionLabel"
@@ -241,12 +338,13 @@ Rectangle {
                                 text: (row.branchIndex + 1) + " / " + row.branchCount
                                 color: root.muted
                             }
-                            ToolButton {
+                            IconButton {
                                 objectName: "nextVersion"
-                                text: "›"; enabled: row.branchIndex < row.branchCount - 1
+                                text: "Next version"
+                                icon.source: "icons/next.svg"
+                                enabled: row.branchIndex < row.branchCount - 1
                                 onClicked: chat.switchBranch(row.id, 1)
-                                Accessible.name: "Next version"
-                                ToolTip.visible: hovered; ToolTip.text: "Next version"
+                                tip: "Next version"
                             }
                         }
                         Text {
@@ -279,28 +377,33 @@ Rectangle {
                         Row {
                             id: buttons
                             spacing: 2
-                            ToolButton {
+                            IconButton {
                                 objectName: "copyButton"
+                                // The feedback is in place: the button says so for a moment.
                                 text: card.copied ? "Copied ✓" : "Copy"
+                                display: card.copied ? AbstractButton.TextOnly : AbstractButton.IconOnly
+                                icon.source: "icons/copy.svg"
                                 onClicked: card.copy()
-                                Accessible.name: "Copy message"
-                                ToolTip.visible: hovered; ToolTip.text: "Copy this message (Ctrl+C)"
+                                Accessible.name: card.copied ? "Copied" : "Copy message"
+                                tip: "Copy this message (Ctrl+C)"
                             }
-                            ToolButton {
+                            IconButton {
                                 objectName: "editButton"
                                 visible: row.role === "user"
                                 text: "Edit"
+                                icon.source: "icons/edit.svg"
                                 onClicked: chat.edit(row.id)
                                 Accessible.name: "Edit message"
-                                ToolTip.visible: hovered; ToolTip.text: "Edit and send again (E)"
+                                tip: "Edit and send again (E)"
                             }
-                            ToolButton {
+                            IconButton {
                                 objectName: "regenerateButton"
                                 visible: row.canRegenerate
                                 text: "Regenerate"
+                                icon.source: "icons/regenerate.svg"
                                 onClicked: chat.regenerate(row.id)
                                 Accessible.name: "Regenerate reply"
-                                ToolTip.visible: hovered; ToolTip.text: "Write this reply again (R)"
+                                tip: "Write this reply again (R)"
                             }
                         }
                     }
@@ -325,16 +428,27 @@ Rectangle {
                     // The same text, selectable with the mouse (within one block: no Qt Quick item selects across
                     // items). TextEdit has no StyledText: every block is RichText.
                     TextEdit {
+                        objectName: "selectableText"
                         text: parent ? parent.html : ""
                         textFormat: TextEdit.RichText
                         wrapMode: TextEdit.Wrap
                         readOnly: true
                         selectByMouse: true
+                        selectByKeyboard: true
+                        persistentSelection: false
                         activeFocusOnTab: false
                         color: pal.text
                         selectionColor: pal.highlight
                         selectedTextColor: pal.highlightedText
                         onLinkActivated: (link) => chat.openLink(link)
+                        HoverHandler { cursorShape: parent.hoveredLink ? Qt.PointingHandCursor : Qt.IBeamCursor }
+                        // Ctrl+C copies the selection; with nothing selected, the whole message (as on the card).
+                        Keys.onPressed: (event) => {
+                            if (event.matches(StandardKey.Copy) && selectedText.length === 0) {
+                                card.copy()
+                                event.accepted = true
+                            }
+                        }
                     }
                 }
 
@@ -360,16 +474,22 @@ Rectangle {
                                     color: root.muted
                                     font.pixelSize: 11
                                 }
-                                ToolButton {
+                                IconButton {
                                     id: copyCode
+                                    objectName: "copyCodeButton"
                                     anchors.right: parent.right
                                     anchors.verticalCenter: parent.verticalCenter
                                     property bool copied: false
                                     text: copied ? "Copied ✓" : "Copy"
+                                    display: copied ? AbstractButton.TextOnly : AbstractButton.TextBesideIcon
+                                    icon.source: "icons/copy.svg"
+                                    icon.width: 14
+                                    icon.height: 14
+                                    padding: 4
                                     onClicked: { chat.copyCode(row.id, codeFrame.blockItem.index); copied = true; codeTimer.restart() }
                                     Timer { id: codeTimer; interval: 1500; onTriggered: copyCode.copied = false }
-                                    Accessible.name: "Copy code"
-                                    ToolTip.visible: hovered; ToolTip.text: "Copy this code"
+                                    Accessible.name: copied ? "Copied" : "Copy code"
+                                    tip: "Copy this code"
                                 }
                             }
                             Flickable {
@@ -434,9 +554,16 @@ Rectangle {
         anchors.bottom: parent.bottom
         anchors.bottomMargin: 16
         visible: !list.follow && list.count > 0
-        text: "↓ Newest"
-        onClicked: { list.follow = true; list.positionViewAtEnd() }
+        text: "Newest"
+        icon.source: "icons/down.svg"
+        icon.color: pal.buttonText
+        palette.button: pal.button
+        palette.buttonText: pal.buttonText
+        icon.width: 16
+        icon.height: 16
+        onClicked: list.jumpToEnd()
         Accessible.name: "Jump to the newest message"
         ToolTip.visible: hovered; ToolTip.text: "Jump to the newest message (End)"
+        ToolTip.delay: 500
     }
 }
