@@ -1,4 +1,5 @@
-"""Real screenshots of Cairn for the docs: docs/screenshots/main-window.png and docs/screenshots/settings.png.
+"""Real screenshots of Cairn for the docs: docs/screenshots/main-window.png (light), main-window-dark.png and
+settings.png.
 
 Usage::
 
@@ -8,8 +9,10 @@ Usage::
 The app runs as it does for a user (``gui.app.CairnApp`` on the selector qasync loop, Qt's xcb platform) inside a
 private X server (Xvfb, started and stopped here; on Debian: ``apt-get install xvfb libxcb-icccm4
 libxcb-keysyms1 libxcb-cursor0``), on throwaway folders, talking to ``tests.support.model_server.ModelServer`` with
-scripted replies. The messages are typed into the composer and sent with Enter; the pictures are what the X server
-shows of the window and of the settings dialog (``QScreen.grabWindow``), not a widget rendered off screen.
+scripted replies (the last one with its reasoning, as a thinking model streams it, then regenerated: the card shows
+"Thought for N s" and the "‹ 2 / 2 ›" switcher). The messages are typed into the composer and sent with Enter; the
+pictures are what the X server shows of the window and of the settings dialog (``QScreen.grabWindow``), not a
+widget rendered off screen. The app runs once per theme (the setting ``THEME``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "screenshots"
 SCREEN = (1280, 860)
-WINDOW = (1120, 720)
+WINDOW = (1200, 820)
 MODEL = "llama3.1:8b"
 
 EARLIER = [  # (question, reply): conversations already in the list
@@ -142,7 +145,25 @@ def grab(widget: Any, path: Path) -> None:
     print(f"wrote {path.relative_to(ROOT)} ({picture.width()}x{picture.height()})")
 
 
-async def make_screenshots(cairn: Any) -> None:
+async def regenerate(window: Any) -> None:
+    finished: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def done(thread_id: str) -> None:
+        if not finished.done():
+            finished.set_result(thread_id)
+
+    window.replyFinished.connect(done)
+    try:
+        window.regenerate()
+        async with asyncio.timeout(30):
+            await finished
+    finally:
+        window.replyFinished.disconnect(done)
+
+
+async def make_screenshots(cairn: Any, server: Any, theme: str) -> None:
+    from PySide6.QtCore import QEvent, QMetaObject, QPointF, Qt
+    from PySide6.QtGui import QMouseEvent
     from PySide6.QtWidgets import QApplication
 
     window = await cairn.start()
@@ -153,17 +174,43 @@ async def make_screenshots(cairn: Any) -> None:
         window.new_chat()
         await send(window, question)
     window.new_chat()
+    server.reasoning = REASONING
     await send(window, QUESTION)
-    window.view.verticalScrollBar().setValue(0)  # the question and the start of the reply
+    await regenerate(window)  # the reply's second version: the switcher says 2 / 2
+    view = window.view
+    items = view.list_item()
+    QMetaObject.invokeMethod(items, "positionViewAtBeginning")  # the question and the reply from its start
     window.composer.edit.setFocus()
     await settle()
-    QApplication.processEvents()
-    grab(window, OUT / "main-window.png")
-
-    dialog = window.open_settings()
+    reply = next(
+        (row for row in items.property("contentItem").childItems() if row.property("role") == "assistant"), None
+    )
+    if reply is not None:  # the mouse over the reply: its toolbar shows (an event sent, not QTest's: it spins
+        # a nested event loop, where qasync cannot run the app's tasks)
+        point = reply.mapToScene(QPointF(reply.width() / 2, 40))
+        move = QMouseEvent(
+            QEvent.Type.MouseMove,
+            point,
+            QPointF(view.surface.mapToGlobal(point.toPoint())),
+            Qt.MouseButton.NoButton,
+            Qt.MouseButton.NoButton,
+            Qt.KeyboardModifier.NoModifier,
+        )
+        QApplication.sendEvent(view.surface, move)
     await settle()
-    grab(dialog, OUT / "settings.png")
-    dialog.close()
+    grab(window, OUT / ("main-window.png" if theme == "light" else f"main-window-{theme}.png"))
+
+    if theme == "light":
+        dialog = window.open_settings()
+        await settle()
+        grab(dialog, OUT / "settings.png")
+        dialog.close()
+
+
+REASONING = (
+    "The user wants to process a big file without reading it all into memory. A file object is an iterator over "
+    "its lines, so a for loop is enough; mention the encoding and binary files."
+)
 
 
 def inner(args: argparse.Namespace) -> int:
@@ -188,6 +235,7 @@ def inner(args: argparse.Namespace) -> int:
             "MODEL_NAME": MODEL,
             "MODEL_PRESET": "custom",
             "CAIRN_DATA_DIR": str(work / "data"),
+            "THEME": args.theme,
         }
         if args.pgcluster:
             import psycopg
@@ -211,7 +259,7 @@ def inner(args: argparse.Namespace) -> int:
 
         async def main() -> None:
             try:
-                await make_screenshots(cairn)
+                await make_screenshots(cairn, server, args.theme)
             finally:
                 app.aboutToQuit.emit()
                 await cairn.shutdown()
@@ -234,18 +282,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/screenshots.py", description=__doc__.split("\n")[0])
     parser.add_argument("--pgcluster", action="store_true", help="store in a throwaway PostgreSQL (needs its binaries)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--theme", choices=("light", "dark"), default="light", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner:
         return inner(args)
     with xvfb() as display:
         env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--inner",
-            *(["--pgcluster"] if args.pgcluster else []),
-        ]
-        return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+        for theme in ("light", "dark"):  # a process each: the palette is chosen at start
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--inner",
+                "--theme",
+                theme,
+                *(["--pgcluster"] if args.pgcluster else []),
+            ]
+            code = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+            if code:
+                return code
+        return 0
 
 
 if __name__ == "__main__":

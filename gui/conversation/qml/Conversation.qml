@@ -278,7 +278,7 @@ Rectangle {
                         Text {
                             id: thought
                             objectName: "thought"
-                            text: (parent.open ? "▾ " : "▸ ") + "Thought for " + Math.round(row.reasoningSeconds) + " s"
+                            text: (parent.open ? "▾ " : "▸ ") + (row.reasoningSeconds < 0.5 ? "Thought for a moment" : "Thought for " + Math.round(row.reasoningSeconds) + " s")
                             color: root.muted
                             TapHandler { onTapped: thought.parent.open = !thought.parent.open }
                         }
