@@ -29,8 +29,8 @@ from PySide6.QtQuick import QQuickItem, QQuickView, QQuickWindow
 from PySide6.QtQuickWidgets import QQuickWidget
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
-from gui.chat_view import VersionsLike, waiting_words
-from gui.conversation.model import Entry, MessageLike, MessageListModel
+from gui.conversation.messages import MessageLike, VersionsLike
+from gui.conversation.model import Entry, MessageListModel
 from gui.markdown import Theme, code_background
 
 QML = Path(__file__).resolve().parent / "qml" / "Conversation.qml"
@@ -176,7 +176,8 @@ class Bridge(QObject):
 
 
 class ConversationView(QWidget):
-    """Shows one conversation in Qt Quick; the subset of ``gui.chat_view.ChatView``'s API the prototype needs."""
+    """Shows one conversation in Qt Quick: the scene, its model and the bridge, without the window's state (the tail,
+    the versions, the wait); the benchmarks drive it alone."""
 
     editRequested = Signal(str, str)  # message id, its text
     regenerateRequested = Signal()
@@ -299,6 +300,13 @@ class ConversationView(QWidget):
         super().closeEvent(event)  # type: ignore[arg-type]
 
 
+def waiting_words(seconds: float, *, thinking: bool = False) -> str:
+    """What stands for a reply whose first word has not come: a local server may be loading the model for minutes,
+    and a count that moves says Cairn is still waiting (not stuck); a thinking model is at work meanwhile."""
+    whole = int(seconds)
+    return ("Thinking…" if thinking else "Waiting for the model…") + (f" {whole} s" if whole >= 1 else "")
+
+
 def time_words(created: float | None) -> str:
     """When a message was made, as a card shows it: the time today, the day and time before."""
     if created is None:
@@ -342,8 +350,9 @@ WAIT_TICK_MS = 1000
 
 
 class QuickChatView(ConversationView):
-    """The conversation as message cards (Qt Quick): what ``gui.main_window.MainWindow`` uses of
-    ``gui.chat_view.ChatView``, so the window can show either (setting ``CHAT_VIEW``; docs/CHAT_VIEW_PROTOTYPE.md)."""
+    """The conversation as message cards (Qt Quick), as ``gui.main_window.MainWindow`` shows it: the empty state's
+    note, the failure under the last message, the wait for a reply's first word, the versions of a message
+    (docs/CHAT_VIEW_PROTOTYPE.md says why cards and not a text document)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent, embed="widget")

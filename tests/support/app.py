@@ -1,5 +1,6 @@
 """The app in tests: start Cairn the way ``main.py`` does on folders under a test's ``tmp_path`` and drive its window as
-a user would (typing, Enter, clicks on the links in the conversation), waiting on conditions with deadlines.
+a user would (typing, Enter, clicks), waiting on conditions with deadlines; the conversation's cards are read and
+clicked with tests/support/cards.py.
 Shared by the GUI tests (tests/gui/); their fixtures (``server``, ``cairn``, the app setup) are in
 tests/gui/conftest.py.
 """
@@ -20,7 +21,6 @@ from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication, QWidget
 
 from gui.app import CairnApp
-from gui.chat_view import ChatView
 from gui.main_window import MainWindow
 from storage.secrets import SecretStore
 from storage.settings import load_settings, save_settings
@@ -116,13 +116,6 @@ def click_at(widget: QWidget, pos: QPoint) -> None:
             Qt.KeyboardModifier.NoModifier,
         )
         QApplication.sendEvent(widget, event)
-
-
-def click_link(view: ChatView, href: str) -> None:
-    rect = view.anchor_rect(href)
-    assert rect is not None, f"no link to {href} in {view.hrefs()}"
-    view.setTextCursor(view.textCursor())  # anchor_rect moved the cursor there to scroll it into view
-    click_at(view.viewport(), rect.center().toPoint())
 
 
 def type_and_send(qtbot: Any, window: MainWindow, text: str) -> None:

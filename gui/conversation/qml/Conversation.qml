@@ -362,6 +362,7 @@ Rectangle {
                                 }
                                 ToolButton {
                                     id: copyCode
+                                    objectName: "copyCodeButton"
                                     anchors.right: parent.right
                                     anchors.verticalCenter: parent.verticalCenter
                                     property bool copied: false
