@@ -350,13 +350,13 @@ async def test_a_send_that_fails_before_storing_gives_the_draft_back(
         assert app.service is not None
 
         async def broken_send(_thread_id: str, _text: str, _at: str | None = None) -> AsyncIterator[Any]:
-            raise RuntimeError("the database is read-only")
+            raise RuntimeError("the database is read-only: <main.db> & its journal")  # shown as written
             yield  # pragma: no cover - makes this an async generator like the real one
 
         monkeypatch.setattr(app.service, "send", broken_send)
         await send_and_wait(qtbot, window, "words worth keeping")
         assert window.composer.text() == "words worth keeping"
-        assert "the database is read-only" in error_shown(window.view)
+        assert "the database is read-only: <main.db> & its journal" in error_shown(window.view)
 
 
 # --- the composer ---------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ Rectangle {
                     Text {
                         objectName: "errorText"
                         width: parent.width
-                        text: "<b>" + chat.errorTitle + "</b> " + chat.errorMessage
+                        text: chat.errorHtml
                         textFormat: Text.StyledText
                         wrapMode: Text.Wrap
                         color: pal.text
