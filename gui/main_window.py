@@ -34,9 +34,9 @@ from PySide6.QtWidgets import (
 from chat.events import ReplyDone, ReplyFailed, Thinking, Token
 from gui.badge import StatusBadge
 from gui.bridge import StorageBridge
-from gui.chat_view import ChatView
 from gui.composer import Composer
 from gui.contrast import keep_readable
+from gui.conversation.view import QuickChatView
 from gui.sidebar import TITLE_ROLE, Sidebar
 from gui.storage_dialog import MemoryBanner, QuitWarning, StorageDetailsDialog
 from gui.tasks import TaskRunner
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
     from chat.events import ChatEvent
     from chat.service import ConversationService, Usage
-    from gui.conversation.view import QuickChatView
     from gui.model_picker import ModelMenu
     from storage.changes import Changes
     from storage.factory import Storage
@@ -139,14 +138,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_TITLE)
         self.setObjectName("mainWindow")
         self.sidebar = Sidebar()
-        self.view: ChatView | QuickChatView
-        if settings.chat_view == "cards":
-            # Imported only when chosen: Qt Quick costs memory and start-up time (docs/CHAT_VIEW_PROTOTYPE.md).
-            from gui.conversation.view import QuickChatView
-
-            self.view = QuickChatView()
-        else:
-            self.view = ChatView()
+        self.view = QuickChatView()
         self.composer = Composer()
         self.banner = MemoryBanner()
         right = QWidget()

@@ -148,7 +148,7 @@ class _Renderer:
         token = tokens[idx]
         src = str(token.attrGet("src") or "")
         alt = "".join(child.content for child in token.children or []) or src
-        return f'<a href="{html.escape(src, quote=True)}">[image: {html.escape(alt)}]</a>'
+        return f'<a href="{html.escape(src, quote=True)}"{self._link_style()}>[image: {html.escape(alt)}]</a>'
 
     def _table_open(self, _t: Sequence[Token], _i: int, _o: Any, _e: Any) -> str:
         return (
@@ -173,9 +173,15 @@ class _Renderer:
     def _blockquote_close(self, _t: Sequence[Token], _i: int, _o: Any, _e: Any) -> str:
         return "</td></tr></table>\n"
 
+    def _link_style(self) -> str:
+        # In the theme's link colour, made readable on the cards' tints: a TextEdit (selectable text) draws links in
+        # the colour of the HTML, not in a linkColor of its own as Text does.
+        return f' style="color:{self.theme.link}"'
+
     def _link_open(self, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
         # The address as a tooltip: the user sees where a link goes before choosing to open it.
         tokens[idx].attrSet("title", str(tokens[idx].attrGet("href") or ""))
+        tokens[idx].attrSet("style", f"color:{self.theme.link}")
         return str(cast(RendererHTML, self.md.renderer).renderToken(tokens, idx, options, env))
 
 

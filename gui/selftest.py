@@ -13,8 +13,8 @@ The same command runs in the frozen app (``Cairn.exe self-test``, ``Cairn.app/Co
 4. starts the app as ``python main.py`` does (settings, secrets, storage, the window, the chat engine); the window
    is offscreen when there is no display or ``--offscreen`` is given;
 5. sends a message through the conversation service (the graph, the tiered saver, SQLite) and checks the reply and
-   that the conversation shows in the window's list, and in the cards view (``CHAT_VIEW=cards``: Qt Quick and its
-   QML must load, which a bundle missing them fails);
+   that the conversation shows in the window's list, and opened, as message cards (Qt Quick and its QML must load,
+   which a bundle missing them fails);
 6. shuts the app down, opens the storage again from disk and reads the conversation back;
 7. prints a short report (``--json``: one JSON object; ``--report FILE``: the same text written to FILE too, for
    windowed apps on Windows that have no console) and exits 0, or 1 naming each failed check.
@@ -42,7 +42,10 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gui.main_window import MainWindow
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cairn-selftest"
@@ -478,7 +481,7 @@ async def _exercise(
         loaded = await service.load(thread_id)
         written = _messages(loaded)
         step[0] = "showing the conversation as cards"
-        _check_cards(report, thread_id, loaded)
+        await _check_cards(report, window, thread_id, len(loaded.messages))
 
         conversation = await service.conversation(thread_id)
         report.conversation["title"] = conversation.title if conversation else None
@@ -526,25 +529,37 @@ async def _exercise(
         await responder.close()
 
 
-def _check_cards(report: Report, thread_id: str, loaded: Any) -> None:
-    """The cards view (``CHAT_VIEW=cards``) loads its QML scene and shows the conversation: in a bundle, Qt Quick and
-    the QML modules it imports must have come along (installer/cairn.spec)."""
-    # Qt's compiled-QML cache would go to the user's cache folder: the self-test writes nothing outside its own.
-    os.environ["QML_DISABLE_DISK_CACHE"] = "1"
-    try:
-        from gui.conversation.view import QuickChatView
+async def _check_cards(report: Report, window: MainWindow, thread_id: str, wanted: int) -> None:
+    """The window opens the conversation and shows its messages as cards: in a bundle, Qt Quick and the QML modules
+    the scene imports must have come along (installer/cairn.spec; a scene that did not load at all stops the window
+    from being made, which the "window" check reports)."""
+    from PySide6.QtCore import QMetaObject
+    from PySide6.QtQuick import QQuickItem
 
-        view = QuickChatView()
-    except (ImportError, RuntimeError) as exc:  # a missing module, or QML that did not load: the report says which
-        report.check("cards view", False, f"{type(exc).__name__}: {exc}")
-        return
+    loop = asyncio.get_running_loop()
+    shown: asyncio.Future[str] = loop.create_future()
+
+    def on_shown(thread: str) -> None:
+        if thread == thread_id and not shown.done():
+            shown.set_result(thread)
+
+    window.conversationShown.connect(on_shown)
     try:
-        view.show_conversation(thread_id, loaded.messages)
-        rows = view.model.rowCount()
-        wanted = len(loaded.messages)
-        report.check("cards view", rows == wanted, f"the Qt Quick scene loaded and shows {rows} of {wanted} messages")
+        window.open_conversation(thread_id)
+        await shown
     finally:
-        view.deleteLater()
+        window.conversationShown.disconnect(on_shown)
+    view = window.view
+    rows = view.model.rowCount()
+    items = view.list_item()
+    QMetaObject.invokeMethod(items, "forceLayout")  # the delegates now, not at the next frame
+    content = items.property("contentItem")
+    drawn = sum(1 for item in content.childItems() if isinstance(item, QQuickItem) and item.objectName() == "message")
+    report.check(
+        "cards view",
+        rows == wanted and drawn == wanted,
+        f"the Qt Quick scene shows {drawn} cards for the {wanted} messages ({rows} in its model)",
+    )
     unreadable = unreadable_icons()
     report.check(
         "cards icons",
@@ -572,6 +587,9 @@ def _run_qt(report: Report, args: argparse.Namespace, data_dir: Path, config_dir
     from storage.loop import new_qt_loop
 
     report.qt = {"pyside6": PySide6.__version__, "qt": qVersion()}
+    # Qt's compiled-QML cache would go to the user's cache folder (the window's scene is QML): the self-test writes
+    # nothing outside its own folder.
+    os.environ["QML_DISABLE_DISK_CACHE"] = "1"
     app = QApplication.instance() or QApplication([sys.argv[0]])
     assert isinstance(app, QApplication)
     configure(app)

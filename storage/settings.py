@@ -104,12 +104,6 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Seconds of silence allowed between words once a reply is flowing.", 1, 3600,
     ),
     SettingSpec(
-        "CHAT_VIEW", "chat_view", "str", "text",
-        "How the conversation is drawn: text (the usual view) or cards (a preview of message cards in Qt Quick). "
-        "Read at start.",
-        choices=("text", "cards"),
-    ),
-    SettingSpec(
         "THEME", "theme", "str", "system",
         "Light or dark window: system follows the desktop's.",
         choices=("system", "light", "dark"),
@@ -121,6 +115,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
 )
 
 SPECS_BY_KEY: Mapping[str, SettingSpec] = {spec.key: spec for spec in SETTINGS}
+
+RETIRED_KEYS = frozenset({"CHAT_VIEW"})
+"""Settings Cairn once had: a file that still holds one (people who tried the cards preview) is not wrong, so the key
+is ignored without a warning, and dropped the next time the file is saved."""
 
 
 class SettingsError(ValueError):
@@ -142,7 +140,6 @@ class Settings:
     system_prompt: str
     model_first_token_timeout: float
     model_token_timeout: float
-    chat_view: str
     theme: str
     font_size: int
     config_dir: Path
@@ -374,7 +371,7 @@ def load_settings(
     except SettingsError as exc:
         _report(problems, str(exc), strict, "its values are ignored")
         file_layer = {}
-    for key in sorted(set(file_layer) - set(SPECS_BY_KEY)):
+    for key in sorted(set(file_layer) - set(SPECS_BY_KEY) - RETIRED_KEYS):
         _report(problems, f"{settings_path}: unknown setting {key}", strict, "it is ignored")
 
     layers: tuple[tuple[Source, str, Mapping[str, object]], ...] = (
@@ -469,6 +466,8 @@ def save_settings(values: Mapping[str, object], *, config_dir: Path, secrets: Se
             with contextlib.suppress(ValueError):
                 current["POSTGRES_DATABASE_URL"] = store_url_password(existing, secrets)
 
+    for key in RETIRED_KEYS:
+        current.pop(key, None)
     for key, value in updates.items():
         if value is None:
             current.pop(key, None)

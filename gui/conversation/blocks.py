@@ -10,9 +10,9 @@ code, and each chunk is highlighted on its own (the highlight of a complete chun
 chunk by chunk and the same block rendered whole are identical: finishing a reply changes nothing that was drawn.
 Chunk by chunk highlighting can miss a construct that spans a cut (a long string): a small price for that.
 
-``StreamSplitter`` follows a reply as it grows: the part before its last stable cut (see
-``gui.chat_view.StableSplit``) is rendered once, only the tail is rendered again, and when the tail is an open code
-fence its code is taken as it is, without parsing Markdown again.
+``StreamSplitter`` follows a reply as it grows: the part before its last stable cut (a point after which nothing
+that follows can change what is before it) is rendered once, only the tail is rendered again, and when the tail is
+an open code fence its code is taken as it is, without parsing Markdown again.
 """
 
 from __future__ import annotations
@@ -202,9 +202,13 @@ class Tail:
 class StreamSplitter:
     """Follows a growing Markdown reply; ``update`` renders only what may have changed.
 
-    The cut rule is ``gui.chat_view.StableSplit``'s (the start of a line after a blank line, outside any fence, at
-    column 0, not a list item). Besides it, the start of an open top-level fence is kept: while a code block is
-    being written its code is the text after the fence's first line, with no Markdown parse at all.
+    A cut is the start of a line that follows a blank line outside any code fence, begins at column 0 and does not
+    begin a list item: a blank line then such a line closes every open block (a list item would join the list
+    before it), so what is before the cut renders the same whatever is appended. Only complete lines are looked at,
+    each once. Link reference definitions further down could still change a link before a cut; models practically
+    never write them, and the complete reply is rendered again as a whole anyway. Besides the cuts, the start of an
+    open top-level fence is kept: while a code block is being written its code is the text after the fence's first
+    line, with no Markdown parse at all.
     """
 
     def __init__(self, theme: Theme) -> None:

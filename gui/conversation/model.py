@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer
 
-from gui.chat_view import MessageLike
 from gui.conversation.blocks import (
     Block,
     Chunk,
@@ -29,10 +28,11 @@ from gui.conversation.blocks import (
     render_chunk,
     split_blocks,
 )
+from gui.conversation.messages import MessageLike
 from gui.markdown import LIGHT, Theme
 
 FLUSH_MS = 30
-"""Longest wait between a token's arrival and its appearance (about two frames), as gui/chat_view.py waits."""
+"""Longest wait between a token's arrival and its appearance (about two frames)."""
 
 CACHE_SIZE = 4_000
 Index = QModelIndex | QPersistentModelIndex
@@ -281,7 +281,7 @@ class MessageListModel(QAbstractListModel):
         return None
 
     def _blocks_of(self, entry: Entry) -> list[Block]:
-        """A message's blocks, kept for the next open (as gui/chat_view.py keeps its rendered HTML)."""
+        """A message's blocks, kept for the next open (and for the other conversations opened meanwhile)."""
         key = (entry.id, entry.text, self.theme)
         found = self._cache.get(key)
         if found is not None:

@@ -16,6 +16,7 @@ renderer by itself (``QSGRendererInterface.GraphicsApi.Software``), on the GUI t
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Property, QEvent, QMetaObject, QObject, QTimer, QUrl, Signal, Slot
-from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication, QPalette
+from PySide6.QtGui import QColor, QDesktopServices, QFontDatabase, QGuiApplication, QPalette
 from PySide6.QtQuick import QQuickItem, QQuickView, QQuickWindow
 from PySide6.QtQuickWidgets import QQuickWidget
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
-from gui.chat_view import VersionsLike, waiting_words
-from gui.conversation.model import Entry, MessageLike, MessageListModel
+from gui.contrast import blend, over, readable
+from gui.conversation.messages import MessageLike, VersionsLike
+from gui.conversation.model import Entry, MessageListModel
 from gui.markdown import Theme, code_background
 
 QML = Path(__file__).resolve().parent / "qml" / "Conversation.qml"
@@ -38,11 +40,31 @@ ICONS = QML.parent / "icons"
 EXTERNAL_SCHEMES = ("http:", "https:", "mailto:")
 
 
+USER_CARD_TINT = 0.12
+REPLY_CARD_TINT = 0.04
+"""How much of the highlight (a user's card) and of the text colour (a reply's) tints the base under a card: as
+qml/Conversation.qml's ``userCard`` and ``replyCard``."""
+
+
+def card_grounds(palette: QPalette) -> list[QColor]:
+    """What the text of the conversation is drawn on: the scene's base, a user's card, a reply's card."""
+    base = palette.color(QPalette.ColorRole.Base)
+    return [
+        base,
+        blend(base, palette.color(QPalette.ColorRole.Highlight), USER_CARD_TINT),
+        blend(base, palette.color(QPalette.ColorRole.Text), REPLY_CARD_TINT),
+    ]
+
+
 def read_theme(palette: QPalette) -> Theme:
+    """The colours the cards draw with. Links and muted words: the palette's, moved until readable on every card
+    (gui/contrast.py makes the palette readable on the base only; a card is a little darker or lighter)."""
+    grounds = card_grounds(palette)
+    base = grounds[0]
     return Theme(
-        dark=palette.color(QPalette.ColorRole.Base).lightness() < 128,
-        muted=palette.color(QPalette.ColorRole.PlaceholderText).name(),
-        link=palette.color(QPalette.ColorRole.Link).name(),
+        dark=base.lightness() < 128,
+        muted=over(readable(palette.color(QPalette.ColorRole.PlaceholderText), grounds), base).name(),
+        link=over(readable(palette.color(QPalette.ColorRole.Link), grounds), base).name(),
         border=palette.color(QPalette.ColorRole.Mid).name(),
     )
 
@@ -150,6 +172,11 @@ class Bridge(QObject):
     def _error_message(self) -> str:
         return self._tail.error_message
 
+    def _error_html(self) -> str:
+        # Styled text, so escaped: a message quotes what failed (a server's answer, a path), which may hold "<" or "&".
+        tail = self._tail
+        return f"<b>{html.escape(tail.error_title)}</b> {html.escape(tail.error_message)}"
+
     def _error_partial(self) -> str:
         return self._tail.error_partial
 
@@ -166,6 +193,7 @@ class Bridge(QObject):
     hasError = Property(bool, _has_error, notify=tailChanged)
     errorTitle = Property(str, _error_title, notify=tailChanged)
     errorMessage = Property(str, _error_message, notify=tailChanged)
+    errorHtml = Property(str, _error_html, notify=tailChanged)
     errorPartial = Property(str, _error_partial, notify=tailChanged)
     errorRetry = Property(bool, _error_retry, notify=tailChanged)
     waiting = Property(str, _waiting, notify=tailChanged)
@@ -177,7 +205,8 @@ class Bridge(QObject):
 
 
 class ConversationView(QWidget):
-    """Shows one conversation in Qt Quick; the subset of ``gui.chat_view.ChatView``'s API the prototype needs."""
+    """Shows one conversation in Qt Quick: the scene, its model and the bridge, without the window's state (the tail,
+    the versions, the wait); the benchmarks drive it alone."""
 
     editRequested = Signal(str, str)  # message id, its text
     regenerateRequested = Signal()
@@ -300,6 +329,13 @@ class ConversationView(QWidget):
         super().closeEvent(event)  # type: ignore[arg-type]
 
 
+def waiting_words(seconds: float, *, thinking: bool = False) -> str:
+    """What stands for a reply whose first word has not come: a local server may be loading the model for minutes,
+    and a count that moves says Cairn is still waiting (not stuck); a thinking model is at work meanwhile."""
+    whole = int(seconds)
+    return ("Thinking…" if thinking else "Waiting for the model…") + (f" {whole} s" if whole >= 1 else "")
+
+
 def time_words(created: float | None) -> str:
     """When a message was made, as a card shows it: the time today, the day and time before."""
     if created is None:
@@ -343,8 +379,9 @@ WAIT_TICK_MS = 1000
 
 
 class QuickChatView(ConversationView):
-    """The conversation as message cards (Qt Quick): what ``gui.main_window.MainWindow`` uses of
-    ``gui.chat_view.ChatView``, so the window can show either (setting ``CHAT_VIEW``; docs/CHAT_VIEW_PROTOTYPE.md)."""
+    """The conversation as message cards (Qt Quick), as ``gui.main_window.MainWindow`` shows it: the empty state's
+    note, the failure under the last message, the wait for a reply's first word, the versions of a message
+    (docs/CHAT_VIEW_PROTOTYPE.md says why cards and not a text document)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent, embed="widget", selectable=True)

@@ -1,5 +1,5 @@
-"""The window with the cards view (``CHAT_VIEW=cards``: gui/conversation/view.py ``QuickChatView``) against a real
-model server and real storage, driven as a user would: typing and Enter in the composer, the mouse on the cards'
+"""The window's conversation as message cards (gui/conversation/view.py ``QuickChatView``) against a real model
+server and real storage, driven as a user would: typing and Enter in the composer, the mouse on the cards'
 buttons (Stop, Copy, Edit, Regenerate, Retry, "Thought for N s"). QML items are found by their ``objectName``.
 Waiting is on conditions with deadlines; the helpers are in tests/support/app.py, the fixtures in
 tests/gui/conftest.py.
@@ -7,20 +7,19 @@ tests/gui/conftest.py.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import shiboken6
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtQuick import QQuickItem
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 
 from chat.service import ChatMessage, Usage
-from gui.chat_view import ChatView
 from gui.conversation.view import QuickChatView
 from tests.support.app import (
     WAIT,
@@ -49,19 +48,21 @@ BLOCKED = 0.25
 """A loop gap (p95) no slow machine reaches but a blocked loop does (as in tests/gui/test_main_window.py)."""
 
 
-@pytest.fixture
-def cards(tmp_path: Path, server: ModelServer) -> Cairn:
-    return cairn_factory(tmp_path / "cards", server, settings={"CHAT_VIEW": "cards"})
+# --- the start ------------------------------------------------------------------------------------------------
 
 
-# --- the setting ----------------------------------------------------------------------------------------------
-
-
-async def test_the_text_view_stays_the_default_and_cards_is_chosen_by_setting(cairn: Cairn, cards: Cairn) -> None:
-    async with cairn() as app:
-        assert type(window_of(app).view) is ChatView
-    async with cards() as app:
-        view = view_of(app)
+async def test_the_window_shows_cards_even_where_the_settings_file_still_chooses_the_text_view(
+    tmp_path: Path, server: ModelServer
+) -> None:
+    cairn = cairn_factory(tmp_path, server)
+    # Someone who tried the cards preview, or went back to the text view, still has CHAT_VIEW in the settings file.
+    settings_file = tmp_path / "config" / "settings.json"
+    settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    settings_file.write_text(json.dumps({**settings, "CHAT_VIEW": "text"}), encoding="utf-8")
+    async with cairn() as app:  # (cairn_factory asserts that the settings have no problem to report)
+        window = window_of(app)
+        assert window.findChild(QWidget, "settingsProblems") is None  # nothing to warn about either
+        view = view_of(app)  # the cards
         note = view.quick.rootObject().findChild(QQuickItem, "note")
         assert note is not None and note.isVisible()
         assert str(note.property("text")).startswith("Start a conversation")
@@ -70,8 +71,8 @@ async def test_the_text_view_stays_the_default_and_cards_is_chosen_by_setting(ca
 # --- sending and streaming ------------------------------------------------------------------------------------
 
 
-async def test_a_typed_message_streams_into_a_card_and_is_stored(qtbot: Any, cards: Cairn, server: ModelServer) -> None:
-    async with cards() as app:
+async def test_a_typed_message_streams_into_a_card_and_is_stored(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         text = "tell me about cairns on the ridge"
@@ -105,9 +106,9 @@ async def test_a_typed_message_streams_into_a_card_and_is_stored(qtbot: Any, car
 
 
 async def test_stop_on_the_streaming_card_keeps_the_partial_reply(
-    qtbot: Any, cards: Cairn, server: ModelServer
+    qtbot: Any, cairn: Cairn, server: ModelServer
 ) -> None:
-    async with cards() as app:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         text = "one two three four five six seven"
@@ -134,8 +135,8 @@ async def test_stop_on_the_streaming_card_keeps_the_partial_reply(
         assert stored.messages[-1].stopped
 
 
-async def test_esc_in_the_cards_stops_the_reply(qtbot: Any, cards: Cairn, server: ModelServer) -> None:
-    async with cards() as app:
+async def test_esc_in_the_cards_stops_the_reply(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         server.pause(after_tokens=1)
@@ -153,9 +154,9 @@ async def test_esc_in_the_cards_stops_the_reply(qtbot: Any, cards: Cairn, server
 
 
 async def test_a_long_reply_streams_with_coalesced_renders_and_a_responsive_loop(
-    qtbot: Any, cards: Cairn, server: ModelServer
+    qtbot: Any, cairn: Cairn, server: ModelServer
 ) -> None:
-    async with cards() as app:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         server.token_count = 400
@@ -168,10 +169,10 @@ async def test_a_long_reply_streams_with_coalesced_renders_and_a_responsive_loop
 
 
 async def test_a_conversation_opened_again_shows_its_cards_with_what_was_stored(
-    qtbot: Any, cards: Cairn, server: ModelServer
+    qtbot: Any, cairn: Cairn, server: ModelServer
 ) -> None:
     server.reasoning = "Short thought."
-    async with cards() as app:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         thread = await send_and_wait(qtbot, window, "remember me")
@@ -190,11 +191,11 @@ async def test_a_conversation_opened_again_shows_its_cards_with_what_was_stored(
 
 
 async def test_only_the_last_reply_offers_regenerate_and_it_replaces_that_reply(
-    qtbot: Any, cards: Cairn, server: ModelServer
+    qtbot: Any, cairn: Cairn, server: ModelServer
 ) -> None:
     answers = iter(["The first answer.", "The second answer.", "A better second answer."])
     server.reply = lambda _messages: next(answers)
-    async with cards() as app:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         thread = await send_and_wait(qtbot, window, "question")
@@ -225,8 +226,8 @@ async def test_only_the_last_reply_offers_regenerate_and_it_replaces_that_reply(
         assert roles_and_texts(stored.messages) == expected
 
 
-async def test_edit_on_a_card_resends_the_edited_message(qtbot: Any, cards: Cairn) -> None:
-    async with cards() as app:
+async def test_edit_on_a_card_resends_the_edited_message(qtbot: Any, cairn: Cairn) -> None:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         thread = await send_and_wait(qtbot, window, "first question")
@@ -248,8 +249,8 @@ async def test_edit_on_a_card_resends_the_edited_message(qtbot: Any, cards: Cair
         assert roles_and_texts(stored.messages) == expected
 
 
-async def test_copy_on_a_card_puts_the_message_on_the_clipboard(qtbot: Any, cards: Cairn) -> None:
-    async with cards() as app:
+async def test_copy_on_a_card_puts_the_message_on_the_clipboard(qtbot: Any, cairn: Cairn) -> None:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         await send_and_wait(qtbot, window, "copy **this** reply")
@@ -267,9 +268,9 @@ async def test_copy_on_a_card_puts_the_message_on_the_clipboard(qtbot: Any, card
 
 
 async def test_a_failed_reply_shows_the_error_under_the_cards_and_retry_works(
-    qtbot: Any, cards: Cairn, server: ModelServer
+    qtbot: Any, cairn: Cairn, server: ModelServer
 ) -> None:
-    async with cards() as app:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         server.fail_next(500)
@@ -300,9 +301,9 @@ async def test_a_failed_reply_shows_the_error_under_the_cards_and_retry_works(
 # --- what a reply carries -------------------------------------------------------------------------------------
 
 
-async def test_a_reply_shows_its_reasoning_folded_and_its_tokens(qtbot: Any, cards: Cairn, server: ModelServer) -> None:
+async def test_a_reply_shows_its_reasoning_folded_and_its_tokens(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
     server.reasoning = "The user asks about cairns; stacked stones mark a trail."
-    async with cards() as app:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         thread = await send_and_wait(qtbot, window, "what is a cairn")
@@ -325,9 +326,9 @@ async def test_a_reply_shows_its_reasoning_folded_and_its_tokens(qtbot: Any, car
         assert re.fullmatch(rf"{message.usage.output_tokens} tokens · \d+\.\d tok/s", said), said
 
 
-async def test_a_palette_change_renders_the_cards_again_in_its_colours(qtbot: Any, cards: Cairn) -> None:
+async def test_a_palette_change_renders_the_cards_again_in_its_colours(qtbot: Any, cairn: Cairn) -> None:
     app_palette = QApplication.palette()
-    async with cards() as app:
+    async with cairn() as app:
         window = window_of(app)
         view = view_of(app)
         await send_and_wait(qtbot, window, "colours")

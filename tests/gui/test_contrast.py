@@ -2,9 +2,10 @@
 a dark palette, and after a switch from one to the other.
 
 The real app (``CairnApp``, offscreen) with real storage (SQLite, and Postgres so the badge says Synced) shows a
-conversation whose reply holds a link and a code block, so the message actions (Copy, Edit, Regenerate) and the code
-block's Copy are drawn. The colours are read from what the window uses: each fragment of the conversation's document
-with the frame, table or block behind it, each widget's palette as Qt draws it. The dark palette is Adwaita-dark's as
+conversation whose reply holds a link and a code block, so the code block's Copy button is drawn. The colours are
+read from what the window draws: each visible text item of the conversation's cards (each fragment of its rich text,
+links in the item's link colour) with the rectangle painted behind it (a card, a code block, the scene), each
+widget's palette as Qt draws it. The dark palette is Adwaita-dark's as
 Qt gets it on GNOME: links in pure blue on dark grey.
 """
 
@@ -16,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QBrush, QColor, QPalette, QTextCursor, QTextDocument
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QBrush, QColor, QPalette, QTextDocument
+from PySide6.QtQuick import QQuickItem
 from PySide6.QtWidgets import QApplication, QWidget
 
-from gui.chat_view import ChatView, action_href
 from gui.contrast import MINIMUM, contrast, readable, readable_changes
 from gui.main_window import MainWindow
 from tests.support.app import (
@@ -29,6 +30,7 @@ from tests.support.app import (
     send_and_wait,
     window_of,
 )
+from tests.support.cards import AUTO, RICH, STYLED, card, in_order, text_format, written
 from tests.support.model_server import ModelServer
 from tests.support.waiting import eventually
 
@@ -99,29 +101,30 @@ def _brush(brush: QBrush) -> QColor | None:
     return brush.color() if brush.style() != Qt.BrushStyle.NoBrush else None
 
 
-def _behind(document: QTextDocument, position: int, base: QColor) -> QColor:
-    """What is painted behind the character at ``position``: its block, table cell, table or frame, else the base."""
-    cursor = QTextCursor(document)
-    cursor.setPosition(position)
-    if (colour := _brush(cursor.blockFormat().background())) is not None:
-        return colour
-    table = cursor.currentTable()
-    if table is not None and (colour := _brush(table.cellAt(cursor).format().background())) is not None:
-        return colour
-    frame = cursor.currentFrame()
-    while frame is not None:
-        if (colour := _brush(frame.frameFormat().background())) is not None:
+def _scene_rect(item: QQuickItem) -> QRectF:
+    return item.mapRectToScene(QRectF(0, 0, item.width(), item.height()))
+
+
+def _behind(painted: list[QQuickItem], item: QQuickItem) -> QColor:
+    """The colour of the last opaque rectangle painted before ``item`` under its middle (the scene's own first)."""
+    middle = _scene_rect(item).center()
+    for candidate in reversed(painted):
+        colour = candidate.property("color")
+        if isinstance(colour, QColor) and colour.alpha() == 255 and _scene_rect(candidate).contains(middle):
             return colour
-        frame = frame.parentFrame()
-    return base
+    raise AssertionError(f"nothing painted behind {item}")
 
 
-def document_pairs(view: ChatView) -> list[tuple[str, QColor, QColor]]:
-    """(what, text colour, background) of every visible fragment of the conversation, links included."""
-    palette = view.palette()
-    base, text = palette.color(Role.Base), palette.color(Role.Text)
-    document = view.document()
-    pairs = []
+def _fragments(item: QQuickItem) -> list[tuple[str, QColor]]:
+    """(kind and words, colour) of each run of a text item: rich text's own colours, links in the link colour."""
+    colour = item.property("color")
+    text = str(item.property("text") or "")
+    form = text_format(item)
+    if not (form in (RICH, STYLED) or (form == AUTO and "<" in text)):
+        return [(f"text: {text[:30]!r}", colour)]
+    document = QTextDocument()
+    document.setHtml(text)
+    found = []
     block = document.begin()
     while block.isValid():
         it = block.begin()
@@ -129,12 +132,32 @@ def document_pairs(view: ChatView) -> list[tuple[str, QColor, QColor]]:
             fragment = it.fragment()
             if fragment.isValid() and fragment.text().strip():  # spaces draw nothing
                 fmt = fragment.charFormat()
-                foreground = _brush(fmt.foreground()) or text
-                background = _brush(fmt.background()) or _behind(document, fragment.position(), base)
-                kind = f"link {fmt.anchorHref()[:80]}" if fmt.isAnchor() else "text"
-                pairs.append((f"chat {kind}: {fragment.text()[:30]!r}", foreground, background))
+                words = fragment.text()[:30]
+                if fmt.isAnchor():
+                    # Text draws links in its linkColor, TextEdit in the colour the HTML gives them.
+                    link = _brush(fmt.foreground()) or item.property("linkColor")
+                    assert isinstance(link, QColor), f"a link drawn in no known colour: {words!r}"
+                    found.append((f"link {fmt.anchorHref()[:60]}: {words!r}", link))
+                else:
+                    found.append((f"text: {words!r}", _brush(fmt.foreground()) or colour))
             it += 1
         block = block.next()
+    return found
+
+
+def card_pairs(window: MainWindow) -> list[tuple[str, QColor, QColor]]:
+    """(what, text colour, background) of every visible run of text in the conversation's scene, in the order it is
+    painted (a rectangle painted before a text, under it, is its background)."""
+    painted: list[QQuickItem] = []
+    pairs = []
+    for item in in_order(window.view.quick.rootObject()):
+        if not item.isVisible():
+            continue
+        if written(item) and str(item.property("text") or "").strip():
+            ground = _behind(painted, item)
+            pairs.extend((f"chat {what}", colour, ground) for what, colour in _fragments(item))
+        elif item.inherits("QQuickRectangle"):
+            painted.append(item)
     return pairs
 
 
@@ -151,7 +174,7 @@ def role_pair(what: str, widget: QWidget, text: QPalette.ColorRole, ground: QPal
 
 def window_pairs(window: MainWindow) -> list[tuple[str, QColor, QColor]]:
     sidebar = window.sidebar
-    pairs = document_pairs(window.view)
+    pairs = card_pairs(window)
     # The conversation list is drawn on the window colour (resources/style.qss); its selection on the highlight.
     for row in range(sidebar.list.count()):
         item = sidebar.list.item(row)
@@ -179,7 +202,9 @@ def window_pairs(window: MainWindow) -> list[tuple[str, QColor, QColor]]:
 
 def unreadable(window: MainWindow) -> list[str]:
     pairs = window_pairs(window)
-    assert any(what.startswith("chat link cairn:") and "/code/" in what for what, _f, _b in pairs)  # drawn at all
+    drawn = [what for what, _f, _b in pairs]
+    assert any(w.startswith("chat link https://example.com/docs") for w in drawn), drawn  # drawn at all
+    assert "chat text: 'Copy'" in drawn and "chat text: 'print'" in drawn, drawn  # the code's Copy, its colours
     return [
         f"{what}: {fg.name(QColor.NameFormat.HexArgb)} on {bg.name()} = {contrast(fg, bg):.2f}"
         for what, fg, bg in pairs
@@ -219,9 +244,7 @@ async def test_every_text_and_link_in_the_window_is_readable(
         window = window_of(app)
         await eventually(lambda: window.badge.text().startswith("Synced · "), WAIT, "the badge says Synced")
         await send_and_wait(qtbot, window, "links and code, please")
-        reply = window.view.messages()[-1]
-        for href in (action_href("copy", reply.id), action_href("regenerate"), action_href("code", reply.id, "0")):
-            assert href in window.view.hrefs()
+        await card(window.view, window.view.messages()[-1].id)
         window.show_status("Copied the code.", 60_000)
         assert unreadable(window) == [], first
 

@@ -23,6 +23,7 @@ from gui.sidebar import TITLE_ROLE
 from storage.listen import LISTENER_SUFFIX
 from storage.schema import APP_NAME_PREFIX
 from tests.support.app import ROOT, cairn_factory, send_and_wait, window_of
+from tests.support.cards import shown_text
 from tests.support.chatgraph import build_graph, turn
 from tests.support.devices import device
 from tests.support.model_server import ModelServer
@@ -123,7 +124,7 @@ async def test_another_devices_changes_appear_in_the_open_window(
         await b.saver.adelete_thread("from-b")
         await eventually(lambda: window.sidebar.item_for("from-b") is None, WAIT, "deletion shown in the list")
         await eventually(lambda: window.current is None, WAIT, "the deleted conversation is closed")
-        assert "deleted on another device" in window.view.toPlainText()
+        assert "deleted on another device" in shown_text(window.view)
 
 
 async def test_a_second_process_on_the_same_data_folder_shows_in_an_idle_window(

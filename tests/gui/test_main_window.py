@@ -2,7 +2,8 @@
 
 Each test starts the app the way ``main.py`` does (``gui.app.CairnApp.start``: settings, secrets, storage, window,
 chat engine) on the qasync loop of tests/gui/conftest.py, and drives it as a user would: typing, Enter, clicks on
-buttons and on the links in the conversation, shortcuts. Waiting is always on a condition with a deadline
+buttons, on the cards' buttons and on the links in them, shortcuts; the conversation is read as it is shown
+(tests/support/cards.py). Waiting is always on a condition with a deadline
 (``tests.support.waiting.eventually``, or the model server's own waits); nothing sleeps to synchronise. Qt's nested
 waits (``qtbot.waitUntil``) cannot be used inside these async tests: a nested event loop would run the app's tasks
 in the middle of the test's own step. The helpers are in tests/support/app.py, the fixtures in tests/gui/conftest.py.
@@ -11,23 +12,21 @@ in the middle of the test's own step. The helpers are in tests/support/app.py, t
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
-from PySide6.QtCore import Qt, QUrl
-from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtCore import QEvent, QPointF, Qt
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QMouseEvent
 from PySide6.QtWidgets import QApplication, QLineEdit, QWidget
 
-from gui.chat_view import action_href
-
-if TYPE_CHECKING:
-    pass
 from tests.support.app import (
     ROOT,
     WAIT,
@@ -35,13 +34,24 @@ from tests.support.app import (
     LoopWatch,
     cairn_factory,
     click_at,
-    click_link,
     closed_port_url,
     roles_and_texts,
     send_and_wait,
     type_and_send,
     until,
     window_of,
+)
+from tests.support.cards import (
+    card,
+    click,
+    click_link,
+    error_shown,
+    in_order,
+    part,
+    retry_button,
+    rows,
+    shown_text,
+    toolbar_button,
 )
 from tests.support.model_server import ModelServer, tokenize
 from tests.support.netproxy import TcpProxy
@@ -70,13 +80,13 @@ async def test_typed_message_streams_into_the_view_token_by_token_and_is_stored(
         await server.wait_for_paused_async(timeout=WAIT)
         first_two = "".join(tokens[:2])
         await until(lambda: view.stream_text() == first_two, "the first two tokens in the view")
-        await until(lambda: first_two.strip() in view.toPlainText(), "the first two tokens drawn")
-        assert "".join(tokens[:3]).strip() not in view.toPlainText()
+        await until(lambda: first_two.strip() in shown_text(view), "the first two tokens drawn")
+        assert "".join(tokens[:3]).strip() not in shown_text(view)
         assert [m.role for m in view.messages()] == ["user"]  # shown at once, before any reply
 
         server.pause(after_tokens=4)  # let two more through, then hold again
         first_four = "".join(tokens[:4])
-        await until(lambda: first_four.strip() in view.toPlainText(), "four tokens drawn")
+        await until(lambda: first_four.strip() in shown_text(view), "four tokens drawn")
         assert view.stream_text() == first_four
 
         finished: list[str] = []
@@ -146,16 +156,15 @@ async def test_a_model_server_started_after_the_app_answers_without_touching_set
             thread = await send_and_wait(qtbot, window, text)
             assert view.has_error()
             words = f"Cannot reach the model server at 127.0.0.1:{proxy.port} — is the server running?"
-            assert words in view.error_text(), view.error_text()
-            assert "Ollama" not in view.error_text()  # not Ollama's address: no guess that it is Ollama
-            assert action_href("retry") in view.hrefs()
+            assert words in error_shown(view), error_shown(view)
+            assert "Ollama" not in error_shown(view)  # not Ollama's address: no guess that it is Ollama
 
             proxy.pass_through()  # the server is up now: Retry is enough
             finished: list[str] = []
             window.replyFinished.connect(finished.append)
-            click_link(view, action_href("retry"))
+            await click(view, retry_button(view))
             await until(lambda: bool(finished), "the retried reply")
-            assert not view.has_error(), view.error_text()
+            assert not view.has_error() and error_shown(view) == "", error_shown(view)
             assert roles_and_texts(view.messages()) == [("user", text), ("assistant", "Echo: " + text)]
             assert server.chat_requests[-1].model == "zeta-main"  # the server's first, in its order
             assert app.service is not None and app.service.endpoint.model == "zeta-main"
@@ -177,11 +186,11 @@ async def test_a_first_send_after_the_model_server_comes_up_answers(
         async with cairn_factory(tmp_path, server, settings={"MODEL_BASE_URL": url, "MODEL_NAME": ""})() as app:
             window = window_of(app)
             await send_and_wait(qtbot, window, "first try")
-            assert "Cannot reach the model server at" in window.view.error_text()
+            assert "Cannot reach the model server at" in error_shown(window.view)
             proxy.pass_through()
             window.new_chat()
             await send_and_wait(qtbot, window, "second try")
-            assert not window.view.has_error(), window.view.error_text()
+            assert not window.view.has_error() and error_shown(window.view) == "", error_shown(window.view)
             assert window.view.messages()[-1].text == "Echo: second try"
             assert server.chat_requests[-1].model == "test-model"
 
@@ -205,7 +214,7 @@ async def test_stop_mid_stream_keeps_the_partial_reply(qtbot: Any, cairn: Cairn,
 
         last = window.view.messages()[-1]
         assert (last.role, last.text, last.stopped) == ("assistant", partial, True)
-        assert "stopped" in window.view.toPlainText()
+        assert "· stopped" in shown_text(window.view)
         assert window.composer.button.text() == "Send"
         stored = await app.service.load(window.current)  # type: ignore[union-attr, arg-type]
         assert roles_and_texts(stored.messages) == [("user", text), ("assistant", partial)]
@@ -235,16 +244,20 @@ async def test_regenerate_replaces_the_last_reply(qtbot: Any, cairn: Cairn, serv
     async with cairn() as app:
         window = window_of(app)
         thread = await send_and_wait(qtbot, window, "question")
-        assert window.view.messages()[-1].text == "The first answer."
-        assert action_href("regenerate") in window.view.hrefs()
+        view = window.view
+        assert view.messages()[-1].text == "The first answer."
+        assert "The first answer." in shown_text(view)
+        regenerate = await toolbar_button(view, await card(view, view.messages()[-1].id), "regenerateButton")
+        assert regenerate.isVisible()
 
         finished: list[str] = []
         window.replyFinished.connect(finished.append)
-        click_link(window.view, action_href("regenerate"))
+        await click(view, regenerate)
         await until(lambda: bool(finished), "the regenerated reply")
         expected = [("user", "question"), ("assistant", "A better second answer.")]
-        assert roles_and_texts(window.view.messages()) == expected
-        assert "The first answer." not in window.view.toPlainText()
+        assert roles_and_texts(view.messages()) == expected
+        await until(lambda: "A better second answer." in shown_text(view), "the new reply shown")
+        assert "The first answer." not in shown_text(view)
         stored = await app.service.load(thread)  # type: ignore[union-attr]
         assert roles_and_texts(stored.messages) == [("user", "question"), ("assistant", "A better second answer.")]
 
@@ -257,7 +270,8 @@ async def test_edit_and_resend_branches_from_the_edited_message(qtbot: Any, cair
         first = window.view.messages()[0]
         assert first.text == "first question"
 
-        click_link(window.view, action_href("edit", first.id))
+        view = window.view
+        await click(view, await toolbar_button(view, await card(view, first.id), "editButton"))
         assert window.composer.editing_id == first.id
         assert window.composer.text() == "first question"
         assert window.composer.button.text().replace("&&", "&") == "Save & send"
@@ -306,21 +320,23 @@ async def test_a_failed_reply_shows_an_inline_error_keeps_the_message_and_retry_
         thread = await send_and_wait(qtbot, window, text)
         view = window.view
         assert view.has_error(), failure
-        assert "The reply failed." in view.error_text()
-        assert expected in view.error_text()
+        said = error_shown(view)
+        assert said.startswith("The reply failed."), said
+        assert expected in said
         if failure == "disconnect":
-            assert "What arrived before the failure" in view.error_text()
+            partial = "".join(tokenize("Echo: " + text)[:2])
+            assert f"What arrived before the failure (not saved):\n{partial}" in said, said
         assert roles_and_texts(view.messages()) == [("user", text)]  # the user's message stays
-        assert action_href("retry") in view.hrefs()
+        retry = retry_button(view)
         stored = await app.service.load(thread)
         assert roles_and_texts(stored.messages) == [("user", text)] and stored.awaiting_reply
 
         app.service.set_endpoint(good)  # the user fixed the cause (or it went away by itself)
         finished: list[str] = []
         window.replyFinished.connect(finished.append)
-        click_link(view, action_href("retry"))
+        await click(view, retry)
         await until(lambda: bool(finished), "the retried reply")
-        assert not view.has_error()
+        assert not view.has_error() and error_shown(view) == ""
         assert roles_and_texts(view.messages()) == [("user", text), ("assistant", "Echo: " + text)]
         stored = await app.service.load(thread)
         assert roles_and_texts(stored.messages) == [("user", text), ("assistant", "Echo: " + text)]
@@ -334,13 +350,13 @@ async def test_a_send_that_fails_before_storing_gives_the_draft_back(
         assert app.service is not None
 
         async def broken_send(_thread_id: str, _text: str, _at: str | None = None) -> AsyncIterator[Any]:
-            raise RuntimeError("the database is read-only")
+            raise RuntimeError("the database is read-only: <main.db> & its journal")  # shown as written
             yield  # pragma: no cover - makes this an async generator like the real one
 
         monkeypatch.setattr(app.service, "send", broken_send)
         await send_and_wait(qtbot, window, "words worth keeping")
         assert window.composer.text() == "words worth keeping"
-        assert "the database is read-only" in window.view.error_text()
+        assert "the database is read-only: <main.db> & its journal" in error_shown(window.view)
 
 
 # --- the composer ---------------------------------------------------------------------------------------------
@@ -374,10 +390,8 @@ async def test_enter_sends_and_shift_enter_adds_a_line(qtbot: Any, cairn: Cairn)
 async def test_code_blocks_have_a_copy_button_and_links_open_only_when_clicked(
     qtbot: Any, cairn: Cairn, server: ModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server.reply = (
-        "Here:\n\n```python\nprint('hi')\n```\n\n![tracker](http://127.0.0.1:9/pixel.png) "
-        "and [the docs](https://example.com/docs)"
-    )
+    pixel = f"http://127.0.0.1:{server.port}/pixel.png"  # where an image would be fetched from: the server logs it
+    server.reply = f"Here:\n\n```python\nprint('hi')\n```\n\n![tracker]({pixel}) and [the docs](https://example.com/docs)"
     opened: list[str] = []
     monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toString()) or True)
     async with cairn() as app:
@@ -385,34 +399,62 @@ async def test_code_blocks_have_a_copy_button_and_links_open_only_when_clicked(
         await send_and_wait(qtbot, window, "code please")
         view = window.view
         reply = view.messages()[-1]
-        assert "print('hi')" in view.toPlainText()
+        row = await card(view, reply.id)
+        assert "print('hi')" in shown_text(view)
+        assert "[image: tracker]" in shown_text(view)  # an image is only a link
         assert opened == []  # nothing was opened or fetched by showing the reply
-        assert view.loadResource(0, QUrl("http://127.0.0.1:9/pixel.png")) is None
+        assert not [r for r in server.requests if "pixel" in r.path]
 
-        click_link(view, action_href("code", reply.id, "0"))
-        assert QGuiApplication.clipboard().text() == "print('hi')"
-        click_link(view, action_href("copy", reply.id))
-        assert QGuiApplication.clipboard().text() == reply.text
-        click_link(view, "https://example.com/docs")
-        assert opened == ["https://example.com/docs"]
-        assert view.source().isEmpty()  # the browser itself never navigated
-        click_link(view, "http://127.0.0.1:9/pixel.png")  # an image is only a link, opened only when clicked
-        assert opened[-1] == "http://127.0.0.1:9/pixel.png"
+        copy_code = await card_part(view, row, "copyCodeButton")
+        await click(view, copy_code)
+        await until(lambda: QGuiApplication.clipboard().text() == "print('hi')", "the code on the clipboard")
+        await click(view, await toolbar_button(view, row, "copyButton"))
+        await until(lambda: QGuiApplication.clipboard().text() == reply.text, "the reply on the clipboard")
+        await click_link(view, row, "https://example.com/docs")
+        await until(lambda: opened == ["https://example.com/docs"], "the link opened in the browser")
+        await click_link(view, row, pixel)  # opened only when clicked, by the browser
+        await until(lambda: opened[-1:] == [pixel], "the image's link opened in the browser")
+        assert not [r for r in server.requests if "pixel" in r.path]  # the app itself fetched nothing
 
 
-async def test_action_links_the_model_writes_do_nothing(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
-    """A reply can write ``cairn:`` links imitating each action the app draws; clicking them must not act."""
+async def card_part(view: Any, row: Any, name: str) -> Any:
+    """A part of a card that is always there (not in the hover toolbar), once made."""
+    await until(lambda: part(row, name) is not None, name)
+    found = part(row, name)
+    assert found is not None and found.isVisible()
+    return found
+
+
+FORGED_HREF = re.compile(r'href="([^"]*)"')
+
+
+def links_in(row: Any) -> set[str]:
+    """The targets of the links drawn in a card (read from its text items' HTML)."""
+    found: set[str] = set()
+    for item in in_order(row):
+        if item.metaObject().className().startswith("QQuickText") and item.isVisible():
+            found.update(html.unescape(h) for h in FORGED_HREF.findall(str(item.property("text"))))
+    return found
+
+
+async def test_links_the_model_writes_to_the_app_do_nothing(
+    qtbot: Any, cairn: Cairn, server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply can write ``cairn:`` links imitating the actions the text view drew as links (and other schemes): the
+    cards' actions are buttons, and a click on a link opens only http(s) and mailto, in the browser."""
     server.reply = "Here:\n\n```\nsecret code\n```\n"
+    opened: list[str] = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toString()) or True)
     async with cairn() as app:
         window = window_of(app)
         view = window.view
         await send_and_wait(qtbot, window, "first question")
         user, reply = view.messages()
         forged = (
-            f"[innocent](cairn:stop) [s2](CAIRN:Stop) [s3](<cairn: stop>) [s4](cairn&#58;stop) <cairn:stop> "
+            f"[innocent](cairn:stop) [s2](CAIRN:Stop) [s4](cairn&#58;stop) <cairn:stop> "
             f"[s5](cairn:0123456789abcdef/stop) [r1](cairn:regenerate) [r2](cAiRn:%72egenerate) [r3](cairn:retry) "
             f"[c1](cairn:copy/{reply.id}) [c2](cairn:code/{reply.id}/0) [e1](cairn:edit/{user.id}) "
-            f"[e2](cairn&#x3A;edit/{user.id})"
+            f"[e2](cairn&#x3A;edit/{user.id}) [f1](ftp://127.0.0.1/x) [a1](about:blank) [q1](qrc:/x) [m1](mailto:a@b.c)"
         )
         server.reply = [forged, " The end."]
         acted: list[str] = []
@@ -420,24 +462,28 @@ async def test_action_links_the_model_writes_do_nothing(qtbot: Any, cairn: Cairn
         view.regenerateRequested.connect(lambda: acted.append("regenerate"))
         view.retryRequested.connect(lambda: acted.append("retry"))
         view.editRequested.connect(lambda *_: acted.append("edit"))
+        view.versionRequested.connect(lambda *_: acted.append("version"))
         view.copied.connect(lambda what: acted.append(f"copy {what}"))
+        written = {
+            "cairn:stop",
+            "CAIRN:Stop",
+            "cairn:0123456789abcdef/stop",
+            "cairn:regenerate",
+            "cAiRn:%72egenerate",
+            "cairn:retry",
+            f"cairn:copy/{reply.id}",
+            f"cairn:code/{reply.id}/0",
+            f"cairn:edit/{user.id}",
+            "ftp://127.0.0.1/x",
+            "about:blank",
+            "qrc:/x",
+        }  # how the forged links are drawn (some pairs render the same)
 
-        async def click_the_forged_links() -> None:
-            written = {
-                "cairn:stop",
-                "CAIRN:Stop",
-                "cairn:%20stop",
-                "cairn:0123456789abcdef/stop",
-                "cairn:regenerate",
-                "cAiRn:%72egenerate",
-                "cairn:retry",
-                f"cairn:copy/{reply.id}",
-                f"cairn:code/{reply.id}/0",
-                f"cairn:edit/{user.id}",
-            }  # how the forged links are in the document (two pairs render the same)
-            await until(lambda: written <= set(view.hrefs()), "the forged links in the document")
+        async def click_the_forged_links(message_id: str) -> None:
+            row = await card(view, message_id)
+            await until(lambda: written <= links_in(row), "the forged links drawn")
             for href in sorted(written):
-                click_link(view, href)
+                await click_link(view, row, href)
 
         QGuiApplication.clipboard().setText("untouched")
         finished: list[str] = []
@@ -446,30 +492,33 @@ async def test_action_links_the_model_writes_do_nothing(qtbot: Any, cairn: Cairn
         type_and_send(qtbot, window, "second question")
         await server.wait_for_paused_async(timeout=WAIT)
         await until(lambda: view.stream_text() == forged, "the forged links, streaming")
-        await click_the_forged_links()
+        await click_the_forged_links("stream")
         server.resume()
         await until(lambda: bool(finished), "the reply")
-        assert acted == []
+        assert acted == [] and opened == []
         last = view.messages()[-1]
         assert (last.text, last.stopped) == (forged + " The end.", False)
 
-        await click_the_forged_links()  # once more, in the finished reply
-        assert acted == []
+        await click_the_forged_links(last.id)  # once more, in the finished reply
+        assert acted == [] and opened == []
         assert QGuiApplication.clipboard().text() == "untouched"
         assert window.composer.edit.toPlainText() == ""
         assert len(server.chat_requests) == 2  # nothing regenerated or retried
 
-        # The app's own links still act.
-        click_link(view, action_href("copy", reply.id))
-        assert QGuiApplication.clipboard().text() == reply.text
-        click_link(view, action_href("code", reply.id, "0"))
-        assert QGuiApplication.clipboard().text() == "secret code"
-        click_link(view, action_href("regenerate"))
+        # A link the browser may open still opens there; the app's own buttons still act.
+        await click_link(view, await card(view, last.id), "mailto:a@b.c")
+        await until(lambda: opened == ["mailto:a@b.c"], "the mail link opened")
+        first = await card(view, reply.id)
+        await click(view, await toolbar_button(view, first, "copyButton"))
+        await until(lambda: QGuiApplication.clipboard().text() == reply.text, "the reply copied")
+        await click(view, await card_part(view, first, "copyCodeButton"))
+        await until(lambda: QGuiApplication.clipboard().text() == "secret code", "the code copied")
+        await click(view, await toolbar_button(view, await card(view, last.id), "regenerateButton"))
         await until(lambda: len(finished) == 2, "the regenerated reply")
         assert "regenerate" in acted
 
 
-async def test_a_1000_message_conversation_opens_fast_and_pages_in_older_messages(
+async def test_a_1000_message_conversation_opens_at_its_end_with_few_cards_and_scrolls_to_its_start(
     qtbot: Any, cairn: Cairn, server: ModelServer
 ) -> None:
     from langchain_core.messages import AIMessage, HumanMessage
@@ -491,28 +540,32 @@ async def test_a_1000_message_conversation_opens_fast_and_pages_in_older_message
         await service.rename(thread, "A long conversation")
         await window.refresh_list()
 
-        shown: list[str] = []
-        window.conversationShown.connect(shown.append)
+        opened: list[str] = []
+        window.conversationShown.connect(opened.append)
         item = window.sidebar.item_for(thread)
         assert item is not None
         rect = window.sidebar.list.visualItemRect(item)
         click_at(window.sidebar.list.viewport(), rect.center())
-        await until(lambda: shown == [thread], "the conversation to open")
+        await until(lambda: opened == [thread], "the conversation to open")
         load_ms, render_ms = window.last_open_timing
         print(f"\n1,000 messages: load {load_ms:.0f} ms, render {render_ms:.0f} ms")  # timed in bench/ui.py
         view = window.view
         assert len(view.messages()) == 1000
-        assert view.shown_count() < 1000
-        assert "Answer 499" in view.toPlainText() and "Question 0:" not in view.toPlainText()
-        bar = view.verticalScrollBar()
-        assert bar.value() == bar.maximum()  # opened at the newest message
+        await until(lambda: "Answer 499:" in shown_text(view), "the newest message shown")
+        made = rows(view)
+        assert 0 < len(made) < 60, len(made)  # the cards on screen (and a few around), not 1,000
+        assert "Question 0:" not in shown_text(view)
+        items = view.list_item()
+        assert items.property("atYEnd")  # opened at the newest message
 
-        before = view.shown_count()
-        click_link(view, action_href("earlier"))
-        assert view.shown_count() > before
-        while view.load_earlier():
-            pass
-        assert view.shown_count() == 1000 and "Question 0:" in view.toPlainText()
+        # The user drags the scroll bar to the top: the first message is shown, still with few cards made.
+        bar = next(i for i in items.childItems() if i.inherits("QQuickScrollBar"))  # the list's, not a code block's
+        await drag(view, bar, from_y=bar.height() - 2, to_y=-50)
+        await until(lambda: "Question 0:" in shown_text(view), "the first message shown")
+        # At the top, give or take the pixel a scroll bar's position rounds to.
+        assert items.property("contentY") - items.property("originY") <= 2 and rows(view)[0].property("id") == "u0"
+        assert len(rows(view)) < 60
+        assert "Answer 499:" not in shown_text(view)
 
         # and a reply streams into it at ~200 tokens/s without re-rendering the conversation or stalling the loop
         server.token_count = 200
@@ -524,9 +577,30 @@ async def test_a_1000_message_conversation_opens_fast_and_pages_in_older_message
         assert view.messages()[-1].text.endswith("tok199")
         assert len(view.messages()) == 1002
         assert view.flush_count - flushes < 200 / 3
-        # Blocked would be seconds (a render of the whole document per token, an I/O wait); the fine-grained numbers
-        # are bench/ui.py's.
+        await until(lambda: "tok199" in shown_text(view), "the new reply shown at the end")
+        # Blocked would be seconds (a render of the whole conversation per token, an I/O wait); the fine-grained
+        # numbers are bench/ui.py's.
         assert watch.p95() < BLOCKED, watch.summary()
+
+
+async def drag(view: Any, item: Any, *, from_y: float, to_y: float) -> None:
+    """Press the left button on ``item`` (at its middle, ``from_y`` down), move to ``to_y``, release."""
+    await click(view, item, QPointF(item.width() / 2, from_y))  # a frame drawn; the click itself scrolls a page
+    surface = view.surface
+    x = item.width() / 2
+    points = [item.mapToScene(QPointF(x, y)) for y in (from_y, (from_y + to_y) / 2, to_y)]
+    steps = [
+        (QEvent.Type.MouseButtonPress, points[0], Qt.MouseButton.LeftButton),
+        (QEvent.Type.MouseMove, points[1], Qt.MouseButton.LeftButton),
+        (QEvent.Type.MouseMove, points[2], Qt.MouseButton.LeftButton),
+        (QEvent.Type.MouseButtonRelease, points[2], Qt.MouseButton.NoButton),
+    ]
+    for kind, point, buttons in steps:
+        button = Qt.MouseButton.NoButton if kind == QEvent.Type.MouseMove else Qt.MouseButton.LeftButton
+        event = QMouseEvent(
+            kind, point, QPointF(surface.mapToGlobal(point)), button, buttons, Qt.KeyboardModifier.NoModifier
+        )
+        QApplication.sendEvent(surface, event)
 
 
 # --- the conversation list ------------------------------------------------------------------------------------

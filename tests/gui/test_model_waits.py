@@ -16,16 +16,15 @@ from typing import Any
 
 import pytest
 
-from gui.chat_view import action_href
 from tests.support.app import (
     cairn_factory,
-    click_link,
     roles_and_texts,
     send_and_wait,
     type_and_send,
     until,
     window_of,
 )
+from tests.support.cards import click, error_shown, retry_button, shown_text
 from tests.support.model_server import ModelServer
 
 
@@ -38,7 +37,7 @@ def server() -> Any:
 async def retry_and_wait(window: Any) -> None:
     finished: list[str] = []
     window.replyFinished.connect(finished.append)
-    click_link(window.view, action_href("retry"))
+    await click(window.view, retry_button(window.view))
     await until(lambda: bool(finished), "the retried reply")
     window.replyFinished.disconnect(finished.append)
 
@@ -52,10 +51,10 @@ async def test_a_slow_first_word_shows_how_long_cairn_has_waited(
         finished: list[str] = []
         window.replyFinished.connect(finished.append)
         type_and_send(qtbot, window, "are you there")
-        await until(lambda: "Waiting for the model…" in window.view.toPlainText(), "the wait shown")
-        await until(lambda: "Waiting for the model… 2 s" in window.view.toPlainText(), "the wait counted in seconds")
+        await until(lambda: "Waiting for the model…" in shown_text(window.view), "the wait shown")
+        await until(lambda: "Waiting for the model… 2 s" in shown_text(window.view), "the wait counted in seconds")
         await until(lambda: bool(finished), "the reply")
-        text = window.view.toPlainText()
+        text = shown_text(window.view)
         assert "Waiting for the model" not in text
         expected = [("user", "are you there"), ("assistant", "Echo: are you there")]
         assert roles_and_texts(window.view.messages()) == expected
@@ -74,8 +73,8 @@ async def test_a_server_that_sends_no_word_fails_after_the_first_word_limit_and_
         thread = await send_and_wait(qtbot, window, "hello?")
         took = time.monotonic() - started
         view = window.view
-        assert "The model server sent nothing for 1 s" in view.error_text()
-        assert "MODEL_FIRST_TOKEN_TIMEOUT" in view.error_text()
+        assert "The model server sent nothing for 1 s" in error_shown(view)
+        assert "MODEL_FIRST_TOKEN_TIMEOUT" in error_shown(view)
         assert took < 25, f"the limit of 1 s took {took:.1f} s"  # not the between-words limit of 30 s
         stored = await app.service.load(thread)
         assert roles_and_texts(stored.messages) == [("user", "hello?")] and stored.awaiting_reply
@@ -95,7 +94,7 @@ async def test_a_model_that_thinks_in_empty_chunks_longer_than_the_first_word_li
     async with cairn_factory(tmp_path, server, settings=settings)() as app:
         window = window_of(app)
         await send_and_wait(qtbot, window, "think first")
-        assert not window.view.has_error(), window.view.error_text()
+        assert not window.view.has_error(), error_shown(window.view)
         assert roles_and_texts(window.view.messages())[-1] == ("assistant", "the answer")
 
 
@@ -112,8 +111,8 @@ async def test_a_reply_that_stops_flowing_fails_after_the_between_words_limit_an
         thread = await send_and_wait(qtbot, window, "count")
         took = time.monotonic() - started
         view = window.view
-        assert "The model server stopped sending for 1 s in the middle of the reply" in view.error_text()
-        assert "one two" in view.error_text()  # what arrived is shown
+        assert "The model server stopped sending for 1 s in the middle of the reply" in error_shown(view)
+        assert "one two" in error_shown(view)  # what arrived is shown
         assert took < 30, f"the limit of 1 s took {took:.1f} s"  # not the first-word limit of 60 s
         stored = await app.service.load(thread)
         assert roles_and_texts(stored.messages) == [("user", "count")] and stored.awaiting_reply
@@ -137,7 +136,7 @@ async def test_a_rate_limited_reply_says_when_to_try_again(
         window = window_of(app)
         server.fail_next(429, "Rate limit reached", retry_after=_in(120) if retry_after == "http-date" else retry_after)
         await send_and_wait(qtbot, window, "quick question")
-        error = window.view.error_text()
+        error = error_shown(window.view)
         assert "The model server is busy (rate limited)" in error
         assert re.search(expected, error), error
         assert len(server.chat_requests) == 1  # told at once, not hidden behind the client's own retries
@@ -162,4 +161,4 @@ async def test_the_wait_limits_are_in_settings_and_apply_without_restart(
 
         server.stall_next(after_tokens=0)
         await send_and_wait(qtbot, window, "anyone?")
-        assert "The model server sent nothing for 1 s" in window.view.error_text()
+        assert "The model server sent nothing for 1 s" in error_shown(window.view)

@@ -1,4 +1,4 @@
-"""Branches you can walk, through the real window in both views: after Regenerate (or Edit) a message with other
+"""Branches you can walk, through the real window: after Regenerate (or Edit) a message with other
 versions shows "‹ 2 / 3 ›"; the arrows show the others, the conversation goes on from the one shown, and the choice
 is stored with the conversation (it opens there after a restart). Real storage, a real model server."""
 
@@ -10,17 +10,16 @@ from typing import Any
 
 import pytest
 
-from gui.chat_view import ChatView, action_href
-from tests.support.app import Cairn, cairn_factory, click_link, send_and_wait, until, window_of
-from tests.support.cards import card, click, part, view_of
+from tests.support.app import Cairn, cairn_factory, send_and_wait, until, window_of
+from tests.support.cards import card, click, part, shown_text, view_of
 from tests.support.model_server import ModelServer, last_user_text
 
 
-@pytest.fixture(params=["text", "cards"])
-def app_of(request: pytest.FixtureRequest, tmp_path: Path, server: ModelServer) -> Cairn:
+@pytest.fixture
+def app_of(tmp_path: Path, server: ModelServer) -> Cairn:
     counter = itertools.count(1)
     server.reply = lambda messages: f"Answer {next(counter)} to {last_user_text(messages)}"
-    return cairn_factory(tmp_path, server, settings={"CHAT_VIEW": request.param})
+    return cairn_factory(tmp_path, server)
 
 
 def texts(window: Any) -> list[str]:
@@ -36,22 +35,17 @@ async def regenerate_and_wait(window: Any) -> None:
 
 
 async def step_back(window: Any, reply_id: str) -> None:
-    """Click "‹" beside the reply, as a user would in either view."""
+    """Click "‹" beside the reply, as a user would."""
     view = window.view
-    if isinstance(view, ChatView):
-        loaded = await window.service.load(window.current)
-        versions = loaded.versions[reply_id]
-        click_link(view, action_href("version", versions.checkpoints[versions.index - 2]))
-    else:
-        # Where a user would click: once the list has stopped moving (it scrolls to the newest after a reply).
-        await until(lambda: not view.list_item().property("moving"), "the list to settle")
-        row = await card(view, reply_id)
-        button = part(row, "previousVersion")
-        assert button is not None and button.isVisible() and button.property("enabled")
-        asked: list[str] = []
-        view.versionRequested.connect(asked.append)
-        await click(view, button)
-        await until(lambda: bool(asked), "the click on ‹ to ask for the version before")
+    # Where a user would click: once the list has stopped moving (it scrolls to the newest after a reply).
+    await until(lambda: not view.list_item().property("moving"), "the list to settle")
+    row = await card(view, reply_id)
+    button = part(row, "previousVersion")
+    assert button is not None and button.isVisible() and button.property("enabled")
+    asked: list[str] = []
+    view.versionRequested.connect(asked.append)
+    await click(view, button)
+    await until(lambda: bool(asked), "the click on ‹ to ask for the version before")
 
 
 async def test_regenerated_replies_can_be_walked_and_the_choice_is_kept(
@@ -64,17 +58,13 @@ async def test_regenerated_replies_can_be_walked_and_the_choice_is_kept(
         await regenerate_and_wait(window)
         assert texts(window) == ["question", "Answer 3 to question"]
         reply = window.view.messages()[-1]
-        if isinstance(window.view, ChatView):
-            assert "3 / 3" in window.view.toPlainText()
-        else:
-            row = await card(view_of(app), reply.id)
-            label = part(row, "versionLabel")
-            assert label is not None and label.isVisible() and label.property("text") == "3 / 3"
+        row = await card(view_of(app), reply.id)
+        label = part(row, "versionLabel")
+        assert label is not None and label.isVisible() and label.property("text") == "3 / 3"
 
         await step_back(window, reply.id)
         await until(lambda: texts(window) == ["question", "Answer 2 to question"], "the second version shown")
-        if isinstance(window.view, ChatView):
-            await until(lambda: "2 / 3" in window.view.toPlainText(), "the switcher saying 2 / 3")
+        await until(lambda: "\n2 / 3\n" in shown_text(window.view), "the switcher saying 2 / 3")
 
         # The conversation goes on from the version shown.
         await send_and_wait(qtbot, window, "and then?")

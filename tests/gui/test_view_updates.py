@@ -1,8 +1,9 @@
 """What the view and the list redo when something changes: only what changed, with the same result as a full redo.
 
-A streaming reply renders only its unfinished tail (``gui.chat_view.StableSplit``), the Regenerate link moves by
-rewriting one line, and a list refresh that brings the same conversations updates items in place. Each is checked
-against doing everything again from scratch.
+A streaming reply renders only its unfinished tail (``gui.conversation.blocks.StreamSplitter`` cuts it where nothing
+that follows can change what is before), a reload of the same conversation signals only the rows that changed,
+Regenerate moves to the new last reply without touching the other cards, and a list refresh that brings the same
+conversations updates items in place. Each is checked against doing everything again from scratch.
 """
 
 from __future__ import annotations
@@ -12,22 +13,13 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from PySide6.QtGui import QTextCursor, QTextFrame
-from PySide6.QtWidgets import QApplication
 
-import gui.chat_view
-from gui.chat_view import STREAM_KEY, ChatView, StableSplit, action_href
-from gui.markdown import render_markdown
+from chat.service import ChatMessage, Usage
+from gui.conversation.blocks import StreamSplitter
+from gui.conversation.view import QuickChatView
+from gui.markdown import LIGHT
 from gui.sidebar import Sidebar
-from tests.support.model_server import tokenize
-
-
-@dataclass(frozen=True)
-class Message:
-    id: str
-    role: str
-    text: str
-    stopped: bool = False
+from tests.support.cards import rows
 
 
 @dataclass(frozen=True)
@@ -36,50 +28,6 @@ class Conversation:
     title: str = ""
     pinned: bool = False
     updated: float = 0.0
-
-
-REPLY = """## Setting it up
-
-Install it first, then **configure** the `server`:
-
-1. Download the package.
-
-2. Run the installer:
-   - on Linux, as root;
-   - on macOS, from the disk image.
-
-3. Start it.
-
-```python
-def main():
-    server = Server()
-
-    server.run()  # the blank line above is inside the fence
-```
-
-> A quote that spans
-> two lines.
-
-| setting | value |
-|---|---|
-| port | 8080 |
-
-- tight
-- list
-
-    an indented code block
-
----
-
-~~~~
-a fence of four tildes
-
-~~~
-still inside it
-~~~~
-
-A [link](https://example.com) and the end.
-"""
 
 
 @pytest.mark.parametrize(
@@ -96,110 +44,99 @@ A [link](https://example.com) and the end.
         ("Text\n\n> quote\n\nMore\n", "More"),
     ],
 )
-def test_stable_split_cuts_only_where_nothing_that_follows_can_change_what_is_before(
+def test_a_streaming_reply_is_cut_only_where_nothing_that_follows_can_change_what_is_before(
     text: str, cut_before: str | None
 ) -> None:
     expected = 0 if cut_before is None else text.rindex(cut_before)
-    assert StableSplit().advance(text) == expected
-    pieces = StableSplit()
+    whole = StreamSplitter(LIGHT)
+    whole.scan(text)
+    assert whole.split == expected
+    pieces = StreamSplitter(LIGHT)
     for end in range(1, len(text) + 1):  # fed a character at a time, as tokens come: the same cut
-        pieces.advance(text[:end])
+        pieces.scan(text[:end])
     assert pieces.split == expected
 
 
-def _frame_content(view: ChatView, frame: QTextFrame) -> tuple[str, float]:
-    QApplication.processEvents()
-    cursor = frame.firstCursorPosition()
-    cursor.setPosition(frame.lastPosition(), QTextCursor.MoveMode.KeepAnchor)
-    height = view.document().documentLayout().frameBoundingRect(frame).height()
-    return cursor.selection().toPlainText(), height
+class Signals:
+    """What a model told its views, in order."""
+
+    def __init__(self, view: QuickChatView) -> None:
+        self.seen: list[tuple[str, int, int]] = []
+        model = view.model
+        model.dataChanged.connect(lambda a, b, _roles=(): self.seen.append(("changed", a.row(), b.row())))
+        model.rowsInserted.connect(lambda _p, a, b: self.seen.append(("inserted", a, b)))
+        model.rowsRemoved.connect(lambda _p, a, b: self.seen.append(("removed", a, b)))
+        model.modelReset.connect(lambda: self.seen.append(("reset", -1, -1)))
 
 
-def _all_at_once(view: ChatView, text: str) -> None:
-    """What the view showed before it rendered only the tail: the header and the whole reply, in one insertion."""
-    view.begin_reply()
-    frame = view._stream_frame
-    assert frame is not None
-    muted = view._theme.muted
-    rendered = render_markdown(text, view._theme, code_href=lambda i: action_href("code", STREAM_KEY, str(i)))
-    cursor = frame.firstCursorPosition()
-    cursor.setPosition(frame.lastPosition(), QTextCursor.MoveMode.KeepAnchor)
-    cursor.insertHtml(
-        f'<p style="margin-bottom:4px"><b>Assistant</b> <span style="color:{muted}">· writing</span>'
-        f' &nbsp;<a href="{action_href("stop")}">Stop</a></p>{rendered.html}'
-    )
-    # Inserted this way the header got a 6 px bottom margin; a finished message's header has none, and the
-    # streaming one now has none either (no jump when the reply completes). Compare the rest.
-    header = QTextCursor(frame.firstCursorPosition())
-    block_format = header.blockFormat()
-    block_format.setBottomMargin(0)
-    header.setBlockFormat(block_format)
+def shown_view(qtbot: Any) -> QuickChatView:
+    view = QuickChatView()
+    qtbot.addWidget(view)
+    view.resize(700, 600)
+    view.show()
+    qtbot.waitExposed(view)
+    return view
 
 
-def test_a_reply_streamed_in_pieces_looks_exactly_as_if_rendered_at_once(qtbot: Any, monkeypatch: Any) -> None:
-    streamed, whole = ChatView(), ChatView()
-    for view in (streamed, whole):
-        qtbot.addWidget(view)
-        view.resize(700, 600)
-        view.show()
-    rendered: list[int] = []
-    original = gui.chat_view.render_markdown
-
-    def counting(text: str, *args: Any, **kwargs: Any) -> Any:
-        rendered.append(len(text))
-        return original(text, *args, **kwargs)
-
-    monkeypatch.setattr(gui.chat_view, "render_markdown", counting)
-    streamed.begin_reply()
-    for number, token in enumerate(tokenize(REPLY * 3)):
-        streamed.append_tokens(token)
-        if number % 3 == 0:
-            streamed._flush_stream()  # what the flush timer does, made deterministic
-    streamed._flush_stream()
-    monkeypatch.setattr(gui.chat_view, "render_markdown", original)
-    _all_at_once(whole, REPLY * 3)
-
-    assert streamed._stream_frame is not None and whole._stream_frame is not None
-    streamed_text, streamed_height = _frame_content(streamed, streamed._stream_frame)
-    whole_text, whole_height = _frame_content(whole, whole._stream_frame)
-    assert streamed_text == whole_text.rstrip(" ")  # (a trailing space after the last word is not drawn)
-    assert streamed_height == whole_height
-    assert streamed.hrefs() == whole.hrefs()
-    assert streamed._code[STREAM_KEY] == render_markdown(REPLY * 3).code_blocks  # every Copy link, in order
-    # Each render was of the unfinished tail, not of the whole reply so far.
-    assert max(rendered) < len(REPLY)
+MESSAGES = [
+    ChatMessage("u1", "user", "Question?"),
+    ChatMessage("a1", "assistant", "An answer with `code`.\n\n```sh\nls\n```"),
+    ChatMessage("u2", "user", "Another?"),
+    ChatMessage("a2", "assistant", "Short **answer**."),
+]
 
 
-def test_the_regenerate_link_moves_without_changing_anything_else(qtbot: Any) -> None:
-    messages = [
-        Message("u1", "user", "Question?"),
-        Message("a1", "assistant", REPLY),
-        Message("u2", "user", "Another?"),
-        Message("a2", "assistant", "Short **answer**.\n\n```sh\nls\n```"),
-    ]
-    view, fresh = ChatView(), ChatView()
-    for widget in (view, fresh):
-        qtbot.addWidget(widget)
-        widget.resize(700, 600)
-        widget.show()
-    view.show_conversation("t", messages)
-    assert action_href("regenerate") in view.hrefs()
-    view.set_busy(True)
-    assert action_href("regenerate") not in view.hrefs()
+def test_a_reload_of_the_same_conversation_signals_only_the_rows_that_changed(qtbot: Any) -> None:
+    view = shown_view(qtbot)
+    view.show_conversation("t", MESSAGES)
+    signals = Signals(view)
+    view.set_messages("t", MESSAGES)
+    assert signals.seen == []  # the same: nothing at all
+
+    counted = ChatMessage("a1", "assistant", MESSAGES[1].text, usage=Usage(3, 12, 4.0))
+    more = [MESSAGES[0], counted, *MESSAGES[2:], ChatMessage("u3", "user", "More?")]
+    view.set_messages("t", more)
+    assert signals.seen == [("changed", 1, 1), ("inserted", 4, 4)]  # its usage arrived; one message added
+    assert counted.usage is not None
+    assert view.model.entries[1].usage == {"tokens": 12.0, "perSecond": counted.usage.tokens_per_second}
+
+    signals.seen.clear()
+    edited = [*more[:2], ChatMessage("u2", "user", "Edited elsewhere?")]
+    view.set_messages("t", edited)
+    assert signals.seen == [("removed", 2, 4), ("inserted", 2, 2)]  # rows 0 and 1 are left as they are
+    assert [e.text for e in view.model.entries] == [m.text for m in edited]
+
+
+def regenerate_offered(view: QuickChatView) -> list[tuple[str, bool]]:
+    return [(str(row.property("id")), bool(row.property("canRegenerate"))) for row in rows(view)]
+
+
+def test_regenerate_moves_to_the_new_last_reply_without_touching_the_other_cards(qtbot: Any) -> None:
+    view, fresh = shown_view(qtbot), shown_view(qtbot)
+    view.show_conversation("t", MESSAGES)
+    qtbot.waitUntil(lambda: len(rows(view)) == 4)
+    assert regenerate_offered(view) == [("u1", False), ("a1", False), ("u2", False), ("a2", True)]
+    signals = Signals(view)
+    view.set_busy(True)  # a reply streams: no Regenerate
+    qtbot.waitUntil(lambda: not any(offered for _id, offered in regenerate_offered(view)))
     view.set_busy(False)
-    view.append_message(Message("u3", "user", "And then?"))
+    qtbot.waitUntil(lambda: regenerate_offered(view)[-1] == ("a2", True))
+    assert signals.seen == []  # the cards' rows were not touched: Regenerate follows the view's state
+
+    view.append_message(ChatMessage("u3", "user", "And then?"))
     view.begin_reply()
     view.append_tokens("Then this.")
-    view.finish_reply(Message("a3", "assistant", "Then this."))
+    view.finish_reply(ChatMessage("a3", "assistant", "Then this."))
     fresh.show_conversation(
-        "t", [*messages, Message("u3", "user", "And then?"), Message("a3", "assistant", "Then this.")]
+        "t", [*MESSAGES, ChatMessage("u3", "user", "And then?"), ChatMessage("a3", "assistant", "Then this.")]
     )
-    QApplication.processEvents()
-    assert view.toPlainText() == fresh.toPlainText()
-    assert view.hrefs() == fresh.hrefs()
-    assert view.hrefs().count(action_href("regenerate")) == 1
-    layout, fresh_layout = view.document().documentLayout(), fresh.document().documentLayout()
-    assert layout.documentSize() == fresh_layout.documentSize()
+    assert [s for s in signals.seen if s[0] != "changed"] == [("inserted", 4, 4), ("inserted", 5, 5)]
+    assert {s[1] for s in signals.seen if s[0] == "changed"} == {5}  # only the streaming reply's row changed
+    qtbot.waitUntil(lambda: len(rows(view)) == len(rows(fresh)) == 6)
+    qtbot.waitUntil(lambda: regenerate_offered(view) == regenerate_offered(fresh))
+    assert regenerate_offered(view)[-1] == ("a3", True) and sum(o for _i, o in regenerate_offered(view)) == 1
+    same = [(e.id, e.role, e.text, e.stopped) for e in view.model.entries]
+    assert same == [(e.id, e.role, e.text, e.stopped) for e in fresh.model.entries]
 
 
 def test_a_list_refresh_with_the_same_conversations_updates_items_in_place(qtbot: Any) -> None:

@@ -31,7 +31,7 @@ UNWANTED = re.compile(
     r"|VirtualKeyboard)|/qmltooling/|/sqldrivers/|/designer/|libqpdf|/zstandard/",
     re.IGNORECASE,
 )
-# ...but the cards view (CHAT_VIEW=cards) needs Qt Quick and the QML modules its scene imports; nothing else of qml/.
+# ...but the conversation view (message cards) needs Qt Quick and the QML modules its scene imports, no more of qml/
 CARDS_VIEW = re.compile(
     r"(^|/)(lib)?Qt6?(Quick|QuickWidgets|QuickControls2(Basic|BasicStyleImpl|Impl)?|QuickTemplates2|Qml|QmlModels"
     r"|QmlMeta|QmlWorkerScript)(\.|$)"

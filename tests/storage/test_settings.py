@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -39,7 +40,6 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "SYSTEM_PROMPT": "",
     "MODEL_FIRST_TOKEN_TIMEOUT": 300.0,
     "MODEL_TOKEN_TIMEOUT": 60.0,
-    "CHAT_VIEW": "text",
     "THEME": "system",
     "FONT_SIZE": 0,
 }
@@ -238,7 +238,6 @@ INVALID = [
     ("POSTGRES_CONNECT_TIMEOUT", "nan", "expected a number between 0.5 and 120"),
     ("POSTGRES_RETRY_MAX_SECONDS", "-1", "expected a number between 0.1 and 3600"),
     ("POSTGRES_RETRY_MAX_SECONDS", "inf", "expected a number between 0.1 and 3600"),
-    ("CHAT_VIEW", "bubbles", "expected text or cards"),
     ("THEME", "purple", "expected system or light or dark"),
     ("FONT_SIZE", "99", "expected an integer between 0 and 48"),
 ]
@@ -293,10 +292,10 @@ def test_invalid_value_from_file_names_key_and_file(
     assert str(config / SETTINGS_FILE_NAME) in message
 
 
-def test_chat_view_takes_its_choices_in_any_case_and_empty_as_unset(work: Path, config: Path) -> None:
-    assert load(work, config, {"CHAT_VIEW": " Cards "}).chat_view == "cards"
-    settings = load(work, config, {"CHAT_VIEW": ""})
-    assert (settings.chat_view, settings.sources["CHAT_VIEW"]) == ("text", "default")
+def test_a_choice_is_taken_in_any_case_and_empty_as_unset(work: Path, config: Path) -> None:
+    assert load(work, config, {"THEME": " Dark "}).theme == "dark"
+    settings = load(work, config, {"THEME": ""})
+    assert (settings.theme, settings.sources["THEME"]) == ("system", "default")
 
 
 def test_file_accepts_json_types_and_strings(work: Path, config: Path) -> None:
@@ -354,6 +353,23 @@ def test_corrupt_settings_file_non_strict_is_ignored_and_reported(work: Path, co
     assert settings.pool_size == 5
     assert len(settings.problems) == 1
     assert str(config / SETTINGS_FILE_NAME) in settings.problems[0]
+
+
+def test_a_retired_key_in_the_file_is_ignored_without_a_warning_and_dropped_at_the_next_save(
+    work: Path, config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # CHAT_VIEW chose the cards preview; cards are the only view now, and people who tried it still have the key.
+    write_file(config, {"CHAT_VIEW": "cards", "MODEL_NAME": "m"})
+    with caplog.at_level(logging.WARNING):
+        settings = load(work, config)  # strict: a warning would raise
+        assert load(work, config, strict=False).problems == ()
+    assert settings.model_name == "m"
+    assert "CHAT_VIEW" not in settings.sources and "CHAT_VIEW" not in str(settings.display_items())
+    assert caplog.records == []
+
+    save_settings({"THEME": "dark"}, config_dir=config, secrets=SecretStore())
+    saved = json.loads((config / SETTINGS_FILE_NAME).read_text(encoding="utf-8"))
+    assert saved == {"MODEL_NAME": "m", "THEME": "dark"}
 
 
 def test_unknown_key_in_file(work: Path, config: Path) -> None:

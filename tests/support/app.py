@@ -1,5 +1,6 @@
 """The app in tests: start Cairn the way ``main.py`` does on folders under a test's ``tmp_path`` and drive its window as
-a user would (typing, Enter, clicks on the links in the conversation), waiting on conditions with deadlines.
+a user would (typing, Enter, clicks), waiting on conditions with deadlines; the conversation's cards are read and
+clicked with tests/support/cards.py.
 Shared by the GUI tests (tests/gui/); their fixtures (``server``, ``cairn``, the app setup) are in
 tests/gui/conftest.py.
 """
@@ -7,6 +8,7 @@ tests/gui/conftest.py.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import shiboken6
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt, QTimer
-from PySide6.QtGui import QMouseEvent
+from PySide6.QtGui import QGuiApplication, QMouseEvent
 from PySide6.QtWidgets import QApplication, QWidget
 
 from gui.app import CairnApp
-from gui.chat_view import ChatView
 from gui.main_window import MainWindow
 from storage.secrets import SecretStore
 from storage.settings import load_settings, save_settings
@@ -100,9 +101,15 @@ def window_of(app: CairnApp) -> MainWindow:
     return app.window
 
 
+_click_clock = itertools.count(1)
+
+
 def click_at(widget: QWidget, pos: QPoint) -> None:
-    """A left click, delivered at once (QTest's clicks may spin a nested event loop)."""
+    """A left click, delivered at once (QTest's clicks may spin a nested event loop). Each click is stamped a
+    double-click interval after the one before, as QTest does: events without a time all look simultaneous, and
+    Qt Quick reads clicks in a row as a double or triple click (a triple click in text selects the paragraph)."""
     local = QPointF(pos)
+    stamp = next(_click_clock) * (QGuiApplication.styleHints().mouseDoubleClickInterval() + 1)
     for kind, buttons in (
         (QEvent.Type.MouseButtonPress, Qt.MouseButton.LeftButton),
         (QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton),
@@ -115,14 +122,8 @@ def click_at(widget: QWidget, pos: QPoint) -> None:
             buttons,
             Qt.KeyboardModifier.NoModifier,
         )
+        event.setTimestamp(stamp)
         QApplication.sendEvent(widget, event)
-
-
-def click_link(view: ChatView, href: str) -> None:
-    rect = view.anchor_rect(href)
-    assert rect is not None, f"no link to {href} in {view.hrefs()}"
-    view.setTextCursor(view.textCursor())  # anchor_rect moved the cursor there to scroll it into view
-    click_at(view.viewport(), rect.center().toPoint())
 
 
 def type_and_send(qtbot: Any, window: MainWindow, text: str) -> None:

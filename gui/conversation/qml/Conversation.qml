@@ -80,7 +80,7 @@ Rectangle {
                     Text {
                         objectName: "errorText"
                         width: parent.width
-                        text: "<b>" + chat.errorTitle + "</b> " + chat.errorMessage
+                        text: chat.errorHtml
                         textFormat: Text.StyledText
                         wrapMode: Text.Wrap
                         color: pal.text
@@ -434,13 +434,14 @@ Rectangle {
                         wrapMode: TextEdit.Wrap
                         readOnly: true
                         selectByMouse: true
-                        selectByKeyboard: true
                         persistentSelection: false
                         activeFocusOnTab: false
                         color: pal.text
                         selectionColor: pal.highlight
                         selectedTextColor: pal.highlightedText
-                        onLinkActivated: (link) => chat.openLink(link)
+                        // A click on a link leaves the link's words selected (Qt's text control marks it for the
+                        // keyboard): followed, it needs no highlight.
+                        onLinkActivated: (link) => { deselect(); chat.openLink(link) }
                         HoverHandler { cursorShape: parent.hoveredLink ? Qt.PointingHandCursor : Qt.IBeamCursor }
                         // Ctrl+C copies the selection; with nothing selected, the whole message (as on the card).
                         Keys.onPressed: (event) => {
