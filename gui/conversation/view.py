@@ -17,6 +17,7 @@ renderer by itself (``QSGRendererInterface.GraphicsApi.Software``), on the GUI t
 from __future__ import annotations
 
 import html
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from typing import Any
 
 from PySide6.QtCore import Property, QEvent, QMetaObject, QObject, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QColor, QDesktopServices, QFontDatabase, QGuiApplication, QPalette
-from PySide6.QtQuick import QQuickItem, QQuickView, QQuickWindow
+from PySide6.QtQuick import QQuickItem, QQuickView, QQuickWindow, QSGRendererInterface
 from PySide6.QtQuickWidgets import QQuickWidget
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
@@ -54,6 +55,21 @@ def card_grounds(palette: QPalette) -> list[QColor]:
         blend(base, palette.color(QPalette.ColorRole.Highlight), USER_CARD_TINT),
         blend(base, palette.color(QPalette.ColorRole.Text), REPLY_CARD_TINT),
     ]
+
+
+def use_software_renderer() -> None:
+    """Draw the conversation with Qt Quick's software renderer, unless ``QT_QUICK_BACKEND`` says otherwise.
+
+    - On X11, the OpenGL path talks to the X server through Xlib (GLX), whose handler of a broken connection ends
+      the process (``exit``) as soon as the display goes: the reply on screen was never stored. Without GL, Qt's
+      xcb plugin sees the broken connection and the app shuts down as it should (tests/gui/test_first_start.py).
+    - A QQuickWidget on the GPU turns the whole window into a GPU-composited one and loads the driver (Mesa's
+      llvmpipe alone is tens of MB) for a view of text; the software renderer draws only what changed.
+    - It is what every test and benchmark here measures (offscreen has no GL): docs/PERFORMANCE.md.
+    Must run before the first Qt Quick window is made; ``QT_QUICK_BACKEND=rhi`` chooses the GPU (Qt's default).
+    """
+    if not os.environ.get("QT_QUICK_BACKEND"):
+        QQuickWindow.setGraphicsApi(QSGRendererInterface.GraphicsApi.Software)
 
 
 def read_theme(palette: QPalette) -> Theme:
@@ -230,6 +246,7 @@ class ConversationView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         if embed == "widget":
+            use_software_renderer()
             self.quick = QQuickWidget(self)  # Esc, which no item takes, goes on to the window (it stops a reply)
             # Owned by the scene's widget: deleted after the scene, so no binding reads them once they are gone.
             self.model.setParent(self.quick)

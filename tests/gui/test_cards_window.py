@@ -17,6 +17,7 @@ import shiboken6
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtQuick import QQuickItem
+from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QWidget
 
 from chat.service import ChatMessage, Usage
@@ -35,6 +36,7 @@ from tests.support.app import (
 from tests.support.cards import (
     card,
     click,
+    descendants,
     part,
     rows,
     shown,
@@ -390,3 +392,37 @@ def test_set_messages_updates_the_same_messages_in_place_and_replaces_what_chang
 def shown_text(row: QQuickItem, name: str) -> str:
     item = part(row, name)
     return str(item.property("text")) if item is not None and item.isVisible() else ""
+
+
+# --- the keyboard ------------------------------------------------------------------------------------------------
+
+
+async def test_shift_tab_from_the_composer_reaches_the_newest_card_and_tab_comes_back(
+    qtbot: Any, cairn: Cairn
+) -> None:
+    """The keyboard's way into the conversation and out: Shift+Tab from the composer lands on the newest card (its
+    toolbar shows, or its last button takes the focus when the toolbar is already there), and Tab through the cards'
+    buttons leaves the scene again."""
+    async with cairn() as app:
+        window = window_of(app)
+        await send_and_wait(qtbot, window, "a question")
+        view = view_of(app)
+        scene = view.quick_window()
+        window.composer.edit.setFocus()
+        await until(lambda: window.composer.edit.hasFocus(), "the composer focused")
+
+        for _ in range(6):  # whatever sits between them in the window's tab order
+            if view.quick.hasFocus():
+                break
+            QTest.keyClick(QApplication.focusWidget(), Qt.Key.Key_Backtab)
+        await until(view.quick.hasFocus, "Shift+Tab into the conversation")
+        # The newest card, or its last button when its toolbar is already there (the mouse is over it).
+        focused = scene.activeFocusItem()
+        reply = await card(view, view.messages()[-1].id)
+        assert focused is not None and (focused == reply or focused in descendants(reply)), focused
+        await until(lambda: part(reply, "copyButton") is not None, "the focused card's toolbar")
+        for _ in range(30):  # the cards and their buttons, then out of the scene
+            if not view.quick.hasFocus():
+                break
+            QTest.keyClick(view.quick, Qt.Key.Key_Tab)
+        await until(lambda: not view.quick.hasFocus(), "Tab out of the conversation")
