@@ -167,6 +167,11 @@ class Bridge(QObject):
     def _fixed_font(self) -> str:
         return QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
 
+    def _font_size(self) -> float:
+        # The view's text size, which follows the application's (Settings → Appearance → Text size) at once: a Qt
+        # Quick Text takes the application's font when it is made and never again.
+        return self._view.font().pointSizeF()
+
     def _code_background(self) -> str:
         return code_background(self._view.model.theme.code_style)
 
@@ -215,6 +220,7 @@ class Bridge(QObject):
     waiting = Property(str, _waiting, notify=tailChanged)
     canRegenerate = Property(bool, _can_regenerate, notify=tailChanged)
     fixedFont = Property(str, _fixed_font, notify=themeChanged)
+    fontSize = Property(float, _font_size, notify=themeChanged)
     linkColor = Property(str, _link_color, notify=themeChanged)
     selectableText = Property(bool, _selectable_text, constant=True)
     codeBackground = Property(str, _code_background, notify=themeChanged)
@@ -561,6 +567,8 @@ class QuickChatView(ConversationView):
     # --- Qt overrides ---------------------------------------------------------------------------------------
     def changeEvent(self, event: QEvent) -> None:
         super().changeEvent(event)
+        if event.type() == QEvent.Type.FontChange:
+            self.bridge.themeChanged.emit()
         if event.type() == QEvent.Type.PaletteChange:
             theme = read_theme(self.palette())
             if theme != self.model.theme:

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from PySide6.QtGui import QPalette
+from PySide6.QtQuick import QQuickItem
 from PySide6.QtWidgets import QApplication
 
 from gui.appearance import apply_appearance
 from gui.contrast import contrast
 from storage.settings import load_settings, save_settings
-from tests.support.app import cairn_factory, window_of
+from tests.support.app import cairn_factory, until, window_of
 from tests.support.model_server import ModelServer
 
 
@@ -38,6 +39,9 @@ async def test_dark_and_a_larger_text_at_start_then_light_without_a_restart(
         assert lightness(QPalette.ColorRole.Window) < 0.2 and lightness(QPalette.ColorRole.WindowText) > 0.8
         assert QApplication.font().pointSize() == desktop_size + 4
         assert window.font().pointSize() == desktop_size + 4
+        note = window.view.quick.rootObject().findChild(QQuickItem, "note")  # the conversation's text, in Qt Quick
+        assert note is not None and note.isVisible()
+        assert note.property("font").pointSizeF() == desktop_size + 4
         palette = QApplication.palette()
         link = palette.color(QPalette.ColorRole.Link)
         assert contrast(link, palette.color(QPalette.ColorRole.Base)) >= 4.5  # kept readable (gui/contrast.py)
@@ -48,3 +52,4 @@ async def test_dark_and_a_larger_text_at_start_then_light_without_a_restart(
         await app.apply_settings(load_settings(environ={}, cwd=tmp_path, config_dir=config, strict=False))
         assert lightness(QPalette.ColorRole.Window) > 0.8 and lightness(QPalette.ColorRole.WindowText) < 0.2
         assert QApplication.font().pointSize() == desktop_size
+        await until(lambda: note.property("font").pointSizeF() == desktop_size, "the cards' text at the new size")

@@ -32,7 +32,7 @@ Rectangle {
         palette.buttonText: pal.text
         palette.highlight: pal.highlight
         padding: 6
-        font.pixelSize: 12
+        font.pointSize: chat.fontSize * 0.9
         Accessible.name: text
         ToolTip.visible: hovered && tip.length > 0
         ToolTip.text: tip
@@ -78,6 +78,7 @@ Rectangle {
                     width: parent.width - 28
                     spacing: 6
                     Text {
+                        font.pointSize: chat.fontSize
                         objectName: "errorText"
                         width: parent.width
                         text: chat.errorHtml
@@ -86,11 +87,13 @@ Rectangle {
                         color: pal.text
                     }
                     Text {
+                        font.pointSize: chat.fontSize
                         visible: chat.errorPartial.length > 0
                         text: "What arrived before the failure (not saved):"
                         color: root.muted
                     }
                     Text {
+                        font.pointSize: chat.fontSize
                         objectName: "errorPartial"
                         visible: chat.errorPartial.length > 0
                         width: parent.width
@@ -100,6 +103,7 @@ Rectangle {
                         color: root.muted
                     }
                     Button {
+                        font.pointSize: chat.fontSize
                         objectName: "retryButton"
                         visible: chat.errorRetry
                         text: "Retry"
@@ -234,6 +238,7 @@ Rectangle {
                         spacing: 8
                         height: 24
                         Text {
+                            font.pointSize: chat.fontSize
                             anchors.verticalCenter: parent.verticalCenter
                             text: row.role === "user" ? "You" : "Assistant"
                             font.bold: true
@@ -244,7 +249,7 @@ Rectangle {
                             anchors.verticalCenter: parent.verticalCenter
                             text: row.timestamp + (row.streaming ? " · writing" : row.stopped ? " · stopped" : "")
                             color: root.muted
-                            font.pixelSize: 11
+                            font.pointSize: chat.fontSize * 0.85
                         }
                         IconButton {
                             objectName: "stopButton"
@@ -263,6 +268,7 @@ Rectangle {
 
                     // Until the first word: how long Cairn has waited (a local server may be loading the model).
                     Text {
+                        font.pointSize: chat.fontSize
                         objectName: "waiting"
                         visible: row.streaming && chat.waiting.length > 0
                         text: visible ? chat.waiting : ""
@@ -276,6 +282,7 @@ Rectangle {
                         spacing: 4
                         property bool open: false
                         Text {
+                            font.pointSize: chat.fontSize
                             id: thought
                             objectName: "thought"
                             text: (parent.open ? "▾ " : "▸ ") + (row.reasoningSeconds < 0.5 ? "Thought for a moment" : "Thought for " + Math.round(row.reasoningSeconds) + " s")
@@ -283,6 +290,7 @@ Rectangle {
                             TapHandler { onTapped: thought.parent.open = !thought.parent.open }
                         }
                         Text {
+                            font.pointSize: chat.fontSize
                             objectName: "reasoningText"
                             visible: parent.open
                             width: parent.width
@@ -333,6 +341,7 @@ Rectangle {
                                 tip: "Previous version"
                             }
                             Text {
+                                font.pointSize: chat.fontSize
                                 objectName: "versionLabel"
                                 anchors.verticalCenter: parent.verticalCenter
                                 text: (row.branchIndex + 1) + " / " + row.branchCount
@@ -354,7 +363,7 @@ Rectangle {
                             visible: row.hasUsage
                             text: visible ? Math.round(row.usage.tokens) + " tokens" + (row.usage.perSecond > 0 ? " · " + row.usage.perSecond.toFixed(1) + " tok/s" : "") : ""
                             color: root.muted
-                            font.pixelSize: 11
+                            font.pointSize: chat.fontSize * 0.85
                         }
                     }
                 }
@@ -412,6 +421,7 @@ Rectangle {
                 Component {
                     id: textBlock
                     Text {
+                        font.pointSize: chat.fontSize
                         // Markdown already rendered by gui.markdown into Qt's rich-text HTML.
                         text: parent ? parent.html : ""
                         textFormat: parent && parent.styled ? Text.StyledText : Text.RichText
@@ -428,6 +438,7 @@ Rectangle {
                     // The same text, selectable with the mouse (within one block: no Qt Quick item selects across
                     // items). TextEdit has no StyledText: every block is RichText.
                     TextEdit {
+                        font.pointSize: chat.fontSize
                         objectName: "selectableText"
                         text: parent ? parent.html : ""
                         textFormat: TextEdit.RichText
@@ -473,7 +484,7 @@ Rectangle {
                                     anchors.verticalCenter: parent.verticalCenter
                                     text: codeFrame.blockItem.language || "code"
                                     color: root.muted
-                                    font.pixelSize: 11
+                                    font.pointSize: chat.fontSize * 0.85
                                 }
                                 IconButton {
                                     id: copyCode
@@ -517,6 +528,7 @@ Rectangle {
                                             width: chunk.implicitWidth
                                             height: chunk.implicitHeight
                                             Text {
+                                                font.pointSize: chat.fontSize
                                                 id: chunk
                                                 visible: lines.topInList + parent.y + parent.height > list.contentY - 100 && lines.topInList + parent.y < list.contentY + list.height + 100
                                                 text: model.text
@@ -537,6 +549,7 @@ Rectangle {
 
     // The empty or loading state ("Loading…", or how to start).
     Text {
+        font.pointSize: chat.fontSize
         objectName: "note"
         visible: chat.note.length > 0
         anchors.centerIn: parent
@@ -549,6 +562,7 @@ Rectangle {
 
     // "Jump to the newest" when the user has scrolled up.
     RoundButton {
+        font.pointSize: chat.fontSize
         id: jump
         objectName: "jumpButton"
         anchors.horizontalCenter: parent.horizontalCenter
