@@ -2,15 +2,15 @@
 
 Safe by construction: raw HTML in a message is escaped (``html: False``), links keep markdown-it's URL validation
 (no ``javascript:``), and images become plain links, so rendering a message never fetches anything from the
-network. Each fenced code block gets a "Copy" link whose target the caller chooses (``code_href``); its source
-text is returned beside the HTML so the copy is exact.
+network. The source text of each code block is returned beside the HTML, so a copy of it is exact (the cards draw
+top-level code blocks themselves, with their own Copy button: gui/conversation/blocks.py).
 """
 
 from __future__ import annotations
 
 import functools
 import html
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -108,16 +108,15 @@ class _Renderer:
         )
         self.md = md
         self.theme = LIGHT
-        self.code_href: Callable[[int], str] | None = None
         self.blocks: list[str] = []
 
-    def render(self, text: str, theme: Theme, code_href: Callable[[int], str] | None) -> Rendered:
-        self.theme, self.code_href, self.blocks = theme, code_href, []
+    def render(self, text: str, theme: Theme) -> Rendered:
+        self.theme, self.blocks = theme, []
         try:
             body = self.md.render(text)
             return Rendered(body, tuple(self.blocks))
         finally:
-            self.code_href, self.blocks = None, []
+            self.blocks = []
 
     # markdown-it's render rules, bound: (tokens, idx, options, env) -> str
     def _fence(self, tokens: Sequence[Token], idx: int, _o: Any, _e: Any) -> str:
@@ -126,14 +125,10 @@ class _Renderer:
         if code.endswith("\n"):
             code = code[:-1]
         language = token.info.strip().split(maxsplit=1)[0] if token.info.strip() else ""
-        index = len(self.blocks)
         self.blocks.append(code)
         style = self.theme.code_style
         background = code_background(style)
         header = f'<span style="color:{self.theme.muted}">{html.escape(language) or "code"}</span>'
-        if self.code_href is not None:
-            href = html.escape(self.code_href(index), quote=True)
-            header += f'&nbsp;&nbsp;<a href="{href}" title="Copy this code">Copy</a>'
         body = highlight_code(code, language, style)
         # A one-column table is the only box with a background and padding that Qt's rich text lays out.
         return (
@@ -188,9 +183,9 @@ class _Renderer:
 _renderer = _Renderer()
 
 
-def render_markdown(text: str, theme: Theme = LIGHT, *, code_href: Callable[[int], str] | None = None) -> Rendered:
-    """Render one message. ``code_href(i)`` is the target of the i-th code block's "Copy" link (none if None)."""
-    return _renderer.render(text, theme, code_href)
+def render_markdown(text: str, theme: Theme = LIGHT) -> Rendered:
+    """Render one message."""
+    return _renderer.render(text, theme)
 
 
 def render_plain(text: str) -> str:
