@@ -57,14 +57,13 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from bench.report import machine  # noqa: E402
 from bench.report import versions as report_versions  # noqa: E402
-from bench.ui import markdown_reply, reply_text, user_text  # noqa: E402
+from bench.ui import code_reply, markdown_reply, reply_text, user_text  # noqa: E402
 
 KINDS = ("textbrowser", "quick-widget", "quick-window")
 OPTIONAL_KINDS = ("quick-selectable",)  # --kinds: QQuickWidget with selectable (TextEdit) text blocks
 TOKENS = 2_000
 TOKEN_DELAY = 0.005
 TICK_MS = 5
-CODE_BYTES = 200_000
 SIZE = (1000, 800)
 COMMAND = "/work/main/.venv/bin/python -m bench.chat_view_proto"
 
@@ -84,17 +83,6 @@ def conversation(count: int, prefix: str = "m") -> list[Message]:
         else Message(f"{prefix}{i}", "assistant", reply_text(i))
         for i in range(count)
     ]
-
-
-def code_reply() -> list[str]:
-    lines = []
-    n = 0
-    while sum(map(len, lines)) < CODE_BYTES:
-        lines.append(f"    value_{n} = compute(value_{n - 1}, {n}, label='step {n} of the loop')  # keep going\n")
-        n += 1
-    text = "Here is the code:\n\n```python\ndef run():\n" + "".join(lines) + "```\n"
-    size = len(text) // TOKENS + 1
-    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def replies() -> dict[str, list[str]]:
