@@ -3,7 +3,7 @@ conversations, start-up and idle memory.
 
 Usage::
 
-    .venv/bin/python -m bench.ui --baseline d7c6cb7          # the table (about 9 minutes on 2 cores, data included)
+    .venv/bin/python -m bench.ui --baseline d7c6cb7          # the table (5 minutes on 2 cores, +2 to build the data)
     .venv/bin/python -m bench.ui --baseline d7c6cb7 --write  # and update the "UI" section of docs/PERFORMANCE.md
     .venv/bin/python -m bench.ui --quick                     # fewer runs (a smoke run)
     .venv/bin/python -m bench.ui --stalls                    # also print where the loop's thread was in each stall
