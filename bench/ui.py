@@ -31,9 +31,10 @@ exists the variable changes nothing); the baseline runs with its own defaults. W
 - Loop gaps: a 5 ms Qt timer (``PreciseTimer``) ticks on the loop's thread while a message is typed into the
   composer and sent with Enter into the open 1,000-message conversation, until the window says the reply is finished
   (stored, reloaded, the list refreshed). A gap between ticks is time the loop could not run; p99 and max of the
-  gaps per send, median over the sends (one of each kind per app process), the loop thread's CPU time in the worst
-  gap (a stall computes; a descheduled process does not) and the worst gap of each phase (start: Enter → first token
-  shown; streaming; end: last token → finished).
+  gaps per send, median over the sends (one of each kind per app process), the CPU time in the worst gap of the
+  loop's thread and of the whole process (the loop computing; another thread of the app computing, which holds
+  the interpreter lock for a long C call or a garbage collection; or neither: the process waited for a core), and
+  the worst gap of each phase (start: Enter → first token shown; streaming; end: last token → finished).
 - Open: a click on the conversation in the list until the view's first frame after the window has shown it (the
   text view: a paint event of its viewport; the cards view: its scene's ``afterRendering``); a short conversation
   is opened in between, so each is a real open. The first open of each in an app process is also reported on its
@@ -561,12 +562,13 @@ def notes(checkouts: Sequence[Checkout]) -> list[str]:
             sends = [s for app in c.apps for s in app["sends"].get(kind, [])]
             if not sends:
                 continue
-            phase = {p: statistics.median(s[p] for s in sends) for p in ("start", "stream", "end", "cpu_in_max")}
+            keys = ("start", "stream", "end", "cpu_in_max", "process_cpu_in_max")
+            phase = {p: statistics.median(s.get(p, float("nan")) for s in sends) for p in keys}
             first = statistics.median(s["first_token_ms"] for s in sends)
             parts.append(
                 f"{kind}: first token shown after {first:.0f} ms; worst gap by phase start {phase['start']:.0f},"
-                f" streaming {phase['stream']:.0f}, end {phase['end']:.0f} ms; the loop's CPU in the worst gap"
-                f" {phase['cpu_in_max']:.0f} ms"
+                f" streaming {phase['stream']:.0f}, end {phase['end']:.0f} ms; CPU in the worst gap: the loop's"
+                f" thread {phase['cpu_in_max']:.0f} ms, the process {phase['process_cpu_in_max']:.0f} ms"
             )
         for size in ("long", "huge"):
             opens = [o for app in c.apps for o in app["opens"].get(size, [])]

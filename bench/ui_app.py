@@ -22,6 +22,7 @@ from typing import Any
 
 BOOT = "import runpy, sys; path = sys.argv.pop(1); runpy.run_path(path, run_name='__main__')"
 TICK_MS = 5
+IDLE_FRAMES = {"wait", "get", "select", "_worker", "_connection_worker_thread"}  # a thread waiting for work
 SEND_TIMEOUT = 300.0
 
 
@@ -34,6 +35,7 @@ class Ticker:
 
         self.ticks: list[float] = []
         self.cpu: list[float] = []
+        self.process_cpu: list[float] = []
         self.timer = QTimer()
         self.timer.setTimerType(Qt.TimerType.PreciseTimer)
         self.timer.setInterval(TICK_MS)
@@ -42,9 +44,10 @@ class Ticker:
     def tick(self) -> None:
         self.ticks.append(time.perf_counter())
         self.cpu.append(time.thread_time())
+        self.process_cpu.append(time.process_time())
 
     def start(self) -> None:
-        self.ticks, self.cpu = [], []
+        self.ticks, self.cpu, self.process_cpu = [], [], []
         self.tick()
         self.timer.start()
 
@@ -59,10 +62,16 @@ class Ticker:
         gaps = [b - a for a, b in zip(self.ticks, self.ticks[1:], strict=False) if b > start and a < stop]
         return max(gaps, default=0.0) * 1000
 
-    def cpu_in_max_gap(self) -> float:
+    def cpu_in_max_gap(self) -> tuple[float, float]:
+        """ms of CPU in the worst gap: the loop's thread's, and the whole process's (all its threads: much more
+        than the loop's own is another thread of the app computing, likely with the interpreter lock; little of
+        both is the process waiting for a core)."""
         gaps = self.gaps()
         worst = max(range(len(gaps)), key=gaps.__getitem__)
-        return (self.cpu[worst + 1] - self.cpu[worst]) * 1000
+        return (
+            (self.cpu[worst + 1] - self.cpu[worst]) * 1000,
+            (self.process_cpu[worst + 1] - self.process_cpu[worst]) * 1000,
+        )
 
 
 class StallSampler:
@@ -76,6 +85,7 @@ class StallSampler:
         self.ticker = ticker
         self.threshold = threshold_ms / 1000
         self.samples: list[tuple[float, tuple[str, ...]]] = []  # (the last tick before the stall, the stack)
+        self.others: list[tuple[float, str]] = []  # (the last tick before the stall, another thread's innermost frames)
         self._main = threading.main_thread().ident
         self._running = True
         self._thread = threading.Thread(target=self._run, name="stall-sampler", daemon=True)
@@ -85,8 +95,10 @@ class StallSampler:
         self._thread.start()
 
     def _run(self) -> None:
+        import threading
         import traceback
 
+        names = {}
         while self._running:
             time.sleep(0.002)
             ticks = self.ticker.ticks
@@ -95,11 +107,24 @@ class StallSampler:
             last = ticks[-1]
             if time.perf_counter() - last < self.threshold:
                 continue
-            frame = sys._current_frames().get(self._main)
+            frames = sys._current_frames()
+            frame = frames.get(self._main)
             if frame is None:
                 continue
             stack = tuple(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)[-40:])
             self.samples.append((last, stack))
+            # What the other threads run meanwhile: one holding the interpreter lock in a long C call (a
+            # validation, an encoding) stops the loop as surely as the loop's own work.
+            for ident, other in frames.items():
+                if ident in (self._main, threading.get_ident()):
+                    continue
+                if ident not in names:
+                    names = {t.ident: t.name for t in threading.enumerate()}
+                inner = traceback.extract_stack(other)[-3:]
+                if inner and inner[-1].name in IDLE_FRAMES:
+                    continue
+                where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(inner))
+                self.others.append((last, f"[{names.get(ident, ident)}] {where}"))
 
     def _on_gc(self, phase: str, info: dict) -> None:
         now = time.perf_counter()
@@ -138,6 +163,9 @@ class StallSampler:
             common = [f for f, _c in counts.most_common() if not f.startswith(("base_events.py", "qasync"))][:top]
             for frame in sorted(common, key=lambda f: order[f]):
                 lines.append(f"    {counts[frame]:4d}  {frame}")
+            others = Counter(where for at, where in self.others if at == last)
+            for where, count in others.most_common(6):
+                lines.append(f"    {count:4d}  other thread: {where}")
         return "\n".join(lines)
 
 
@@ -265,11 +293,13 @@ async def send_message(window: Any, text: str, *, stalls: bool = False) -> dict[
         print(sampler.summary(), file=sys.stderr)
     del view.append_tokens
     gaps = sorted(ticker.gaps())
+    loop_cpu, process_cpu = ticker.cpu_in_max_gap()
     first, last = marks.get("first", ended), marks.get("last", ended)
     return {
         "p99": gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))],
         "max": gaps[-1],
-        "cpu_in_max": ticker.cpu_in_max_gap(),
+        "cpu_in_max": loop_cpu,
+        "process_cpu_in_max": process_cpu,
         "start": ticker.max_gap_between(started, first),
         "stream": ticker.max_gap_between(first, last),
         "end": ticker.max_gap_between(last, ended),
@@ -329,7 +359,8 @@ def run(request: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
                     log(
                         f"  send {n + 1} ({kind}): {send['total_s']:.1f} s, first token after "
                         f"{send['first_token_ms']:.0f} ms, p99 {send['p99']:.1f} ms, max {send['max']:.0f} ms "
-                        f"(CPU in it {send['cpu_in_max']:.0f}; start {send['start']:.0f}, stream {send['stream']:.0f},"
+                        f"(CPU in it: the loop {send['cpu_in_max']:.0f}, the process {send['process_cpu_in_max']:.0f};"
+                        f" start {send['start']:.0f}, stream {send['stream']:.0f},"
                         f" end {send['end']:.0f})"
                     )
         finally:
