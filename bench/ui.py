@@ -1,45 +1,58 @@
-"""How the window feels: loop stalls during a send, first paint, opening a long conversation, idle memory.
+"""How the window feels, against a baseline commit in the same run: loop gaps while a reply streams, opening long
+conversations, start-up and idle memory.
 
 Usage::
 
-    .venv/bin/python -m bench.ui            # print the table (about 4 minutes on 2 cores, data included)
-    .venv/bin/python -m bench.ui --write    # and update the "UI" section of docs/PERFORMANCE.md
-    .venv/bin/python -m bench.ui --quick    # fewer runs (a smoke run)
-    .venv/bin/python -m bench.ui --stalls   # also print where the loop's thread was during each stall
-    .venv/bin/python -m bench.ui --data DIR # build the data once into DIR and reuse it on later runs
+    .venv/bin/python -m bench.ui --baseline d7c6cb7          # the table (5 minutes on 2 cores, +2 to build the data)
+    .venv/bin/python -m bench.ui --baseline d7c6cb7 --write  # and update the "UI" section of docs/PERFORMANCE.md
+    .venv/bin/python -m bench.ui --quick                     # fewer runs (a smoke run)
+    .venv/bin/python -m bench.ui --stalls                    # also print where the loop's thread was in each stall
+    .venv/bin/python -m bench.ui --data DIR                  # build the data once into DIR and reuse it later
 
 Everything is the real thing: ``gui.app.CairnApp`` and its ``MainWindow`` on the selector qasync loop (offscreen
-Qt), a real SQLite data folder holding 1,000 conversations (999 of one turn, and one of 1,000 messages built turn by
-turn through the chat graph, so its storage has the shape a real chat leaves: deltas and snapshots), and Postgres
-configured but never answering: the URL points at ``tests.support.netproxy.TcpProxy`` in ``blackhole()`` mode (it
-accepts
-the connection and then says nothing, like a partitioned network) in front of a port where nothing listens (or of a
-throwaway ``tests.support.pgcluster.PgCluster`` with ``--pgcluster``). The model is
-``tests.support.model_server.ModelServer``, in
-its own process (its writing must not compete with the app for the interpreter lock), streaming 2,000 tokens at
-200 tokens/s (``token_delay=0.005``): either one paragraph of filler words (``token_count``) or a Markdown reply
-with headings, lists, code blocks and tables.
+Qt), a real SQLite data folder holding 1,000 conversations (998 of one turn, one of 1,000 messages and one of 5,000,
+built turn by turn through the chat graph, so their storage has the shape a real chat leaves: deltas and
+snapshots), and Postgres configured but never answering: the URL points at ``tests.support.netproxy.TcpProxy`` in
+``blackhole()`` mode (it accepts the connection and then says nothing, like a partitioned network) in front of a
+port where nothing listens (or of a throwaway ``tests.support.pgcluster.PgCluster`` with ``--pgcluster``). The
+model is ``tests.support.model_server.ModelServer`` in its own process (its writing must not compete with the app
+for the interpreter lock), streaming 2,000 tokens at 200 tokens/s (``token_delay=0.005``): one paragraph of filler
+words, a Markdown reply with headings, lists, code blocks and tables, or one 200 KB code block (2,000 slices of
+about 100 characters); the message sent says which (``[plain]``, ``[markdown]``, ``[code]``).
 
-- Stall: a 5 ms Qt timer (``PreciseTimer``) ticks on the loop's thread while a message is typed into the composer
-  and sent with Enter into the open 1,000-message conversation, until the window says the reply is finished
+The checkouts: this one and, with ``--baseline COMMIT``, a ``git worktree`` of that commit (``bench.startup``'s,
+sharing this ``.venv``). The harness is this checkout's; the app measured is each checkout's own: every measure runs
+in a child process whose working directory is that checkout (``bench/ui_app.py`` for the in-app measures,
+``main.py`` for the process ones), the checkouts alternating so the machine's load falls on both alike. This
+checkout asks for the cards view with ``CHAT_VIEW=cards`` in its environment (``--view``; where the setting no longer
+exists the variable changes nothing); the baseline runs with its own defaults. Which view a window has is read on
+``window.view`` (``bench.ui_app.view_kind``) and shown in the table's heading.
+
+- Loop gaps: a 5 ms Qt timer (``PreciseTimer``) ticks on the loop's thread while a message is typed into the
+  composer and sent with Enter into the open 1,000-message conversation, until the window says the reply is finished
   (stored, reloaded, the list refreshed). A gap between ticks is time the loop could not run; p99 and max of the
-  gaps per send, median over 3 sends of each kind of reply, and the worst gap of each phase (start: Enter → first
-  token shown; streaming; end: last token → finished).
-- First paint: ``main.py`` in a fresh process (the same data, settings from ``CAIRN_CONFIG_DIR``), from just before
-  the process is spawned until the window's first paint event; median of 5 processes.
-- Open: a click on the conversation in the list until the conversation view's first paint after it has shown the
-  messages; median of 5 opens (a short conversation is opened in between, so each is a real open). The first open
-  of the process is also shown on its own: nothing is cached yet.
-- Idle RSS: the resident memory of each of those ``main.py`` processes 3 s after its chat engine is loaded.
+  gaps per send, median over the sends (one of each kind per app process), the CPU time in the worst gap of the
+  loop's thread and of the whole process (the loop computing; another thread of the app computing, which holds
+  the interpreter lock for a long C call or a garbage collection; or neither: the process waited for a core), and
+  the worst gap of each phase (start: Enter → first token shown; streaming; end: last token → finished).
+- Open: a click on the conversation in the list until the view's first frame after the window has shown it (the
+  text view: a paint event of its viewport; the cards view: its scene's ``afterRendering``); a short conversation
+  is opened in between, so each is a real open. The first open of each in an app process is also reported on its
+  own: nothing of it is cached yet.
+- Start-up and idle RSS: ``main.py`` in a fresh process on a copy of the data (``bench.startup.one_start``: process
+  start → first paint, → ready to send), and its resident memory 3 s after it is ready, read from
+  ``/proc/PID/smaps`` with where it goes (Qt's libraries, Python's, the heap and other anonymous memory).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import datetime
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import statistics
@@ -52,41 +65,64 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.report import machine, write_section
-from bench.report import versions as report_versions
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/ui.py` as well as `python -m bench.ui`
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from bench.report import machine, write_section  # noqa: E402
+from bench.report import versions as report_versions  # noqa: E402
+from bench.startup import Start, one_start, worktree  # noqa: E402
+from bench.ui_app import BOOT  # noqa: E402
+
 DOCS = ROOT / "docs" / "PERFORMANCE.md"
 SECTION = "## UI"
 OTHER_SECTIONS = (("## Storage", "Written by `.venv/bin/python -m bench.storage --write`."),)
-COMMAND = ".venv/bin/python -m bench.ui --write"
+APP_HARNESS = ROOT / "bench" / "ui_app.py"
 
 CONVERSATIONS = 1_000
 LONG_MESSAGES = 1_000
+HUGE_MESSAGES = 5_000
 TOKENS = 2_000
 TOKEN_DELAY = 0.005
-TICK_MS = 5
+CODE_BYTES = 200_000
 IDLE_SECONDS = 3.0
+KINDS = {
+    "plain": "a plain reply (one paragraph of filler words)",
+    "markdown": "a Markdown reply",
+    "code": "a reply that is one 200 KB code block",
+}
+SETTING_KEYS = (
+    "POSTGRES_DATABASE_URL",
+    "MODEL_BASE_URL",
+    "MODEL_NAME",
+    "CAIRN_DATA_DIR",
+    "CAIRN_CONFIG_DIR",
+    "CHAT_VIEW",
+)
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
-    limit: float
-    unit: str
+    limit: float | None  # None: shown, no target
+    unit: str = "ms"
 
 
 TARGETS = {
-    "p99": Target("Loop stall during a send, p99 gap", 16, "ms"),
-    "max": Target("Loop stall during a send, max gap", 50, "ms"),
-    "paint": Target("Process start → first paint", 1000, "ms"),
-    "open": Target("Open a 1,000-message conversation (click → painted)", 150, "ms"),
-    "cold": Target("… the first open after start (cold)", 150, "ms"),
-    "rss": Target("Idle RSS after start", 250, "MB"),
+    "plain p99": Target("Loop gaps streaming a plain reply: p99", 10),
+    "plain max": Target("… max", 33),
+    "markdown p99": Target("Loop gaps streaming a Markdown reply: p99", 10),
+    "markdown max": Target("… max", 33),
+    "code p99": Target("Loop gaps streaming one 200 KB code block: p99", None),
+    "code max": Target("… max", 50),
+    "open long": Target("Open a 1,000-message conversation (click → first frame)", 50),
+    "cold long": Target("… the first time in the process", 50),
+    "open huge": Target("Open a 5,000-message conversation", 150),
+    "cold huge": Target("… the first time in the process", 150),
+    "paint": Target("Process start → first paint", 500),
+    "ready": Target("Process start → ready to send", 1500),
+    "rss": Target("Idle RSS (3 s after ready)", 220, "MB"),
 }
 
 
@@ -116,9 +152,19 @@ def reply_text(i: int) -> str:
     )
 
 
-async def build_data(data_dir: Path, conversations: int, long_messages: int, log: Callable[[str], None]) -> dict:
-    """The data folder: ``conversations - 1`` short conversations and one of ``long_messages`` messages, built
-    through the chat graph on Cairn's own storage stack (SQLite, no Postgres), as the app would have stored them."""
+LONG_CONVERSATIONS = {  # key in bench-threads.json: (thread id, messages, title)
+    "long": ("long-conversation", LONG_MESSAGES, "A conversation of 1,000 messages"),
+    "huge": ("huge-conversation", HUGE_MESSAGES, "A conversation of 5,000 messages"),
+}
+
+
+async def build_data(data_dir: Path, threads: dict[str, str], log: Callable[[str], None]) -> dict[str, str]:
+    """The data folder, or what it lacks: short conversations (one turn each) and the long ones, built through
+    the chat graph on Cairn's own storage stack (SQLite, no Postgres) turn by turn, as the app would have stored
+    them: each turn is a LangGraph run that writes its checkpoints (a delta of the messages, a snapshot of all of
+    them every ``SNAPSHOT_EVERY`` updates). A turn takes milliseconds with a canned model (``FakeListChatModel``),
+    so the 3,500 turns take about a minute; building the rows directly would be faster but would have to copy
+    the saver's layout, which is what the data must not get wrong."""
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
     from langchain_core.messages import HumanMessage
 
@@ -129,6 +175,7 @@ async def build_data(data_dir: Path, conversations: int, long_messages: int, log
 
     manager = StorageManager(data_dir=data_dir)
     await manager.start()
+    threads = dict(threads)
     try:
         saver = TieredSaver(manager)
         graph = build_chat_graph(saver)
@@ -139,23 +186,43 @@ async def build_data(data_dir: Path, conversations: int, long_messages: int, log
             config = {"configurable": {"thread_id": thread}}
             await graph.ainvoke({"messages": [with_id(HumanMessage(user_text(i)))]}, config, context=context)
 
-        started = time.perf_counter()
-        short: list[str] = []
-        for n in range(conversations - 1):
-            thread = f"short-{n:04d}"
-            await turn(thread, n)
-            await manager.update_conversation(thread, title=f"Conversation {n}: {_words(n, 4)}")
-            short.append(thread)
-        log(f"  {conversations - 1} short conversations in {time.perf_counter() - started:.0f} s")
-        started = time.perf_counter()
-        long_thread = "long-conversation"
-        for i in range(long_messages // 2):
-            await turn(long_thread, i)
-        await manager.update_conversation(long_thread, title="A conversation of 1,000 messages")
-        log(f"  one conversation of {long_messages} messages in {time.perf_counter() - started:.0f} s")
-        return {"long": long_thread, "short": short[-1]}
+        if "short" not in threads:
+            started = time.perf_counter()
+            shorts = CONVERSATIONS - len(LONG_CONVERSATIONS)
+            for n in range(shorts):
+                thread = f"short-{n:04d}"
+                await turn(thread, n)
+                await manager.update_conversation(thread, title=f"Conversation {n}: {_words(n, 4)}")
+            threads["short"] = thread
+            log(f"  {shorts} short conversations in {time.perf_counter() - started:.0f} s")
+        for key, (thread, messages, title) in LONG_CONVERSATIONS.items():
+            if key in threads:
+                continue
+            started = time.perf_counter()
+            for i in range(messages // 2):
+                await turn(thread, i)
+            await manager.update_conversation(thread, title=title)
+            threads[key] = thread
+            log(f"  one conversation of {messages:,} messages in {time.perf_counter() - started:.0f} s")
+        return threads
     finally:
         await manager.close()
+
+
+def prepare_data(template: Path, log: Callable[[str], None]) -> dict[str, str]:
+    """The data folder in ``template``, built once (``bench-threads.json`` lists what it holds)."""
+    from storage.loop import run
+
+    marker = template / "bench-threads.json"
+    threads = json.loads(marker.read_text()) if marker.exists() else {}
+    missing = [k for k in ("short", *LONG_CONVERSATIONS) if k not in threads]
+    if not missing:
+        log(f"reusing the data in {template}")
+        return threads
+    log(f"building {', '.join(missing)} in {template}")
+    threads = run(build_data(template, threads, log))
+    marker.write_text(json.dumps(threads))
+    return threads
 
 
 # --- Postgres that never answers ----------------------------------------------------------------------------------
@@ -195,15 +262,15 @@ class SilentPostgres:
 # --- the model server, in its own process (its token writing must not share our interpreter's lock) ---------------
 
 SERVER_CODE = """
-import json, sys
-from tests.support.model_server import ModelServer
-replies = json.loads(sys.argv[1])
-server = ModelServer(token_delay=float(sys.argv[2])).start()
+import json, re, sys
+from tests.support.model_server import ModelServer, last_user_text
+replies = json.loads(sys.stdin.readline())  # 200 KB of code: too long for an argument
+def reply(messages):  # the kind of reply the message asks for: "[plain]", "[markdown]" or "[code]"
+    found = re.search(r"\\[(\\w+)\\]", last_user_text(messages))
+    return replies[found.group(1)] if found else "An answer."
+server = ModelServer(reply=reply, token_delay=float(sys.argv[1])).start()
 print(server.base_url, flush=True)
-for line in sys.stdin:  # the reply to give from now on: "plain" (token_count) or "markdown" (explicit tokens)
-    kind = line.strip()
-    server.token_count, server.reply = (replies[kind], None) if kind == "plain" else (None, replies[kind])
-    print("ok", flush=True)
+sys.stdin.read()
 server.close()
 """
 
@@ -233,28 +300,40 @@ def markdown_reply(tokens: int) -> list[str]:
         n += 1
 
 
-class ModelServerProcess:
-    """``tests.support.model_server.ModelServer`` in a child process; ``use(kind)`` picks the reply of the next
-    requests."""
+def code_reply(tokens: int = TOKENS) -> list[str]:
+    """One Python code block of about 200 KB, in ``tokens`` slices (about 100 characters each)."""
+    lines = []
+    n = 0
+    while sum(map(len, lines)) < CODE_BYTES:
+        lines.append(f"    value_{n} = compute(value_{n - 1}, {n}, label='step {n} of the loop')  # keep going\n")
+        n += 1
+    text = "Here is the code:\n\n```python\ndef run():\n" + "".join(lines) + "```\n"
+    size = len(text) // tokens + 1
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
-    def __init__(self, tokens: int, delay: float) -> None:
-        replies = {"plain": tokens, "markdown": markdown_reply(tokens)}
+
+def replies(tokens: int = TOKENS) -> dict[str, list[str]]:
+    from tests.support.model_server import filler_tokens
+
+    return {"plain": filler_tokens(tokens), "markdown": markdown_reply(tokens), "code": code_reply(tokens)}
+
+
+class ModelServerProcess:
+    """``tests.support.model_server.ModelServer`` in a child process (this checkout's), giving the reply the
+    message asks for."""
+
+    def __init__(self, delay: float) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVER_CODE, json.dumps(replies), str(delay)],
+            [sys.executable, "-c", SERVER_CODE, str(delay)],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert self.process.stdout is not None
-        self.base_url = self.process.stdout.readline().strip()
-        self.use("plain")
-
-    def use(self, kind: str) -> None:
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(kind + "\n")
+        self.process.stdin.write(json.dumps(replies()) + "\n")
         self.process.stdin.flush()
-        assert self.process.stdout.readline().strip() == "ok"
+        self.base_url = self.process.stdout.readline().strip()
 
     def close(self) -> None:
         assert self.process.stdin is not None
@@ -282,546 +361,264 @@ def write_settings(config_dir: Path, data_dir: Path, model_url: str, postgres_ur
     )
 
 
-# --- first paint and idle memory: `main.py` in a fresh process ----------------------------------------------------
-
-CHILD_CODE = """
-import asyncio, json, sys, time
-import main as cairn_main
-import gui.app as gui_app
-from PySide6.QtWidgets import QApplication
-
-first_paint = gui_app._first_paint
-async def reporting_first_paint(window):
-    await first_paint(window)
-    print("PAINT", time.time(), flush=True)
-gui_app._first_paint = reporting_first_paint
-
-start = gui_app.CairnApp.start
-async def reporting_start(self):
-    window = await start(self)
-    print("TIMINGS", json.dumps(self.timings), flush=True)
-    await asyncio.sleep(float(sys.argv[1]))
-    with open("/proc/self/status") as status:
-        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    print("RSS", rss * 1024, flush=True)
-    QApplication.instance().quit()
-    return window
-gui_app.CairnApp.start = reporting_start
-sys.exit(cairn_main.main([]))
-"""
+# --- the measures: each in a child process of the checkout measured --------------------------------------------
 
 
 @dataclass
-class ProcessRun:
-    paint_ms: float
-    rss_mb: float
-    timings: dict[str, float]
-
-
-def start_process(config_dir: Path) -> ProcessRun:
-    env = {**os.environ, "CAIRN_CONFIG_DIR": str(config_dir), "QT_QPA_PLATFORM": "offscreen"}
-    for key in ("POSTGRES_DATABASE_URL", "MODEL_BASE_URL", "MODEL_NAME", "CAIRN_DATA_DIR"):
-        env.pop(key, None)
-    started = time.time()
-    process = subprocess.run(
-        [sys.executable, "-c", CHILD_CODE, str(IDLE_SECONDS)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    found: dict[str, str] = {}
-    for line in process.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        found[key] = value
-    if process.returncode != 0 or "PAINT" not in found or "RSS" not in found:
-        raise RuntimeError(f"main.py failed ({process.returncode}):\n{process.stdout}\n{process.stderr[-3000:]}")
-    return ProcessRun(
-        (float(found["PAINT"]) - started) * 1000, int(found["RSS"]) / 2**20, json.loads(found.get("TIMINGS", "{}"))
-    )
-
-
-# --- in the app: opening and streaming ------------------------------------------------------------------------------
-
-
-@dataclass
-class Send:
-    gaps: list[float]  # ms
-    phase_max: dict[str, float]  # ms: "start" (Enter → first token shown), "stream", "end" (last token → finished)
-    total_s: float
-    first_token_ms: float
+class Checkout:
+    name: str  # "this checkout", "baseline d7c6cb7"
+    path: Path
+    env: dict[str, str]  # settings from the environment of its app processes
+    view: str = ""  # "text" or "cards": what its window showed
+    starts: list[Start] = field(default_factory=list)
+    apps: list[dict[str, Any]] = field(default_factory=list)  # bench.ui_app's results, one per app process
 
     @property
-    def p99(self) -> float:
-        gaps = sorted(self.gaps)
-        return gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))]
-
-    @property
-    def max(self) -> float:
-        return max(self.gaps)
+    def heading(self) -> str:
+        return f"{self.name} ({self.view} view)" if self.view else self.name
 
 
-REPLIES = {"plain": "a plain reply (one paragraph of filler words)", "markdown": "a Markdown reply"}
+def child_environ() -> dict[str, str]:
+    """This process's environment without Cairn's settings (each child's come from its settings file)."""
+    return {**{k: v for k, v in os.environ.items() if k not in SETTING_KEYS}, "QT_QPA_PLATFORM": "offscreen"}
 
 
-@dataclass
-class AppResults:
-    opens_ms: list[float] = field(default_factory=list)
-    open_split: list[tuple[float, float]] = field(default_factory=list)  # (load ms, render ms) per open
-    sends: dict[str, list[Send]] = field(default_factory=dict)  # reply kind -> its sends
+def rss_category(path: str) -> str:
+    if not path or path == "[heap]" or path.startswith("[anon"):
+        return "heap and anonymous memory (malloc, Python's objects, Qt's allocations, images)"
+    if path.startswith("["):
+        return "other (stacks, vdso)"
+    name = Path(path).name
+    if re.search(r"Qt6Quick|Qt6Qml|Qt6OpenGL|QtQuick|QtQml|/qml/", path):
+        return "Qt Quick and QML libraries and plugins"
+    if re.search(r"Qt6|PySide6|shiboken", name) or "/PySide6/" in path:
+        return "other Qt and PySide6 libraries"
+    if ".so" in name:
+        return "other shared libraries (Python, its extension modules, system)"
+    return "other files (fonts, caches)"
 
 
-class Ticker:
-    """A 5 ms precise Qt timer; every tick's time is kept (the gaps are what the loop could not run)."""
-
-    def __init__(self) -> None:
-        from PySide6.QtCore import Qt, QTimer
-
-        self.ticks: list[float] = []
-        self.timer = QTimer()
-        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
-        self.timer.setInterval(TICK_MS)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
-
-    def start(self) -> None:
-        self.ticks = [time.perf_counter()]
-        self.timer.start()
-
-    def stop(self) -> None:
-        self.timer.stop()
-        self.ticks.append(time.perf_counter())
-
-    def max_gap_between(self, start: float, stop: float) -> float:
-        gaps = [b - a for a, b in zip(self.ticks, self.ticks[1:], strict=False) if b > start and a < stop]
-        return max(gaps, default=0.0) * 1000
+def memory(pid: int) -> dict[str, Any]:
+    """The process's resident memory (MB) from ``/proc/PID/smaps``: in all, by category, and by file."""
+    categories: dict[str, float] = {}
+    files: dict[str, float] = {}
+    path = ""
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if not fields[0].endswith(":"):  # a mapping's first line: range, perms, offset, dev, inode[, path]
+                path = fields[5] if len(fields) > 5 else ""
+            elif fields[0] == "Rss:":
+                mb = int(fields[1]) / 1024
+                category = rss_category(path)
+                categories[category] = categories.get(category, 0.0) + mb
+                key = Path(path).name if path.startswith("/") else path or "[anon]"
+                files[key] = files.get(key, 0.0) + mb
+    return {"rss": sum(categories.values()), "categories": categories, "files": files}
 
 
-class StallSampler:
-    """Where the loop's thread is while the loop stalls: a watcher thread samples the main thread's Python stack
-    whenever the ticker has not ticked for ``threshold_ms`` (``--stalls``; a diagnosis aid, not a measure)."""
-
-    def __init__(self, ticker: Ticker, threshold_ms: float = 15.0) -> None:
-        import gc
-        import threading
-
-        self.ticker = ticker
-        self.threshold = threshold_ms / 1000
-        self.samples: list[tuple[float, tuple[str, ...]]] = []  # (the last tick before the stall, the stack)
-        self._main = threading.main_thread().ident
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name="stall-sampler", daemon=True)
-        self.collections: list[tuple[float, float, int]] = []  # (start, ms, generation) of each slow collection
-        self._gc_started = 0.0
-        gc.callbacks.append(self._on_gc)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import traceback
-
-        while self._running:
-            time.sleep(0.002)
-            ticks = self.ticker.ticks
-            if not ticks or not self.ticker.timer.isActive():
-                continue
-            last = ticks[-1]
-            if time.perf_counter() - last < self.threshold:
-                continue
-            frame = sys._current_frames().get(self._main)
-            if frame is None:
-                continue
-            stack = tuple(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)[-40:])
-            self.samples.append((last, stack))
-
-    def _on_gc(self, phase: str, info: dict) -> None:
-        now = time.perf_counter()
-        if phase == "start":
-            self._gc_started = now
-        elif (now - self._gc_started) * 1000 > 2:
-            self.collections.append((self._gc_started, (now - self._gc_started) * 1000, info["generation"]))
-
-    def stop(self) -> None:
-        import gc
-
-        gc.callbacks.remove(self._on_gc)
-        self._running = False
-        self._thread.join()
-
-    def summary(self, top: int = 25) -> str:
-        """Per stall of the ticker: its length, and the frames most often on the stack during it."""
-        from collections import Counter
-
-        by_stall: dict[float, list[tuple[str, ...]]] = {}
-        for last, stack in self.samples:
-            by_stall.setdefault(last, []).append(stack)
-        lines = []
-        ticks = self.ticker.ticks
-        for started, ms, generation in self.collections:
-            lines.append(
-                f"garbage collection (generation {generation}) of {ms:.0f} ms at +{(started - ticks[0]) * 1000:.0f} ms"
-            )
-        for last, stacks in sorted(by_stall.items()):
-            after = next((t for t in ticks if t > last), ticks[-1])
-            lines.append(
-                f"stall of {(after - last) * 1000:.0f} ms at +{(last - ticks[0]) * 1000:.0f} ms, {len(stacks)} samples:"
-            )
-            counts = Counter(frame for stack in stacks for frame in set(stack))
-            order = {frame: i for stack in stacks for i, frame in enumerate(stack)}
-            common = [f for f, _c in counts.most_common() if not f.startswith(("base_events.py", "qasync"))][:top]
-            for frame in sorted(common, key=lambda f: order[f]):
-                lines.append(f"    {counts[frame]:4d}  {frame}")
-        return "\n".join(lines)
-
-
-async def wait_signal(signal: Any, predicate: Callable[..., bool], timeout: float) -> None:
-    future = asyncio.get_running_loop().create_future()
-
-    def slot(*args: Any) -> None:
-        if not future.done() and predicate(*args):
-            future.set_result(None)
-
-    signal.connect(slot)
+def start_process(checkout: Checkout, work: Path, template: Path, model_url: str, pg_url: str) -> Start:
+    config, data = work / "config", work / "data"
+    shutil.copytree(template, data, ignore=shutil.ignore_patterns("bench-threads.json"))
+    write_settings(config, data, model_url, pg_url)
     try:
-        async with asyncio.timeout(timeout):
-            await future
+        return one_start(
+            checkout.path,
+            work,
+            env={"CAIRN_CONFIG_DIR": str(config), **checkout.env},
+            unset=SETTING_KEYS,
+            quit_after=IDLE_SECONDS + 1.5,
+            probe=memory,
+            probe_after=IDLE_SECONDS,
+        )
     finally:
-        signal.disconnect(slot)
+        shutil.rmtree(work, ignore_errors=True)
 
 
-class PaintWatch:
-    """Sets ``future`` to the time of the first paint event ``widget`` receives once ``armed``."""
-
-    def __init__(self, widget: Any, future: asyncio.Future[float]) -> None:
-        from PySide6.QtCore import QEvent, QObject
-
-        self.armed = False
-        watch = self
-
-        class Filter(QObject):
-            def eventFilter(self, _watched: Any, event: Any) -> bool:
-                if watch.armed and event.type() == QEvent.Type.Paint and not future.done():
-                    future.set_result(time.perf_counter())
-                return False
-
-        self.filter = Filter()
-        self.widget = widget
-        widget.installEventFilter(self.filter)
-
-    def remove(self) -> None:
-        self.widget.removeEventFilter(self.filter)
-
-
-def click(widget: Any, pos: Any) -> None:
-    """A left click, delivered at once: the tests' own (QTest's clicks may spin a nested loop)."""
-    from tests.support.app import click_at
-
-    click_at(widget, pos)
-
-
-async def open_by_click(window: Any, thread: str) -> float:
-    """Click the conversation in the list; milliseconds until the view has painted it."""
-    sidebar = window.sidebar
-    item = sidebar.item_for(thread)
-    assert item is not None, f"{thread} is not in the list"
-    sidebar.list.scrollToItem(item)
-    await asyncio.sleep(0.1)  # the scroll is painted before the clock starts
-    rect = sidebar.list.visualItemRect(item)
-    painted: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-    watch = PaintWatch(window.view.viewport(), painted)
-
-    def shown(thread_id: str) -> None:  # from now on, the view's next paint shows the conversation
-        if thread_id == thread:
-            watch.armed = True
-
-    window.conversationShown.connect(shown)
+def app_process(
+    checkout: Checkout, work: Path, template: Path, model_url: str, pg_url: str, request: dict[str, Any]
+) -> dict[str, Any]:
+    """bench/ui_app.py in a child process of ``checkout``: its results."""
+    config, data = work / "config", work / "data"
+    shutil.copytree(template, data, ignore=shutil.ignore_patterns("bench-threads.json"))
+    write_settings(config, data, model_url, pg_url)
+    request = {**request, "config_dir": str(config), "env": checkout.env, "label": checkout.name}
     try:
-        started = time.perf_counter()
-        click(sidebar.list.viewport(), rect.center())
-        async with asyncio.timeout(30):
-            done = await painted
+        process = subprocess.run(
+            [sys.executable, "-c", BOOT, str(APP_HARNESS), json.dumps(request)],
+            cwd=checkout.path,
+            env=child_environ(),
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=1800,
+        )
     finally:
-        window.conversationShown.disconnect(shown)
-        watch.remove()
-    return (done - started) * 1000
-
-
-async def send_message(window: Any, text: str, *, stalls: bool = False) -> Send:
-    from PySide6.QtCore import QEvent, Qt
-    from PySide6.QtGui import QKeyEvent
-    from PySide6.QtWidgets import QApplication
-
-    thread = window.current
-    view = window.view
-    marks: dict[str, float] = {}
-    append = view.append_tokens
-
-    def tokens(text: str) -> None:  # when tokens reach the view: the first, the last
-        now = time.perf_counter()
-        marks.setdefault("first", now)
-        marks["last"] = now
-        append(text)
-
-    view.append_tokens = tokens
-    ticker = Ticker()
-    finished = asyncio.ensure_future(wait_signal(window.replyFinished, lambda t: t == thread, 300))
-    await asyncio.sleep(0.2)  # quiet before the clock starts
-    edit = window.composer.edit
-    edit.setFocus()
-    edit.setPlainText(text)
-    ticker.start()
-    sampler = StallSampler(ticker) if stalls else None
-    started = time.perf_counter()
-    QApplication.sendEvent(edit, QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier))
-    await finished
-    ended = time.perf_counter()
-    ticker.stop()
-    if sampler is not None:
-        sampler.stop()
-        print(sampler.summary(), file=sys.stderr)
-    del view.append_tokens
-    gaps = [(b - a) * 1000 for a, b in zip(ticker.ticks, ticker.ticks[1:], strict=False)]
-    first, last = marks.get("first", ended), marks.get("last", ended)
-    phases = {
-        "start": ticker.max_gap_between(started, first),
-        "stream": ticker.max_gap_between(first, last),
-        "end": ticker.max_gap_between(last, ended),
-    }
-    return Send(gaps, phases, ended - started, (first - started) * 1000)
-
-
-def run_app(
-    config_dir: Path,
-    threads: dict,
-    server: ModelServerProcess,
-    opens: int,
-    sends: int,
-    log: Callable[[str], None],
-    *,
-    stalls: bool = False,
-) -> AppResults:
-    from PySide6.QtWidgets import QApplication
-
-    from gui import tuning
-    from gui.app import CairnApp, configure
-    from storage.loop import new_qt_loop
-    from storage.secrets import SecretStore
-    from storage.settings import load_settings
-    from tests.support.keyring_backend import MemoryKeyring
-
-    app = QApplication.instance() or QApplication(["cairn-bench"])
-    assert isinstance(app, QApplication)
-    configure(app)
-    tuning.tune_interpreter()  # measured as the app runs (gui.app.run does the same)
-    app.setQuitOnLastWindowClosed(False)
-    loop = new_qt_loop(app)
-    asyncio.set_event_loop(loop)
-    settings = load_settings(environ={}, cwd=config_dir, config_dir=config_dir, strict=False)
-    cairn = CairnApp(app, settings=settings, secrets=SecretStore(backend=MemoryKeyring()))
-    results = AppResults()
-
-    async def main() -> None:
-        try:
-            window = await cairn.start()
-            tuning.freeze_startup_objects()
-            window.activateWindow()
-            await asyncio.sleep(1.0)  # the list is filled, the first Postgres attempt is under way
-            for n in range(opens):
-                results.opens_ms.append(await open_by_click(window, threads["long"]))
-                results.open_split.append(window.last_open_timing)
-                log(
-                    f"  open {n + 1}: {results.opens_ms[-1]:.0f} ms (load, render: "
-                    f"{window.last_open_timing[0]:.0f}, {window.last_open_timing[1]:.0f} ms)"
-                )
-                await open_by_click(window, threads["short"])
-            await open_by_click(window, threads["long"])
-            for kind in REPLIES:
-                server.use(kind)
-                for n in range(sends):
-                    send = await send_message(window, f"Send {n}: a question about the **loop**?", stalls=stalls)
-                    results.sends.setdefault(kind, []).append(send)
-                    log(
-                        f"  send {n + 1} ({kind}): {send.total_s:.1f} s, first token after "
-                        f"{send.first_token_ms:.0f} ms, p99 {send.p99:.1f} ms, max {send.max:.0f} ms "
-                        f"(start {send.phase_max['start']:.0f}, stream {send.phase_max['stream']:.0f}, "
-                        f"end {send.phase_max['end']:.0f})"
-                    )
-        finally:
-            app.aboutToQuit.emit()
-            await cairn.shutdown()
-            if cairn.window is not None:
-                cairn.window.close()
-                cairn.window.deleteLater()
-
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
-    return results
+        shutil.rmtree(work, ignore_errors=True)
+    found = [line[len("RESULT ") :] for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+    if process.returncode != 0 or not found:
+        raise RuntimeError(f"the app process in {checkout.path} failed ({process.returncode}):\n{process.stdout}")
+    result: dict[str, Any] = json.loads(found[0])
+    return result
 
 
 # --- the report -------------------------------------------------------------------------------------------------
 
 
 def versions() -> str:
-    names = ("PySide6-Essentials", "qasync", "langgraph", "langchain-openai", "openai", "markdown-it-py")
+    names = ("PySide6-Essentials", "qasync", "langgraph", "langchain-openai", "openai", "markdown-it-py", "pygments")
     return report_versions(names)
-
-
-def row(key: str, value: float, detail: str, suffix: str = "") -> str:
-    target = TARGETS[key]
-    verdict = "PASS" if value <= target.limit else "**FAIL**"
-    number = f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-    return (
-        f"| {target.name}{suffix} | {number} {target.unit} | ≤ {target.limit:g} {target.unit} | {verdict} | {detail} |"
-    )
-
-
-def table(app: AppResults, processes: Sequence[ProcessRun]) -> str:
-    lines = ["| measure | median | target | result | detail |", "|---|---|---|---|---|"]
-    for kind, sends in app.sends.items():
-        p99s = [s.p99 for s in sends]
-        maxes = [s.max for s in sends]
-        phases = {k: statistics.median(s.phase_max[k] for s in sends) for k in ("start", "stream", "end")}
-        suffix = f" — {REPLIES[kind]}"
-        lines.append(row("p99", statistics.median(p99s), f"{_count(p99s, 'send')}: {_list(p99s, 1)} ms", suffix))
-        lines.append(
-            row(
-                "max",
-                statistics.median(maxes),
-                f"{_count(maxes, 'send')}: {_list(maxes)} ms; worst gap by phase (median): start {phases['start']:.0f},"
-                f" streaming {phases['stream']:.0f}, end {phases['end']:.0f} ms",
-                suffix,
-            )
-        )
-    if processes:
-        paints = [p.paint_ms for p in processes]
-        lines.append(row("paint", statistics.median(paints), f"{_count(paints, 'process')}: {_list(paints)} ms"))
-    if app.opens_ms:
-        loads = statistics.median(s[0] for s in app.open_split)
-        renders = statistics.median(s[1] for s in app.open_split)
-        lines.append(
-            row(
-                "open",
-                statistics.median(app.opens_ms),
-                f"{_count(app.opens_ms, 'open')}: {_list(app.opens_ms)} ms; median load {loads:.0f} ms,"
-                f" render {renders:.0f} ms (the rest: list click, layout, paint)",
-            )
-        )
-        load, render = app.open_split[0]
-        lines.append(row("cold", app.opens_ms[0], f"load {load:.0f} ms, render {render:.0f} ms"))
-    if processes:
-        rss = [p.rss_mb for p in processes]
-        lines.append(row("rss", statistics.median(rss), f"{_count(rss, 'process')}: {_list(rss)} MB"))
-    return "\n".join(lines)
-
-
-def _count(values: Sequence[float], noun: str) -> str:
-    return f"{len(values)} {noun}" + ("" if len(values) == 1 else "es" if noun.endswith("s") else "s")
 
 
 def _list(values: Sequence[float], digits: int = 0) -> str:
     return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
-def report(app: AppResults, processes: Sequence[ProcessRun], *, seconds: float, postgres: str, load: tuple) -> str:
-    first_tokens = "; ".join(f"{kind}: {_list([s.first_token_ms for s in sends])}" for kind, sends in app.sends.items())
-    startup = {}
-    for key in ("settings", "secrets", "window", "first paint", "storage", "chat engine", "ready"):
-        values = [p.timings[key] for p in processes if key in p.timings]
-        if values:
-            startup[key] = statistics.median(values)
-    steps = ", ".join(f"{k} {v:.0f} ms" for k, v in startup.items())
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def values_of(checkout: Checkout, key: str) -> list[float]:
+    """Each run's value of a measure, in the order measured."""
+    kind, _, what = key.partition(" ")
+    if kind in KINDS:
+        return [send[what] for app in checkout.apps for send in app["sends"].get(kind, [])]
+    if kind in ("open", "cold"):
+        opens = [app["opens"].get(what, []) for app in checkout.apps]
+        return [o["ms"] for found in opens for o in (found[1:] if kind == "open" else found[:1])]
+    if key == "paint":
+        return [s.paint_ms for s in checkout.starts]
+    if key == "ready":
+        return [s.ready_ms for s in checkout.starts]
+    if key == "rss":
+        return [s.probed["rss"] for s in checkout.starts if s.probed]
+    raise KeyError(key)
+
+
+def cell(target: Target, values: Sequence[float]) -> str:
+    if not values:
+        return "not run"
+    median = statistics.median(values)
+    verdict = "" if target.limit is None else " PASS" if median <= target.limit else " **FAIL**"
+    return f"{_number(median)}{verdict} ({_list(values, 1 if median < 20 else 0)})"
+
+
+def table(checkouts: Sequence[Checkout]) -> str:
+    lines = [
+        "| measure | target | " + " | ".join(c.heading for c in checkouts) + " |",
+        "|---|---|" + "---|" * len(checkouts),
+    ]
+    for key, target in TARGETS.items():
+        cells = [cell(target, values_of(c, key)) for c in checkouts]
+        if all(c == "not run" for c in cells):
+            continue
+        limit = "—" if target.limit is None else f"≤ {target.limit:g}"
+        lines.append(f"| {target.name} ({target.unit}) | {limit} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rss_table(checkouts: Sequence[Checkout]) -> str:
+    """Median MB by category of the idle processes of each checkout."""
+    measured = [c for c in checkouts if any(s.probed for s in c.starts)]
+    if not measured:
+        return ""
+    categories: list[str] = []
+    for c in measured:
+        for s in c.starts:
+            for name in s.probed["categories"]:
+                if name not in categories:
+                    categories.append(name)
+    lines = [
+        "| idle RSS by where it goes (MB, median) | " + " | ".join(c.heading for c in measured) + " |",
+        "|---|" + "---:|" * len(measured),
+    ]
+    for name in sorted(
+        categories,
+        key=lambda n: -statistics.median(s.probed["categories"].get(n, 0.0) for s in measured[-1].starts if s.probed),
+    ):
+        medians = [
+            statistics.median(s.probed["categories"].get(name, 0.0) for s in c.starts if s.probed) for c in measured
+        ]
+        lines.append(f"| {name} | " + " | ".join(f"{m:.1f}" for m in medians) + " |")
+    totals = [statistics.median(values_of(c, "rss")) for c in measured]
+    lines.append("| all | " + " | ".join(f"{t:.1f}" for t in totals) + " |")
+    return "\n".join(lines)
+
+
+def top_files(checkout: Checkout, count: int = 15) -> str:
+    runs = [s.probed["files"] for s in checkout.starts if s.probed]
+    names = {n for r in runs for n in r}
+    medians = {n: statistics.median(r.get(n, 0.0) for r in runs) for n in names}
+    ranked = sorted(medians.items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{name} {mb:.1f}" for name, mb in ranked)
+
+
+def notes(checkouts: Sequence[Checkout]) -> list[str]:
+    lines = []
+    for c in checkouts:
+        if not c.apps:
+            continue
+        parts = []
+        for kind in KINDS:
+            sends = [s for app in c.apps for s in app["sends"].get(kind, [])]
+            if not sends:
+                continue
+            keys = ("start", "stream", "end", "cpu_in_max", "process_cpu_in_max")
+            phase = {p: statistics.median(s.get(p, float("nan")) for s in sends) for p in keys}
+            first = statistics.median(s["first_token_ms"] for s in sends)
+            parts.append(
+                f"{kind}: first token shown after {first:.0f} ms; worst gap by phase start {phase['start']:.0f},"
+                f" streaming {phase['stream']:.0f}, end {phase['end']:.0f} ms; CPU in the worst gap: the loop's"
+                f" thread {phase['cpu_in_max']:.0f} ms, the process {phase['process_cpu_in_max']:.0f} ms"
+            )
+        for size in ("long", "huge"):
+            opens = [o for app in c.apps for o in app["opens"].get(size, [])]
+            if opens:
+                parts.append(
+                    f"open {size}: load {statistics.median(o['load'] for o in opens):.0f} ms,"
+                    f" handing to the view {statistics.median(o['render'] for o in opens):.0f} ms (median)"
+                )
+        lines.append(f"- {c.heading}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def report(
+    checkouts: Sequence[Checkout], *, command: str, seconds: float, postgres: str, load: tuple[float, float]
+) -> str:
+    steps = []
+    for c in checkouts:
+        if c.starts:
+            steps.append(
+                f"{c.heading} {_number(statistics.median(s.paint_ms for s in c.starts))} →"
+                f" {_number(statistics.median(s.ready_ms for s in c.starts))} ms"
+            )
+    rounds = max((len(c.apps) for c in checkouts), default=0)
+    starts = max((len(c.starts) for c in checkouts), default=0)
     return "\n".join(
         [
             SECTION,
             "",
-            f"Command: `{COMMAND}` — run {datetime.date.today().isoformat()}, {seconds / 60:.1f} min.",
+            f"Command: `{command}` — run {datetime.date.today().isoformat()}, {seconds / 60:.1f} min.",
             f"Machine: {machine()}. Load average {load[0]:.2f} at the start, {load[1]:.2f} at the end.",
             f"Packages: {versions()}.",
             "",
             f"The real app (`CairnApp`, `MainWindow`, selector qasync loop, offscreen Qt) on a SQLite data folder of"
-            f" {CONVERSATIONS:,} conversations (one of them {LONG_MESSAGES:,} messages, built turn by turn through"
-            f" the chat graph); Postgres {postgres}; `tests.support.model_server.ModelServer` in its own process"
-            " streaming"
-            f" {TOKENS:,} tokens at {1 / TOKEN_DELAY:.0f} tokens/s, either one paragraph of filler words or Markdown"
-            " (headings, lists, code blocks, tables). Stall: gaps of a "
-            f"{TICK_MS} ms `PreciseTimer` over a whole send"
-            " into the 1,000-message conversation (Enter → reply stored, reloaded and listed)."
-            " First paint and RSS: `main.py` in a fresh process (RSS 3 s after the chat engine loaded).",
+            f" {CONVERSATIONS:,} conversations (one of {LONG_MESSAGES:,} messages and one of {HUGE_MESSAGES:,}, built"
+            f" turn by turn through the chat graph); Postgres {postgres};"
+            f" `tests.support.model_server.ModelServer` in its own process streaming {TOKENS:,} tokens at"
+            f" {1 / TOKEN_DELAY:.0f} tokens/s. Each checkout in its own processes, alternating: {rounds} app"
+            " process(es) each (every one opens each long conversation a few times, the first of them cold, and"
+            " sends one reply of each kind into the 1,000-message conversation) and"
+            f" {starts} `main.py` processes (start-up, and RSS {IDLE_SECONDS:.0f} s after ready), on copies of the"
+            " same data. Median, each run in brackets; see bench/ui.py for what each measure is.",
             "",
-            table(app, processes),
+            table(checkouts),
             "",
-            f"- First token shown after (ms, per send): {first_tokens}.",
-            f"- Start-up steps of `main.py` (median, ms since `CairnApp` was built): {steps}.",
+            rss_table(checkouts),
             "",
-            comparison(app, processes),
+            *notes(checkouts),
             "",
         ]
     )
-
-
-BEFORE = {  # this benchmark on the code before the fixes below (2026-11-25, this machine): medians
-    "p99 plain": "9.5 ms",
-    "max plain": "187 ms (at the start of the send)",
-    "p99 markdown": "21.5 ms",
-    "max markdown": "196 ms (at the start; 177 ms at the end of one send)",
-    "open": "40 ms",
-    "cold": "178 ms (load 135 ms)",
-    "paint": "688 ms (the fixes do not touch start-up; runs vary with the machine's load)",
-    "rss": "222 MB",
-}
-
-CHANGES = """\
-- **The model call runs on its own thread** (`chat/offload.py`): langchain-openai and the openai SDK converted and
-  validated the 1,000-message history on the loop in one piece (180 ms in `openai._utils._transform`), and built the
-  HTTP client and its SSL context on the first send (35 ms). The graph and its checkpointer stay on the loop (the
-  storage backends are bound to it); tokens reach the graph's stream through LangGraph's thread-safe handler, and
-  Stop cancels the call on the model thread, which closes the HTTP stream.
-- **The objects of start-up are frozen out of the garbage collector** (`gc.freeze()` once the chat engine is
-  loaded): each full collection walked the ~170,000 objects of the imported libraries, 40–75 ms with the loop
-  stopped, whenever enough new objects had piled up, as on the first load of a long conversation (most of its 135 ms)
-  or in the middle of a send.
-- **The interpreter's switch interval is 1 ms** (`sys.setswitchinterval`): while the model thread (or the chat
-  engine's import) is busy, each of the loop's entries into Python could wait 5 ms for the interpreter lock.
-- **A streaming reply re-renders only its unfinished tail** (`gui.chat_view.StableSplit`): the Markdown blocks
-  before the last point that nothing appended can change are rendered once. Re-rendering the whole reply at every
-  flush cost up to 30 ms per flush at 30 KB, and made the p99 gap of a Markdown reply 21 ms.
-- **Less is redone when a reply ends**: the finished reply is rendered once instead of twice, moving the Regenerate
-  link rewrites one line instead of a whole message, and a list refresh that brings the same conversations updates
-  the items that changed instead of rebuilding 1,000 (about 20 ms each time)."""
-
-
-def comparison(app: AppResults, processes: Sequence[ProcessRun]) -> str:
-    now: dict[str, str] = {}
-    for kind, sends in app.sends.items():
-        now[f"p99 {kind}"] = f"{statistics.median(s.p99 for s in sends):.1f} ms"
-        now[f"max {kind}"] = f"{statistics.median(s.max for s in sends):.0f} ms"
-    if app.opens_ms:
-        now["open"] = f"{statistics.median(app.opens_ms):.0f} ms"
-        now["cold"] = f"{app.opens_ms[0]:.0f} ms (load {app.open_split[0][0]:.0f} ms)"
-    if processes:
-        now["paint"] = f"{statistics.median(p.paint_ms for p in processes):.0f} ms"
-        now["rss"] = f"{statistics.median(p.rss_mb for p in processes):.0f} MB"
-    names = {
-        "p99 plain": "p99 gap, plain reply",
-        "max plain": "max gap, plain reply",
-        "p99 markdown": "p99 gap, Markdown reply",
-        "max markdown": "max gap, Markdown reply",
-        "open": "open a 1,000-message conversation",
-        "cold": "… the first open after start",
-        "paint": "first paint",
-        "rss": "idle RSS",
-    }
-    lines = [
-        "### Before and after the fixes of November 2026",
-        "",
-        "| measure | before the fixes | this run |",
-        "|---|---|---|",
-        *(f"| {names[key]} | {BEFORE[key]} | {now.get(key, 'not run')} |" for key in names),
-        "",
-        CHANGES,
-    ]
-    return "\n".join(lines)
 
 
 def write_docs(section: str) -> None:
@@ -831,16 +628,32 @@ def write_docs(section: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="bench.ui", description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", help="a commit to measure in the same run (a temporary git worktree)")
     parser.add_argument("--write", action="store_true", help="update the UI section of docs/PERFORMANCE.md")
     parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke run)")
+    parser.add_argument("--rounds", type=int, help="app processes per checkout (default 3, --quick 1)")
+    parser.add_argument("--runs", type=int, help="main.py processes per checkout (default 5, --quick 2)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="the replies to send (default: all)")
+    parser.add_argument(
+        "--view",
+        choices=("cards", "default"),
+        default="cards",
+        help="this checkout's view: cards (CHAT_VIEW=cards where the setting exists) or its default",
+    )
     parser.add_argument("--pgcluster", action="store_true", help="black-hole a throwaway PgCluster, not a closed port")
     parser.add_argument("--data", type=Path, help="reuse (or build once into) this data folder")
     parser.add_argument("--stalls", action="store_true", help="print where the loop's thread was during each stall")
     parser.add_argument("--only", choices=("app", "process"), help="run only the in-app or the process measures")
+    parser.add_argument("--rss-files", action="store_true", help="print the files holding most of the idle RSS")
     args = parser.parse_args(argv)
-    runs = 2 if args.quick else 5
-    sends = 1 if args.quick else 3
+    rounds = args.rounds or (1 if args.quick else 3)
+    runs = args.runs or (2 if args.quick else 5)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if unknown := set(kinds) - set(KINDS):
+        parser.error(f"unknown kinds {sorted(unknown)}")
+    command = shlex.join([".venv/bin/python", "-m", "bench.ui", *argv])
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -848,58 +661,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="cairn-bench-ui-"))
-    postgres: SilentPostgres | None = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)  # last: after the worktree is removed
+        checkouts = [Checkout("this checkout", ROOT, {"CHAT_VIEW": "cards"} if args.view == "cards" else {})]
+        if args.baseline:
+            base = stack.enter_context(worktree(args.baseline, work / "baseline"))
+            checkouts.insert(0, Checkout(f"baseline {args.baseline}", base, {}))
         template = args.data or work / "template"
-        marker = template / "bench-threads.json"
-        if marker.exists():
-            threads = json.loads(marker.read_text())
-            log(f"reusing the data in {template}")
-        else:
-            log(f"building {CONVERSATIONS:,} conversations in {template}")
-            from storage.loop import run
-
-            threads = run(build_data(template, CONVERSATIONS, LONG_MESSAGES, log))
-            marker.write_text(json.dumps(threads))
+        threads = prepare_data(template, log)
         postgres = SilentPostgres(args.pgcluster)
-        processes: list[ProcessRun] = []
-        app = AppResults()
-        server = ModelServerProcess(TOKENS, TOKEN_DELAY)
-        model_url = server.base_url
-        try:
-            if args.only != "app":
-                for n in range(runs):
-                    config, data = work / f"process-{n}" / "config", work / f"process-{n}" / "data"
-                    shutil.copytree(template, data, ignore=shutil.ignore_patterns("bench-threads.json"))
-                    write_settings(config, data, model_url, postgres.url)
-                    processes.append(start_process(config))
+        stack.callback(postgres.close)
+        server = ModelServerProcess(TOKEN_DELAY)
+        stack.callback(server.close)
+        opens = 2 if args.quick else 3  # per app process: the first of each is cold
+        request = {"threads": threads, "opens": opens, "kinds": kinds, "sends": 1, "stalls": args.stalls}
+        counter = 0
+        for n in range(max(rounds, runs) if args.only is None else rounds if args.only == "app" else runs):
+            order = checkouts if n % 2 == 0 else checkouts[::-1]  # neither always runs first
+            for checkout in order:
+                counter += 1
+                if args.only != "app" and n < runs:
+                    start = start_process(checkout, work / f"run-{counter}", template, server.base_url, postgres.url)
+                    checkout.starts.append(start)
+                    rss = start.probed["rss"] if start.probed else float("nan")
                     log(
-                        f"  process {n + 1}: first paint {processes[-1].paint_ms:.0f} ms, "
-                        f"idle RSS {processes[-1].rss_mb:.0f} MB"
+                        f"{checkout.name}: main.py {len(checkout.starts)}: first paint {start.paint_ms:.0f} ms, ready"
+                        f" {start.ready_ms:.0f} ms, idle RSS {rss:.0f} MB"
                     )
-            if args.only != "process":
-                config, data = work / "app" / "config", work / "app" / "data"
-                shutil.copytree(template, data, ignore=shutil.ignore_patterns("bench-threads.json"))
-                write_settings(config, data, model_url, postgres.url)
-                app = run_app(config, threads, server, runs, sends, log, stalls=args.stalls)
-        finally:
-            server.close()
+                if args.only != "process" and n < rounds:
+                    result = app_process(
+                        checkout, work / f"app-{counter}", template, server.base_url, postgres.url, request
+                    )
+                    checkout.view = result["view"]
+                    checkout.apps.append(result)
         section = report(
-            app,
-            processes,
+            checkouts,
+            command=command,
             seconds=time.perf_counter() - started,
             postgres=postgres.describe(),
             load=(load_start[0], os.getloadavg()[0]),
         )
-        print(section)
-        if args.write:
-            write_docs(section)
-            log(f"updated {DOCS.relative_to(ROOT)}")
-        return 0
-    finally:
-        if postgres is not None:
-            postgres.close()
-        shutil.rmtree(work, ignore_errors=True)
+    print(section)
+    if args.rss_files:
+        for checkout in checkouts:
+            if checkout.starts:
+                print(f"\n{checkout.heading}, idle RSS by file (MB, median): {top_files(checkout)}")
+    if args.write:
+        write_docs(section)
+        log(f"updated {DOCS.relative_to(ROOT)}")
+    return 0
 
 
 if __name__ == "__main__":

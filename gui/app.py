@@ -449,10 +449,10 @@ def run_to_the_end(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, An
 
 def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
     """Open the window and run until it is closed; the process's exit code."""
+    tuning.tune_interpreter()  # before Qt's threads
     app = QApplication.instance() or QApplication(list(argv))
     assert isinstance(app, QApplication)
     configure(app)
-    tuning.tune_interpreter()
     loop = new_qt_loop(app)
     asyncio.set_event_loop(loop)
     cairn = CairnApp(app)

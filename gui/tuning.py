@@ -9,21 +9,82 @@ benchmark, which measures the app as it runs), never by the app's classes, so a 
   all of them, 40–75 ms with the loop stopped, whenever enough new objects have piled up (the first open of a long
   conversation, or a send into one, set one off). Only objects that exist then are frozen; what the app allocates
   later is collected as usual. Measured in docs/PERFORMANCE.md (UI section).
+- No source kept for PySide6's import hook: once PySide6 is imported, it asks of every module imported after it
+  whether its source mentions "PySide6" (for its ``__feature__`` switches, PYSIDE-2029) with
+  ``inspect.getsource``, which leaves each file's lines in ``linecache`` for the life of the process: the source of
+  the ~1,700 modules Cairn imports, 16 MB of text held as 40 MB of line strings, a sixth of the idle process
+  (docs/PERFORMANCE.md, "UI: findings"). The same question is answered by reading the file's bytes, kept nowhere.
+- Two malloc arenas (glibc): each thread that allocates while another holds the main arena's lock is given an
+  arena of its own, up to 8 per core, and memory freed in one is not reused by the others: the worker threads of
+  start-up (the storage and chat engine imports, the model client), SQLite's and the model thread left 3 MB of such
+  free space in the idle process. Python's threads take turns on the interpreter lock anyway, so they seldom
+  contend for malloc's. ``MALLOC_ARENA_MAX`` does the same from the environment, read before Python starts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import linecache
+import logging
 import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 SWITCH_INTERVAL = 0.001
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # glibc's malloc.h
+
+log = logging.getLogger(__name__)
 
 
 def tune_interpreter() -> None:
-    """At process start."""
+    """At process start, once PySide6 is imported, before the threads."""
     sys.setswitchinterval(SWITCH_INTERVAL)
+    limit_malloc_arenas()
+    read_sources_once()
 
 
 def freeze_startup_objects() -> None:
     """Once start-up is done (the chat engine loaded)."""
     gc.freeze()
+
+
+def limit_malloc_arenas() -> None:
+    """At most ``MALLOC_ARENAS`` arenas for the threads made from now on (glibc only; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl): its malloc has no arenas to limit
+        return
+    if not libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS):
+        log.debug("mallopt(M_ARENA_MAX) refused: malloc arenas not limited")
+
+
+def read_sources_once() -> None:
+    """PySide6's import hook answers from each module's file without filling ``linecache``; the files' lines it
+    cached before are dropped (``linecache`` is only a cache: a traceback reads the lines it needs again)."""
+    feature: Any = sys.modules.get("shibokensupport.feature")
+    original: Callable[[ModuleType], bool] | None = getattr(feature, "_mod_uses_pyside", None)
+    if original is None:
+        log.debug("PySide6's feature hook not found: module sources stay cached")
+        return
+    if original.__module__ == __name__:
+        return  # done already
+
+    def mod_uses_pyside(module: ModuleType) -> bool:
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path.endswith(".py"):
+            try:
+                with open(path, "rb") as source:
+                    return b"PySide6" in source.read()
+            except OSError:
+                pass  # PySide6's own answer, as before
+        return original(module)
+
+    feature._mod_uses_pyside = mod_uses_pyside  # PySide6's private hook, looked up by name at each import
+    for name, entry in list(linecache.cache.items()):
+        if len(entry) == 4 and entry[1] is not None:  # read from a file; generated code's lines (no mtime) stay
+            del linecache.cache[name]
