@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, ClassVar
 
 from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer
@@ -192,7 +193,7 @@ class Entry:
     role: str
     text: str
     stopped: bool = False
-    timestamp: str = ""
+    timestamp: str = ""  # the time as shown; when empty, ``created`` is put in words when a card asks for it
     streaming: bool = False
     branch_index: int = 0
     branch_count: int = 1
@@ -200,6 +201,20 @@ class Entry:
     reasoning_seconds: float = 0.0
     usage: dict[str, float] = field(default_factory=dict)
     blocks: BlockModel | None = None
+    created: float | None = None  # when the message was made (seconds since the epoch), if known
+
+
+def time_words(created: float | None) -> str:
+    """When a message was made, as a card shows it: the time today, the day and time before. Asked for by the cards
+    on screen only: opening a long conversation formats no time."""
+    if created is None:
+        return ""
+    when = datetime.fromtimestamp(created)
+    now = datetime.now()
+    if when.date() == now.date():
+        return f"{when:%H:%M}"
+    year = f" {when.year}" if when.year != now.year else ""
+    return f"{when.day} {when:%b}{year}, {when:%H:%M}"
 
 
 ROLES = (
@@ -263,7 +278,7 @@ class MessageListModel(QAbstractListModel):
         if role == r["text"] or role == Qt.ItemDataRole.DisplayRole:
             return entry.text
         if role == r["timestamp"]:
-            return entry.timestamp
+            return entry.timestamp or time_words(entry.created)
         if role == r["streaming"]:
             return entry.streaming
         if role == r["stopped"]:

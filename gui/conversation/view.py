@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -359,18 +358,6 @@ def waiting_words(seconds: float, *, thinking: bool = False) -> str:
     return ("Thinking…" if thinking else "Waiting for the model…") + (f" {whole} s" if whole >= 1 else "")
 
 
-def time_words(created: float | None) -> str:
-    """When a message was made, as a card shows it: the time today, the day and time before."""
-    if created is None:
-        return ""
-    when = datetime.fromtimestamp(created)
-    now = datetime.now()
-    if when.date() == now.date():
-        return f"{when:%H:%M}"
-    year = f" {when.year}" if when.year != now.year else ""
-    return f"{when.day} {when:%b}{year}, {when:%H:%M}"
-
-
 def entry_of(message: MessageLike) -> Entry:
     """A message as a card shows it; what chat.service.ChatMessage carries beyond the text (time, reasoning,
     usage) is read when present (messages the window shows before they are stored have none)."""
@@ -382,7 +369,7 @@ def entry_of(message: MessageLike) -> Entry:
         message.role,
         message.text,
         message.stopped,
-        time_words(getattr(message, "created", None)),
+        created=getattr(message, "created", None),
         reasoning=getattr(message, "reasoning", "") or "",
         reasoning_seconds=float(getattr(message, "thinking_seconds", None) or 0.0),
         usage={"tokens": float(tokens), "perSecond": float(per_second)} if tokens else {},
@@ -390,7 +377,7 @@ def entry_of(message: MessageLike) -> Entry:
 
 
 def _details(entry: Entry) -> tuple[object, ...]:
-    return (entry.id, entry.timestamp, entry.reasoning, entry.reasoning_seconds, entry.usage)
+    return (entry.id, entry.created, entry.reasoning, entry.reasoning_seconds, entry.usage)
 
 
 def _key(message: MessageLike) -> tuple[str, str, bool]:
