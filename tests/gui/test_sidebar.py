@@ -4,8 +4,10 @@ Down/Up/Esc between the search box and the results, Ctrl+Tab/Ctrl+PgUp/PgDn betw
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication
 
 from gui.app import configure
-from gui.sidebar import Sidebar, group_of
+from gui.sidebar import PINNED_ROLE, THREAD_ROLE, Sidebar, group_of
 from storage.conversations import Conversation
 from tests.support.app import cairn_factory, send_and_wait, until, window_of
 from tests.support.model_server import ModelServer
@@ -90,6 +92,63 @@ def test_conversations_are_grouped_by_date_under_the_pinned_ones(sidebar: Sideba
     # ... and a conversation moving to another group moves under its heading.
     sidebar.set_conversations([Conversation("week", "Renamed", updated=ago(0)), Conversation("now", "Just now")])
     assert sidebar.headers() == ["Today", "Older"]
+
+
+def shown(sidebar: Sidebar) -> list[tuple[str, str, bool, str]]:
+    """Every item of the list as drawn: text, thread, pinned, tooltip (headers have no thread)."""
+    items = (sidebar.list.item(i) for i in range(sidebar.list.count()))
+    return [(i.text(), i.data(THREAD_ROLE) or "", bool(i.data(PINNED_ROLE)), i.toolTip()) for i in items]
+
+
+def test_a_reply_moves_its_conversation_to_the_top_without_making_the_list_again(qtbot: Any, sidebar: Sidebar) -> None:
+    """The conversation of a reply goes to the top of 1,000 (from another date group): the other 999 items are the
+    same objects, the open conversation stays marked, and the list is what a fresh one would show."""
+    conversations = [Conversation(f"c{i}", f"Conversation {i}", updated=ago(i / 20)) for i in range(1000)]
+    sidebar.set_conversations(conversations)
+    sidebar.select("c500")
+    before = {c.thread_id: sidebar.item_for(c.thread_id) for c in conversations}
+    moved = replace(conversations[500], updated=time.time())
+    after = [moved, *conversations[:500], *conversations[501:]]
+    sidebar.set_conversations(after)
+    assert sidebar.thread_ids()[:2] == ["c500", "c0"]
+    assert all(sidebar.item_for(c.thread_id) is before[c.thread_id] for c in after if c.thread_id != "c500")
+    assert sidebar.list.currentItem() is sidebar.item_for("c500") and sidebar.item_for("c500").isSelected()
+    fresh = Sidebar()
+    qtbot.addWidget(fresh)
+    fresh.set_conversations(after)
+    assert shown(sidebar) == shown(fresh)
+
+
+def test_any_change_of_the_list_shows_what_a_fresh_list_shows(qtbot: Any, sidebar: Sidebar) -> None:
+    """Random refreshes (conversations added, deleted, renamed, pinned, moved across date groups, reordered): the
+    list changed in place always shows exactly what a list made from nothing shows."""
+    chooser = random.Random(12)
+    days = [0, 0.5, 1.5, 3, 10, 40, 400]
+    current = [Conversation(f"c{i}", f"T{i}", updated=ago(chooser.choice(days))) for i in range(40)]
+    fresh = Sidebar()
+    qtbot.addWidget(fresh)
+    for _ in range(150):
+        current = list(current)
+        for _change in range(chooser.randint(1, 4)):
+            what = chooser.random()
+            if what < 0.2 and current:
+                current.pop(chooser.randrange(len(current)))
+            elif what < 0.4:
+                current.append(Conversation(f"n{chooser.randrange(10**6)}", "New", updated=ago(chooser.choice(days))))
+            elif current:
+                at = chooser.randrange(len(current))
+                c = current[at]
+                current[at] = replace(
+                    c,
+                    title=chooser.choice([c.title, f"R{chooser.randrange(99)}"]),
+                    pinned=chooser.random() < 0.1,
+                    updated=ago(chooser.choice(days)),
+                )
+        current.sort(key=lambda c: (not c.pinned, -c.updated))
+        sidebar.set_conversations(current)
+        fresh.set_conversations([])
+        fresh.set_conversations(current)
+        assert shown(sidebar) == shown(fresh)
 
 
 def test_long_titles_end_in_an_ellipsis_with_no_horizontal_scrollbar(sidebar: Sidebar) -> None:
