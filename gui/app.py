@@ -362,7 +362,7 @@ class CairnApp(QObject):
         if window is not None:
             await window.stop_all_replies(SHUTDOWN_TIMEOUT)
             await window.tasks.drain(SHUTDOWN_TIMEOUT / 2)
-            window.tasks.cancel_all()
+            window.tasks.close()  # nothing starts after this: storage closes below
             if window.bridge is not None:
                 window.bridge.close()
         if self.storage is not None:

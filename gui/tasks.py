@@ -29,14 +29,19 @@ class TaskRunner(QObject):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     @property
     def pending(self) -> int:
         return len(self._tasks)
 
     def spawn(self, coro: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T]:
-        """Start ``coro`` now; ``what`` names it in logs and error messages ("Renaming the conversation")."""
+        """Start ``coro`` now; ``what`` names it in logs and error messages ("Renaming the conversation"). Once the
+        runner is closed (the app shuts down, storage is closing), the task is cancelled before it runs."""
         task = asyncio.get_event_loop().create_task(coro, name=f"cairn-gui: {what}")
+        if self._closed:
+            task.cancel()  # before its first step: none of the coroutine runs
+            return task
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._done(t, what))
         return task
@@ -55,6 +60,12 @@ class TaskRunner(QObject):
     def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+    def close(self) -> None:
+        """Cancel what runs and start nothing more: a timer or a change that fires while the app shuts down (a
+        list refresh after storage closed) finds the runner closed."""
+        self._closed = True
+        self.cancel_all()
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait for the running tasks (and any they start) to finish, at most ``timeout`` seconds."""

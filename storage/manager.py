@@ -281,7 +281,9 @@ class StorageManager:
             try:
                 result = await op(backend)
             except Exception as exc:
-                if backend is self.memory or not is_environment_error(exc):
+                # Once closed, a failing file is no reason to move: it was closed on purpose, and a write moved to
+                # memory now would be lost at exit in silence. Whoever still writes is told (a bug).
+                if backend is self.memory or not is_environment_error(exc) or self._closed:
                     raise
                 self._fail(backend, exc)
                 continue
@@ -338,7 +340,7 @@ class StorageManager:
         try:
             return await op(backend)
         except Exception as exc:
-            if backend is self.memory or not is_environment_error(exc):
+            if backend is self.memory or not is_environment_error(exc) or self._closed:
                 raise
             self._fail(backend, exc)
             return None

@@ -7,6 +7,7 @@ Postgres is absent, or refused by a real proxy in front of a real server until t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,24 @@ async def test_choosing_another_folder_while_nothing_is_saved_saves_everything_t
             == [("user", "words from the memory days"), ("assistant", "Echo: words from the memory days")],
             "its messages",
         )
+
+
+async def test_a_list_refresh_due_while_the_app_shuts_down_starts_nothing(
+    qtbot: Any, tmp_path: Path, server: ModelServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A change or a timer asks for a list refresh just as the app quits: once shutdown has begun nothing starts,
+    so nothing reads storage after it closed (that read counted as a failing file and moved Cairn to memory)."""
+    async with cairn_factory(tmp_path, server)() as app:
+        window = window_of(app)
+        await send_and_wait(qtbot, window, "hello")
+        QApplication.instance().aboutToQuit.emit()  # type: ignore[union-attr]
+        await app.shutdown()
+        caplog.clear()
+        fired: list[bool] = []
+        window._list_timer.timeout.connect(lambda: fired.append(True))
+        window.request_list_refresh(0)
+        await until(lambda: bool(fired), "the refresh timer to fire")
+        await until(lambda: window.tasks.pending == 0, "nothing left running")
+        assert app.storage is not None and not app.storage.manager.sqlite_failed
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [], errors

@@ -843,3 +843,32 @@ def test_qt_loop_runs_a_storage_turn_against_postgres(
         assert loop.run_until_complete(main()) == ("postgres", "async")
     finally:
         loop.close()
+
+
+async def test_storage_used_after_close_says_so_instead_of_moving_to_memory(tmp_path: Path) -> None:
+    """A read or a write that comes after ``close()`` (a list refresh fired by a timer while the app shut down) is
+    a mistake of its caller: it fails loudly. It used to count as "SQLite failed", move the tier to memory, and a
+    write there would have been lost at exit without a word."""
+    from storage.manager import StorageManager
+    from storage.tiered import TieredSaver
+
+    manager = StorageManager(data_dir=tmp_path, postgres=None)
+    await manager.start()
+    chat = build_graph(TieredSaver(manager))
+    await turn(chat, "t", "kept")
+    await manager.close()
+
+    with pytest.raises(sqlite3.ProgrammingError, match="closed") as read:
+        await manager.conversations()
+    assert is_environment_error(read.value)  # the closed file's own error, passed on
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        await manager.update_conversation("t", title="after close")
+    assert not manager.sqlite_failed and manager.write_target() is manager.sqlite
+    assert await manager.memory.conversations() == []  # nothing went to memory, where it would have been lost
+
+    reopened = StorageManager(data_dir=tmp_path, postgres=None)
+    await reopened.start()
+    try:
+        assert [c.thread_id for c in await reopened.conversations()] == ["t"]
+    finally:
+        await reopened.close()
