@@ -146,8 +146,8 @@ class CairnApp(QObject):
         log.info("ready %.0f ms after start", self.timings["ready"])
         self.ready.set()
         # The model client is not needed to list, open or send (the model call runs on the model thread, which would
-        # import it there): it loads after "ready", not before.
-        self._warm_up = asyncio.ensure_future(asyncio.to_thread(_load_model_client))
+        # import it there): it loads after "ready", not before; so do the code highlighters a first open would build.
+        self._warm_up = asyncio.ensure_future(asyncio.to_thread(_warm_up))
         self._warm_up.add_done_callback(_report_warm_up)
         if not settings.model_name:
             window.tasks.spawn(self._pick_first_model(), "Listing the server's models")
@@ -373,6 +373,13 @@ class CairnApp(QObject):
 def _report_warm_up(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and (exc := future.exception()) is not None:
         log.error("loading the model client failed", exc_info=exc)  # a bug: the first send will fail the same way
+
+
+def _warm_up() -> None:
+    from gui.markdown import warm_up_highlighting  # (pygments and markdown-it: not before the first paint)
+
+    _load_model_client()
+    warm_up_highlighting()
 
 
 def _load_model_client() -> None:

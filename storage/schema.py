@@ -36,6 +36,18 @@ _UUID6_TIME_DIGITS = (*range(1, 9), *range(10, 14), *range(16, 19))
 
 def checkpoint_stamp(checkpoint_id: str | None) -> int | None:
     """The 60-bit UUID v6 timestamp of a checkpoint id (100 ns ticks since 1582), or None for any other id."""
+    # The usual spelling, read straight from the hex (a conversation's load reads one per message; uuid.UUID took
+    # 4 ms of a 1,000-message load); any other spelling goes through uuid.UUID.
+    if (
+        isinstance(checkpoint_id, str)
+        and len(checkpoint_id) == 36
+        and checkpoint_id[14] == "6"
+        and checkpoint_id[8] == checkpoint_id[13] == checkpoint_id[18] == checkpoint_id[23] == "-"
+    ):
+        try:
+            return (int(checkpoint_id[0:8] + checkpoint_id[9:13], 16) << 12) | int(checkpoint_id[15:18], 16)
+        except ValueError:
+            return None
     try:
         value = uuid.UUID(checkpoint_id)
     except (ValueError, TypeError, AttributeError):
