@@ -813,6 +813,9 @@ class MainWindow(QMainWindow):
             else:
                 self.view.discard_reply()
                 self._show_failure(outcome)
+            # A turn of the loop between the two: the finished card is drawn (a long reply's text becomes selectable
+            # then, ~20 ms) before the reload reads the conversation back (~10 ms), not in one stretch of both.
+            await asyncio.sleep(0)
             await self._reload(thread, at)
         await self.refresh_list()  # replyFinished promises the list is up to date
         self.replyFinished.emit(thread)
