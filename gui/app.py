@@ -476,6 +476,7 @@ def run(argv: Sequence[str], *, quit_after: float | None = None) -> int:
             app.exit(1)
         else:
             tuning.freeze_startup_objects()
+            tuning.collect_when_quiet(task.result())
             if quit_after is not None:
                 QTimer.singleShot(round(quit_after * 1000), cairn.quit_now)  # scripted: nobody to ask
 

@@ -820,6 +820,10 @@ class MainWindow(QMainWindow):
         await self.refresh_list()  # replyFinished promises the list is up to date
         self.replyFinished.emit(thread)
 
+    def replying(self) -> bool:
+        """A reply is being written (in any conversation)."""
+        return bool(self._runs)
+
     def stop_reply(self) -> None:
         thread = self.current
         if thread is not None and self.service is not None and self.service.stop(thread):

@@ -9,6 +9,12 @@ benchmark, which measures the app as it runs), never by the app's classes, so a 
   all of them, 40–75 ms with the loop stopped, whenever enough new objects have piled up (the first open of a long
   conversation, or a send into one, set one off). Only objects that exist then are frozen; what the app allocates
   later is collected as usual. Measured in docs/PERFORMANCE.md (UI section).
+- Full collections at quiet moments (``QuietCollector``): with start-up's objects frozen, a full collection still
+  walks everything made since (an open conversation's messages, the caches), 50–75 ms with the loop stopped, and
+  the allocations of a streaming reply set one off now and then, in whichever thread allocated last: the worst gap
+  of a reply. Full collections no longer start on their own; Cairn runs one two seconds after a reply is finished
+  or a conversation opened, unless a reply is streaming then (and at least every five minutes). The young
+  generations are collected as usual.
 - No source kept for PySide6's import hook: once PySide6 is imported, it asks of every module imported after it
   whether its source mentions "PySide6" (for its ``__feature__`` switches, PYSIDE-2029) with
   ``inspect.getsource``, which leaves each file's lines in ``linecache`` for the life of the process: the source of
@@ -44,6 +50,51 @@ def tune_interpreter() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     limit_malloc_arenas()
     read_sources_once()
+
+
+DEFERRED_FULL = 1_000_000
+"""The oldest generation's threshold while Cairn chooses the moments: never reached in practice."""
+QUIET_COLLECT_MS = 2_000
+COLLECT_AT_LEAST_EVERY_MS = 300_000
+
+
+class QuietCollector:
+    """Full garbage collections when the window is quiet (see the module's docstring). ``window`` has the signals
+    ``replyFinished`` and ``conversationShown`` and the method ``replying()``."""
+
+    def __init__(self, window: Any) -> None:
+        from PySide6.QtCore import QTimer
+
+        self.window = window
+        self.collections = 0
+        self._soon = QTimer(window)
+        self._soon.setSingleShot(True)
+        self._soon.setInterval(QUIET_COLLECT_MS)
+        self._soon.timeout.connect(self._collect)
+        self._backstop = QTimer(window)
+        self._backstop.setInterval(COLLECT_AT_LEAST_EVERY_MS)
+        self._backstop.timeout.connect(self._collect_now)
+        self._backstop.start()
+        window.replyFinished.connect(lambda _thread: self._soon.start())
+        window.conversationShown.connect(lambda _thread: self._soon.start())
+        young, middle, _oldest = gc.get_threshold()
+        gc.set_threshold(young, middle, DEFERRED_FULL)
+
+    def _collect(self) -> None:
+        if self.window.replying():
+            self._soon.start()  # after the reply (its end starts the timer again anyway)
+            return
+        self._collect_now()
+
+    def _collect_now(self) -> None:
+        gc.collect()
+        self.collections += 1
+        self._backstop.start()  # the next backstop counts from here
+
+
+def collect_when_quiet(window: Any) -> QuietCollector:
+    """Once the window is there (an entry point's choice, like the rest of this module)."""
+    return QuietCollector(window)
 
 
 def freeze_startup_objects() -> None:

@@ -1,12 +1,19 @@
-"""gui/tuning.py in a process of its own (it changes the interpreter for the process's life, which a test process
-must not see: tests/gui/test_early_send.py)."""
+"""gui/tuning.py: what changes the interpreter for the process's life runs in a process of its own (a test process
+must not see it: tests/gui/test_early_send.py); the quiet collector runs in the window and puts the collector's
+thresholds back when done."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from gui import tuning
+from tests.support.app import Cairn, type_and_send, until, window_of
+from tests.support.model_server import ModelServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,3 +44,30 @@ def test_modules_imported_after_the_tuning_leave_no_source_in_memory(tmp_path: P
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found == {"cached": [], "uses_pyside": [0, -1], "any_file_cached": False}
+
+
+async def test_full_collections_wait_until_the_reply_is_done(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:
+    """While a reply streams, however much piles up, no full collection stops the loop; one runs once the reply is
+    finished and the window quiet. (The young generations are collected all along.)"""
+    thresholds = gc.get_threshold()
+    try:
+        async with cairn() as app:
+            window = window_of(app)
+            collector = tuning.collect_when_quiet(window)
+            server.pause(after_tokens=2)
+            type_and_send(qtbot, window, "hello")
+            await until(window.replying, "the reply to start")
+            full, young = gc.get_stats()[2]["collections"], gc.get_stats()[0]["collections"]
+            kept = [[] for _ in range(1_500_000)]  # long-lived objects enough for a full collection, many times over
+            assert gc.get_stats()[0]["collections"] > young  # the young generation was collected meanwhile...
+            assert gc.get_stats()[2]["collections"] == full, "a full collection ran while the reply streamed"
+            del kept
+
+            finished: list[str] = []
+            window.replyFinished.connect(finished.append)
+            server.resume()
+            await until(lambda: bool(finished), "the reply to finish")
+            await until(lambda: collector.collections == 1, "a full collection once the window is quiet")
+            assert gc.get_stats()[2]["collections"] > full
+    finally:
+        gc.set_threshold(*thresholds)
