@@ -230,7 +230,10 @@ ROLES = (
     "reasoningSeconds",
     "usage",
     "blocks",
+    "stableBlocks",
 )
+ALL_STABLE = 1 << 30
+"""``stableBlocks`` of a finished message: every block is final."""
 
 
 class MessageListModel(QAbstractListModel):
@@ -293,6 +296,8 @@ class MessageListModel(QAbstractListModel):
             return entry.reasoning_seconds
         if role == r["usage"]:
             return entry.usage
+        if role == r["stableBlocks"]:  # blocks before this one are final: a streaming reply's growing tail is not
+            return self._stream_stable_rows if entry.streaming else ALL_STABLE
         return None
 
     def _blocks_of(self, entry: Entry) -> list[Block]:
@@ -442,7 +447,7 @@ class MessageListModel(QAbstractListModel):
         blocks.set_blocks(self._stream_stable_rows, shown, open_code=tail.open_code is not None)
         self._stream_stable_rows += len(tail.stable)
         entry.text = text
-        self.dataChanged.emit(self.index(row), self.index(row), [self.ROLE["text"]])
+        self.dataChanged.emit(self.index(row), self.index(row), [self.ROLE["text"], self.ROLE["stableBlocks"]])
         # A long reply costs more to render: space the renders out so they never take over the loop.
         spent_ms = (time.perf_counter() - started) * 1000
         self._flush_timer.setInterval(max(FLUSH_MS, round(spent_ms * 3)))

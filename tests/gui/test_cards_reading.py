@@ -99,25 +99,32 @@ def test_a_finished_message_can_be_selected_with_the_mouse_and_the_selection_cop
     qtbot.waitUntil(lambda: QGuiApplication.clipboard().text() == copied, timeout=3000)
 
 
-def test_a_streaming_reply_becomes_selectable_when_it_is_finished(view: QuickChatView, qtbot: QtBot) -> None:
+def test_a_streaming_reply_is_selectable_up_to_its_growing_end_and_whole_once_finished(
+    view: QuickChatView, qtbot: QtBot
+) -> None:
+    """What a streaming reply shows for good (its paragraphs before the last cut) can be selected at once; the
+    paragraph still growing is a Text (a TextEdit lays out far slower) until the reply is finished."""
     view.show_conversation("t", [Message("q", "user", "Question?")])
     view.begin_reply()
-    view.append_tokens("Growing words of a reply")
-    qtbot.waitUntil(
-        lambda: "Growing words" in "".join(str(i.property("text")) for r in rows(view) for i in descendants(r)),
-        timeout=3000,
-    )
+    view.append_tokens("A first paragraph, written for good.\n\nGrowing words of a reply\nstill")  # a cut: a line ends
+
+    def selectable(row: QQuickItem) -> list[str]:
+        return [str(i.property("text")) for i in descendants(row) if i.objectName() == "selectableText"]
+
+    def drawn(row: QQuickItem) -> str:
+        return "".join(str(i.property("text")) for i in descendants(row))
+
+    qtbot.waitUntil(lambda: "Growing words" in drawn(rows(view)[-1]), timeout=3000)
     streaming = rows(view)[-1]
     assert streaming.property("streaming")
-    assert part(streaming, "selectableText") is None, "the growing text is drawn by a TextEdit (slow to lay out)"
+    qtbot.waitUntil(lambda: len(selectable(streaming)) == 1, timeout=3000)
+    assert "first paragraph" in selectable(streaming)[0]
+    assert "Growing" not in "".join(selectable(streaming)), "the growing paragraph is a TextEdit (slow to lay out)"
 
-    view.finish_reply(Message("a", "assistant", "Growing words of a reply, finished."))
-    qtbot.waitUntil(
-        lambda: (row := rows(view)[-1]).property("id") == "a" and part(row, "selectableText") is not None, timeout=3000
-    )
-    finished = rows(view)[-1]
-    edit = part(finished, "selectableText")
-    assert edit is not None and "finished" in str(edit.property("text"))
+    text = "A first paragraph, written for good.\n\nGrowing words of a reply\nstill growing, finished."
+    view.finish_reply(Message("a", "assistant", text))
+    qtbot.waitUntil(lambda: rows(view)[-1].property("id") == "a" and len(selectable(rows(view)[-1])) == 2, timeout=3000)
+    assert any("finished" in text for text in selectable(rows(view)[-1]))
 
 
 def test_the_arrows_move_from_card_to_card_and_home_and_end_go_to_either_end(view: QuickChatView, qtbot: QtBot) -> None:

@@ -188,6 +188,7 @@ Rectangle {
             required property real reasoningSeconds
             required property var usage
             required property var blocks
+            required property int stableBlocks
 
             width: ListView.view.width
             height: card.height
@@ -316,9 +317,12 @@ Rectangle {
                                 required property var chunks
                                 required property bool styled
                                 width: body.width
-                                // Selectable once the reply is finished: while it grows, a Text's StyledText lays out
-                                // far faster than a TextEdit's rich text (docs/CHAT_VIEW_PROTOTYPE.md).
-                                sourceComponent: kind === "code" ? codeBlock : chat.selectableText && !row.streaming ? selectableBlock : textBlock
+                                // Selectable once final: a streaming reply's blocks before its last cut never change
+                                // again, and only its growing tail stays a Text (StyledText lays out far faster than a
+                                // TextEdit's rich text: docs/CHAT_VIEW_PROTOTYPE.md). Finishing a long reply then
+                                // makes one or two TextEdits, not all of them at once.
+                                readonly property bool growing: row.streaming && index >= row.stableBlocks
+                                sourceComponent: kind === "code" ? codeBlock : chat.selectableText && !growing ? selectableBlock : textBlock
                             }
                         }
                     }
