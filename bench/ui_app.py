@@ -336,7 +336,8 @@ def run(request: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
         try:
             window = await cairn.start()
             tuning.freeze_startup_objects()
-            tuning.collect_when_quiet(window)  # as gui.app.run does
+            if hasattr(tuning, "collect_when_quiet"):  # as gui.app.run does (a baseline checkout may predate it)
+                tuning.collect_when_quiet(window)
             result["view"] = view_kind(window.view)
             result["view_class"] = type(window.view).__name__
             window.activateWindow()
