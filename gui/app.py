@@ -121,6 +121,7 @@ class CairnApp(QObject):
         await _first_paint(window)
         self.timings["first paint"] = (time.perf_counter() - self._started) * 1000
         log.info("window painted %.0f ms after start", self.timings["first paint"])
+        window.view.load_scene()  # Qt Quick's import, the QML load and its first frame: after the window shows
         window.show_problems(list(settings.problems))
         if secrets.warning:
             window.show_status(secrets.warning, 15_000)

@@ -138,7 +138,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_TITLE)
         self.setObjectName("mainWindow")
         self.sidebar = Sidebar()
-        self.view = QuickChatView()
+        self.view = QuickChatView(defer_scene=True)  # the scene is made after the first paint (gui/app.py)
         self.composer = Composer()
         self.banner = MemoryBanner()
         right = QWidget()

@@ -1,17 +1,10 @@
 """The conversation as a Qt Quick scene in the widget window: ``ConversationView``, a QWidget holding
 ``qml/Conversation.qml`` over a ``MessageListModel``.
 
-Two ways to put Qt Quick in a widget window, both kept so the benchmark can compare them (``embed``):
-
-- ``"widget"``: ``QQuickWidget``. The scene renders into a texture on the GUI thread and is composed with the
-  widgets: it behaves like any widget (stacking, focus, resizing, grabbing), at the cost of the render on the
-  loop's thread and a copy per frame.
-- ``"window"``: a ``QQuickView`` in ``QWidget.createWindowContainer``. A native child window; on a desktop with a
-  GPU the threaded render loop renders it off the loop's thread. It is always on top of sibling widgets and
-  takes the keyboard focus in its own way.
-
-Under ``QT_QPA_PLATFORM=offscreen`` (tests, benchmarks) there is no OpenGL, and Qt Quick falls back to its software
-renderer by itself (``QSGRendererInterface.GraphicsApi.Software``), on the GUI thread whatever the embedding.
+The scene is a ``QQuickWidget``: it behaves like any widget (stacking, focus, resizing, grabbing), rendered on
+the loop's thread (docs/CHAT_VIEW_PROTOTYPE.md compared it with a ``QQuickView`` in a window container). It draws
+with Qt Quick's software renderer (``use_software_renderer``). The window makes the scene after its first paint
+(``defer_scene``).
 """
 
 from __future__ import annotations
@@ -22,18 +15,20 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Property, QEvent, QMetaObject, QObject, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QColor, QDesktopServices, QFontDatabase, QGuiApplication, QPalette
-from PySide6.QtQuick import QQuickItem, QQuickView, QQuickWindow, QSGRendererInterface
-from PySide6.QtQuickWidgets import QQuickWidget
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from gui.contrast import blend, over, readable
 from gui.conversation.messages import MessageLike, VersionsLike
 from gui.conversation.model import Entry, MessageListModel
 from gui.markdown import Theme, code_background
+
+if TYPE_CHECKING:  # Qt Quick is imported when the scene is made (after the window's first paint)
+    from PySide6.QtQuick import QQuickItem, QQuickWindow
+    from PySide6.QtQuickWidgets import QQuickWidget
 
 QML = Path(__file__).resolve().parent / "qml" / "Conversation.qml"
 ICONS = QML.parent / "icons"
@@ -67,6 +62,8 @@ def use_software_renderer() -> None:
     - It is what every test and benchmark here measures (offscreen has no GL): docs/PERFORMANCE.md.
     Must run before the first Qt Quick window is made; ``QT_QUICK_BACKEND=rhi`` chooses the GPU (Qt's default).
     """
+    from PySide6.QtQuick import QQuickWindow, QSGRendererInterface
+
     if not os.environ.get("QT_QUICK_BACKEND"):
         QQuickWindow.setGraphicsApi(QSGRendererInterface.GraphicsApi.Software)
 
@@ -237,57 +234,79 @@ class ConversationView(QWidget):
     versionRequested = Signal(str)  # the checkpoint showing the version asked for (set_versions knows them)
     copied = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, *, embed: str = "widget", selectable: bool = False) -> None:
-        """``selectable``: text blocks are read-only TextEdits the mouse can select in, not Text items."""
+    def __init__(self, parent: QWidget | None = None, *, selectable: bool = False, defer_scene: bool = False) -> None:
+        """``selectable``: text blocks are read-only TextEdits the mouse can select in, not Text items.
+        ``defer_scene``: the Qt Quick scene is made by ``load_scene`` (the window calls it after its first paint:
+        Qt Quick's import, the QML load and the scene's first frame would delay it); until then the model and the
+        bridge take every change, and an empty area stands in."""
         super().__init__(parent)
         self.setObjectName("conversationView")
-        self.embed = embed
         self.selectable = selectable
         self.thread_id: str | None = None
         self.last_open_ms = 0.0
         self.model = MessageListModel(self)
         self.model.theme = read_theme(self.palette())
         self.bridge = Bridge(self)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        if embed == "widget":
-            use_software_renderer()
-            self.quick = QQuickWidget(self)  # Esc, which no item takes, goes on to the window (it stops a reply)
-            # Owned by the scene's widget: deleted after the scene, so no binding reads them once they are gone.
-            self.model.setParent(self.quick)
-            self.bridge.setParent(self.quick)
-            self.quick.setResizeMode(QQuickWidget.ResizeMode.SizeRootObjectToView)
-            context = self.quick.rootContext()
-            context.setContextProperty("messages", self.model)
-            context.setContextProperty("chat", self.bridge)
-            self.quick.setSource(QUrl.fromLocalFile(str(QML)))
-            errors = self.quick.errors()
-            self.surface: QWidget = self.quick
-            self._window: QQuickWindow = self.quick.quickWindow()
-            self._root = self.quick.rootObject()
-        elif embed == "window":
-            self.view = QQuickView()
-            self.view.setResizeMode(QQuickView.ResizeMode.SizeRootObjectToView)
-            context = self.view.rootContext()
-            context.setContextProperty("messages", self.model)
-            context.setContextProperty("chat", self.bridge)
-            self.view.setSource(QUrl.fromLocalFile(str(QML)))
-            errors = self.view.errors()
-            self.surface = QWidget.createWindowContainer(self.view, self)
-            self._window = self.view
-            self._root = self.view.rootObject()
+        self.quick: QQuickWidget | None = None
+        self._root: QQuickItem | None = None
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._placeholder: QWidget | None = None
+        if defer_scene:
+            self._placeholder = QWidget(self)
+            self._placeholder.setBackgroundRole(QPalette.ColorRole.Base)
+            self._placeholder.setAutoFillBackground(True)
+            self._layout.addWidget(self._placeholder)
         else:
-            raise ValueError(f"embed must be 'widget' or 'window', not {embed!r}")
-        if errors or self._root is None:
+            self.load_scene()
+
+    def load_scene(self) -> None:
+        """Make the Qt Quick scene (once): a ``QQuickWidget`` showing ``qml/Conversation.qml``."""
+        if self.quick is not None:
+            return
+        from PySide6.QtQuickWidgets import QQuickWidget
+
+        use_software_renderer()
+        quick = QQuickWidget(self)  # Esc, which no item takes, goes on to the window (it stops a reply)
+        # Owned by the scene's widget: deleted after the scene, so no binding reads them once they are gone.
+        self.model.setParent(quick)
+        self.bridge.setParent(quick)
+        quick.setResizeMode(QQuickWidget.ResizeMode.SizeRootObjectToView)
+        context = quick.rootContext()
+        context.setContextProperty("messages", self.model)
+        context.setContextProperty("chat", self.bridge)
+        quick.setSource(QUrl.fromLocalFile(str(QML)))
+        errors = quick.errors()
+        root = quick.rootObject()
+        if errors or root is None:
             raise RuntimeError("Conversation.qml did not load: " + "; ".join(e.toString() for e in errors))
-        self.surface.setAccessibleName("Conversation")
-        layout.addWidget(self.surface)
+        quick.setAccessibleName("Conversation")
+        self.quick, self._root = quick, root
+        if self._placeholder is not None:
+            self._layout.replaceWidget(self._placeholder, quick)
+            had_focus = self._placeholder.hasFocus()
+            self._placeholder.deleteLater()
+            self._placeholder = None
+            if had_focus:
+                quick.setFocus()
+        else:
+            self._layout.addWidget(quick)
+        self.scroll_to_end()
+
+    @property
+    def surface(self) -> QQuickWidget:
+        """The scene's widget (made by now)."""
+        assert self.quick is not None, "the scene is not made yet (load_scene)"
+        return self.quick
 
     # --- for tests and benchmarks ---------------------------------------------------------------------------
     def quick_window(self) -> QQuickWindow:
-        return self._window
+        return self.surface.quickWindow()
 
     def list_item(self) -> QQuickItem:
+        from PySide6.QtQuick import QQuickItem
+
+        assert self._root is not None, "the scene is not made yet (load_scene)"
         found = self._root.findChild(QQuickItem, "messageList")
         assert found is not None
         return found
@@ -322,6 +341,8 @@ class ConversationView(QWidget):
     def scroll_to_end(self) -> None:
         """Show the end now, and follow it: the first frame after an open shows the newest messages, and the
         delegates of the oldest are never made (the QML's own follow waits for the next turn of the loop)."""
+        if self._root is None:
+            return  # the scene starts at the end when it is made
         items = self.list_item()
         items.setProperty("currentIndex", -1)  # a current item is kept made wherever it is: message 0, far above
         items.setProperty("follow", True)
@@ -345,10 +366,6 @@ class ConversationView(QWidget):
     def last_reply_text(self) -> str | None:
         return next((e.text for e in reversed(self.model.entries) if e.role == "assistant"), None)
 
-    def closeEvent(self, event: object) -> None:  # the native QQuickView is not a child widget: close it too
-        if self.embed == "window":
-            self.view.close()
-        super().closeEvent(event)  # type: ignore[arg-type]
 
 
 def waiting_words(seconds: float, *, thinking: bool = False) -> str:
@@ -393,8 +410,8 @@ class QuickChatView(ConversationView):
     note, the failure under the last message, the wait for a reply's first word, the versions of a message
     (docs/CHAT_VIEW_PROTOTYPE.md says why cards and not a text document)."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent, embed="widget", selectable=True)
+    def __init__(self, parent: QWidget | None = None, *, defer_scene: bool = False) -> None:
+        super().__init__(parent, selectable=True, defer_scene=defer_scene)
         self.setObjectName("chatView")
         self._busy = False
         self._wait_since = 0.0
