@@ -6,7 +6,6 @@ copy, the keyboard's way from card to card, the toolbar's icons, and staying put
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
@@ -17,22 +16,7 @@ from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
 from gui.conversation.view import QuickChatView
-from tests.support.cards import descendants, part, rows
-
-
-@dataclass(frozen=True)
-class Message:
-    id: str
-    role: str
-    text: str
-    stopped: bool = False
-
-
-def conversation(count: int) -> list[Message]:
-    return [
-        Message(f"m{i}", "user" if i % 2 == 0 else "assistant", f"Message {i}: " + "words to wrap " * (i % 7 + 1))
-        for i in range(count)
-    ]
+from tests.support.cards import Message, conversation, descendants, part, rows
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ offscreen (Qt Quick's software renderer).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from PySide6.QtCore import QModelIndex, QPoint, QPointF, Qt
@@ -21,6 +20,7 @@ from pytestqt.qtbot import QtBot
 from gui.conversation.blocks import CHUNK_LINES, split_blocks
 from gui.conversation.model import ROLES, BlockModel, MessageListModel
 from gui.conversation.view import ConversationView
+from tests.support.cards import Message, conversation
 from tests.support.model_server import tokenize
 
 REPLY = """## Setting it up
@@ -43,21 +43,6 @@ def main():
 
 That is *all*.
 """
-
-
-@dataclass(frozen=True)
-class Message:
-    id: str
-    role: str
-    text: str
-    stopped: bool = False
-
-
-def conversation(count: int) -> list[Message]:
-    return [
-        Message(f"m{i}", "user" if i % 2 == 0 else "assistant", f"Message {i}: " + "words to wrap " * (i % 7 + 1))
-        for i in range(count)
-    ]
 
 
 @pytest.fixture

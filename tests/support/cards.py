@@ -3,6 +3,7 @@ show as a user reads it, and the mouse on them (buttons, links) as a user moves 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import Q_ARG, Q_RETURN_ARG, QEvent, QMetaObject, QPoint, QPointF, Qt
@@ -221,3 +222,21 @@ async def toolbar_button(view: QuickChatView, row: QQuickItem, name: str) -> QQu
     button = part(row, name)
     assert button is not None
     return button
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message as the view takes it (``MessageLike``), without what the chat service adds."""
+
+    id: str
+    role: str
+    text: str
+    stopped: bool = False
+
+
+def conversation(count: int) -> list[Message]:
+    """``count`` messages, the user's and the replies' in turn, of lengths that wrap differently."""
+    return [
+        Message(f"m{i}", "user" if i % 2 == 0 else "assistant", f"Message {i}: " + "words to wrap " * (i % 7 + 1))
+        for i in range(count)
+    ]
