@@ -38,6 +38,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from PySide6.QtCore import QObject, QTimer
+
 SWITCH_INTERVAL = 0.001
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8  # glibc's malloc.h
@@ -58,27 +60,29 @@ QUIET_COLLECT_MS = 2_000
 COLLECT_AT_LEAST_EVERY_MS = 300_000
 
 
-class QuietCollector:
+class QuietCollector(QObject):
     """Full garbage collections when the window is quiet (see the module's docstring). ``window`` has the signals
-    ``replyFinished`` and ``conversationShown`` and the method ``replying()``."""
+    ``replyFinished`` and ``conversationShown`` and the method ``replying()``; it owns the collector."""
 
     def __init__(self, window: Any) -> None:
-        from PySide6.QtCore import QTimer
-
+        super().__init__(window)
         self.window = window
         self.collections = 0
-        self._soon = QTimer(window)
+        self._soon = QTimer(self)
         self._soon.setSingleShot(True)
         self._soon.setInterval(QUIET_COLLECT_MS)
         self._soon.timeout.connect(self._collect)
-        self._backstop = QTimer(window)
+        self._backstop = QTimer(self)
         self._backstop.setInterval(COLLECT_AT_LEAST_EVERY_MS)
         self._backstop.timeout.connect(self._collect_now)
         self._backstop.start()
-        window.replyFinished.connect(lambda _thread: self._soon.start())
-        window.conversationShown.connect(lambda _thread: self._soon.start())
+        window.replyFinished.connect(self._quiet_soon)
+        window.conversationShown.connect(self._quiet_soon)
         young, middle, _oldest = gc.get_threshold()
         gc.set_threshold(young, middle, DEFERRED_FULL)
+
+    def _quiet_soon(self, _thread_id: str) -> None:
+        self._soon.start()
 
     def _collect(self) -> None:
         if self.window.replying():
