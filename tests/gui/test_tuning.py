@@ -56,9 +56,10 @@ async def test_full_collections_wait_until_the_reply_is_done(qtbot: Any, cairn: 
             collector = tuning.collect_when_quiet(window)
             server.pause(after_tokens=2)
             type_and_send(qtbot, window, "hello")
-            await until(window.replying, "the reply to start")
+            await server.wait_for_paused_async()  # the reply streams, held after its second token
+            assert window.replying()
             full, young = gc.get_stats()[2]["collections"], gc.get_stats()[0]["collections"]
-            kept = [[] for _ in range(1_500_000)]  # long-lived objects enough for a full collection, many times over
+            kept = [[] for _ in range(800_000)]  # long-lived objects enough for several full collections
             assert gc.get_stats()[0]["collections"] > young  # the young generation was collected meanwhile...
             assert gc.get_stats()[2]["collections"] == full, "a full collection ran while the reply streamed"
             del kept
@@ -66,7 +67,7 @@ async def test_full_collections_wait_until_the_reply_is_done(qtbot: Any, cairn: 
             finished: list[str] = []
             window.replyFinished.connect(finished.append)
             server.resume()
-            await until(lambda: bool(finished), "the reply to finish")
+            await until(lambda: bool(finished), "the reply to finish", timeout=30)
             await until(lambda: collector.collections == 1, "a full collection once the window is quiet")
             assert gc.get_stats()[2]["collections"] > full
     finally:
