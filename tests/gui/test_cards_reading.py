@@ -16,16 +16,12 @@ from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
 from gui.conversation.view import QuickChatView
-from tests.support.cards import Message, conversation, descendants, part, rows
+from tests.support.cards import Message, conversation, descendants, on_screen, part, rows
 
 
 @pytest.fixture
 def view(qtbot: QtBot) -> Iterator[QuickChatView]:
-    shown = QuickChatView()
-    qtbot.addWidget(shown)
-    shown.resize(900, 700)
-    shown.show()
-    qtbot.waitExposed(shown)
+    shown = on_screen(qtbot, QuickChatView())
     shown.activateWindow()
     yield shown
 

@@ -37,6 +37,7 @@ from tests.support.cards import (
     card,
     click,
     descendants,
+    on_screen,
     part,
     rows,
     shown,
@@ -353,11 +354,7 @@ async def test_a_palette_change_renders_the_cards_again_in_its_colours(qtbot: An
 
 
 def test_set_messages_updates_the_same_messages_in_place_and_replaces_what_changed(qtbot: Any) -> None:
-    view = QuickChatView()
-    qtbot.addWidget(view)
-    view.resize(900, 700)
-    view.show()
-    qtbot.waitExposed(view)
+    view = on_screen(qtbot, QuickChatView())
     shown = [ChatMessage("pending:1", "user", "a question"), ChatMessage("pending:2", "assistant", "an answer")]
     view.show_conversation("t", shown)
     qtbot.waitUntil(lambda: len(rows(view)) == 2, timeout=2000)

@@ -20,7 +20,7 @@ from pytestqt.qtbot import QtBot
 from gui.conversation.blocks import CHUNK_LINES, split_blocks
 from gui.conversation.model import ROLES, BlockModel, MessageListModel
 from gui.conversation.view import ConversationView
-from tests.support.cards import Message, conversation
+from tests.support.cards import Message, conversation, on_screen
 from tests.support.model_server import tokenize
 
 REPLY = """## Setting it up
@@ -47,12 +47,7 @@ That is *all*.
 
 @pytest.fixture
 def view(qtbot: QtBot) -> Iterator[ConversationView]:
-    shown = ConversationView()
-    qtbot.addWidget(shown)
-    shown.resize(900, 700)
-    shown.show()
-    qtbot.waitExposed(shown)
-    yield shown
+    yield on_screen(qtbot, ConversationView())
 
 
 def delegates(view: ConversationView) -> list[QQuickItem]:

@@ -19,7 +19,7 @@ from gui.conversation.blocks import StreamSplitter
 from gui.conversation.view import QuickChatView
 from gui.markdown import LIGHT
 from gui.sidebar import Sidebar
-from tests.support.cards import rows
+from tests.support.cards import on_screen, rows
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,7 @@ class Signals:
 
 
 def shown_view(qtbot: Any) -> QuickChatView:
-    view = QuickChatView()
-    qtbot.addWidget(view)
-    view.resize(700, 600)
-    view.show()
-    qtbot.waitExposed(view)
-    return view
+    return on_screen(qtbot, QuickChatView(), (700, 600))
 
 
 MESSAGES = [

@@ -4,7 +4,7 @@ show as a user reads it, and the mouse on them (buttons, links) as a user moves 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from PySide6.QtCore import Q_ARG, Q_RETURN_ARG, QEvent, QMetaObject, QPoint, QPointF, Qt
 from PySide6.QtGui import QMouseEvent, QTextDocument
@@ -12,7 +12,7 @@ from PySide6.QtGui import Qt as GuiQt
 from PySide6.QtQml import QQmlEngine, QQmlExpression
 from PySide6.QtQuick import QQuickItem
 from PySide6.QtQuickWidgets import QQuickWidget
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 
 from gui.conversation.view import QuickChatView
 from tests.support.app import (
@@ -240,3 +240,15 @@ def conversation(count: int) -> list[Message]:
         Message(f"m{i}", "user" if i % 2 == 0 else "assistant", f"Message {i}: " + "words to wrap " * (i % 7 + 1))
         for i in range(count)
     ]
+
+
+V = TypeVar("V", bound=QWidget)
+
+
+def on_screen(qtbot: Any, view: V, size: tuple[int, int] = (900, 700)) -> V:
+    """``view`` shown in a window of ``size``, exposed (its scene renders), and closed with the test."""
+    qtbot.addWidget(view)
+    view.resize(*size)
+    view.show()
+    qtbot.waitExposed(view)
+    return view
