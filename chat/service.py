@@ -298,7 +298,7 @@ class ConversationService:
 
     async def _row(self, thread_id: str) -> Conversation | None:
         """The conversation's index row as stored (no title derived)."""
-        return next((c for c in await self.manager.conversations() if c.thread_id == thread_id), None)
+        return await self.manager.conversation(thread_id)
 
     async def search(self, text: str) -> list[Conversation]:
         """Conversations whose title or messages contain ``text`` (case-insensitive)."""

@@ -524,6 +524,9 @@ class MemoryBackend(LocalBackend):
     async def conversations(self) -> list[Conversation]:
         return list(self._index.values())
 
+    async def conversation(self, thread_id: str) -> Conversation | None:
+        return self._index.get(thread_id)
+
     async def merge_conversations(self, rows: Sequence[Conversation], *, dirty: bool = False) -> None:
         for row in rows:
             self._index[row.thread_id] = merge_conversations(self._index.get(row.thread_id), row)

@@ -372,6 +372,19 @@ class StorageManager:
                 rows[row.thread_id] = sync_merge(rows[row.thread_id], row) if row.thread_id in rows else row
         return listed(rows.values())
 
+    async def conversation(self, thread_id: str) -> Conversation | None:
+        """One row of the list, as ``conversations`` has it (None when it is not listed), read alone."""
+        found: Conversation | None = None
+        for backend in reversed(self.read_targets(None)):
+            row = await self.read(backend, lambda b: b.conversation(thread_id))
+            if row is not None:
+                found = row if found is None else sync_merge(found, row)
+        if self.memory is not self.write_target():
+            row = await self.memory.conversation(thread_id)
+            if row is not None:
+                found = row if found is None else sync_merge(found, row)
+        return found if found is not None and not found.deleted else None
+
     async def leaves(self, thread_id: str) -> set[str]:
         """The newest checkpoint of each branch of a thread, in every tier that holds it now. Branches come from
         an edit or a regenerate, and from two devices that continued a conversation apart: all are kept."""

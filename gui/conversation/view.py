@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # Qt Quick is imported when the scene is made (after the wind
 QML = Path(__file__).resolve().parent / "qml" / "Conversation.qml"
 ICONS = QML.parent / "icons"
 EXTERNAL_SCHEMES = ("http:", "https:", "mailto:")
+SCREENFUL = 64  # messages: more never fit a screen (a one-line card is 68 px high)
+NOTHING_SHOWN = 1e9  # px: a list's display margin this far negative leaves no room for any card
 
 
 USER_CARD_TINT = 0.12
@@ -329,8 +331,25 @@ class ConversationView(QWidget):
     def show_conversation(self, thread_id: str, messages: Sequence[MessageLike]) -> float:
         start = time.perf_counter()
         self.thread_id = thread_id
-        self.model.reset([entry_of(m) for m in messages])
+        entries = [entry_of(m) for m in messages]
+        if self._root is None or len(entries) <= SCREENFUL:
+            self.model.reset(entries)
+            self.scroll_to_end()
+            return self._opened(start)
+        # A list reset starts at the top: it would make the first screenful of cards, which the move to the end
+        # then drops for the last one. With the list's bottom edge pulled far above it, the reset makes none, and
+        # the cards are made from the end up. (Not for a conversation that may fit the screen: Tab goes through
+        # the cards in the order they were made, and there it must be top to bottom.)
+        items = self.list_item()
+        items.setProperty("displayMarginEnd", -NOTHING_SHOWN)
+        try:
+            self.model.reset(entries)
+        finally:
+            items.setProperty("displayMarginEnd", 0)
         self.scroll_to_end()
+        return self._opened(start)
+
+    def _opened(self, start: float) -> float:
         self.last_open_ms = (time.perf_counter() - start) * 1000
         return self.last_open_ms
 

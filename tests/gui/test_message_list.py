@@ -126,6 +126,16 @@ def test_five_thousand_messages_make_only_the_visible_delegates(view: Conversati
     assert built < 60, f"{built} messages rendered for a 700-pixel view"
 
 
+def test_opening_a_conversation_renders_its_end_only(view: ConversationView, qtbot: QtBot) -> None:
+    # A list reset starts at the top: the first screenful would be rendered for nothing before the move to the end.
+    for thread_id in ("first", "second"):  # the second open replaces cards already on screen
+        view.show_conversation(thread_id, conversation(1000))
+        qtbot.waitUntil(lambda: bool(delegates(view)) and view.list_item().property("atYEnd"), timeout=5000)
+        assert delegates(view)[-1].property("id") == "m999"
+        rendered = [i for i, entry in enumerate(view.model.entries) if entry.blocks is not None]
+        assert rendered and min(rendered) > 900, f"messages {rendered[:5]}… were rendered, not only the newest"
+
+
 def test_cards_are_in_the_conversation_order(view: ConversationView, qtbot: QtBot) -> None:
     messages = conversation(30)
     view.show_conversation("t", messages)

@@ -136,3 +136,30 @@ async def test_an_unreadable_file_lists_nothing_and_raises_nothing(tmp_path: Pat
     (tmp_path / SQLITE_FILE_NAME).write_bytes(b"this is not a database" * 100)
     assert await read_index(tmp_path) == []
     assert await read_index(None) == []
+
+
+@pytest.mark.parametrize("tier", ["sqlite", "memory", "postgres"])
+async def test_one_row_read_alone_is_the_row_the_list_has(
+    tier: str, tmp_path: Path, open_storage: Any, request: pytest.FixtureRequest
+) -> None:
+    # Opening a conversation reads its row alone, not the whole list: what it reads must be what the list shows,
+    # merged across the tiers, and nothing for a deleted conversation.
+    if tier == "postgres":
+        storage = await open_storage(tmp_path, request.getfixturevalue("pg_url"))
+    else:
+        storage = await open_storage(unwritable_dir() if tier == "memory" else tmp_path)
+    graph = build_graph(storage.saver)
+    for thread_id in ("kept", "renamed", "deleted"):
+        await turn(graph, thread_id, f"about {thread_id}")
+    await storage.manager.update_conversation("renamed", title="A better title", pinned=True)
+    await storage.saver.adelete_thread("deleted")
+    if tier == "postgres":
+        await storage.manager.sync_now()
+
+    listed = {c.thread_id: c for c in await storage.manager.conversations()}
+    assert set(listed) == {"kept", "renamed"}
+    for thread_id, row in listed.items():
+        assert await storage.manager.conversation(thread_id) == row
+    assert (await storage.manager.conversation("renamed")).title == "A better title"  # type: ignore[union-attr]
+    assert await storage.manager.conversation("deleted") is None
+    assert await storage.manager.conversation("never-written") is None
