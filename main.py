@@ -32,6 +32,10 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Their debug records are about themselves, not Cairn, and cost: qasync's hold the whole result of each call
+    # run on a worker thread (the list of 1,000 conversations: 200 KB of text), markdown-it's every list it parses.
+    for noisy in ("qasync", "markdown_it"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
 
 
 def run_doctor(as_json: bool) -> int:

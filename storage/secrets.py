@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import keyring
-import keyring.backends.fail
-import keyring.backends.null
-import keyring.errors
-from keyring.backend import KeyringBackend
+if TYPE_CHECKING:
+    from keyring.backend import KeyringBackend
 
 log = logging.getLogger(__name__)
 
@@ -30,67 +28,104 @@ _SESSION_ONLY = (
 )
 NO_KEYRING_WARNING = f"No OS keyring is available: {_SESSION_ONLY}"
 
-# OSError: some backends let the transport's error (D-Bus socket, Keychain) through unwrapped.
-_KEYRING_FAILURES: tuple[type[BaseException], ...] = (keyring.errors.KeyringError, OSError)
-# Backends that exist but cannot keep anything: the "fail" one raises, the "null" one silently forgets.
-_UNUSABLE_BACKENDS: tuple[type[KeyringBackend], ...] = (
-    keyring.backends.fail.Keyring,
-    keyring.backends.null.Keyring,
-)
+
+
+def _keyring_failures() -> tuple[type[BaseException], ...]:
+    """What a keyring call raises when the keyring does not work. OSError: some backends let the transport's error
+    (D-Bus socket, Keychain) through unwrapped."""
+    import keyring.errors
+
+    return (keyring.errors.KeyringError, OSError)
+
+
+def _unusable_backends() -> tuple[type[KeyringBackend], ...]:
+    """Backends that exist but cannot keep anything: the "fail" one raises, the "null" one silently forgets."""
+    import keyring.backends.fail
+    import keyring.backends.null
+
+    return (keyring.backends.fail.Keyring, keyring.backends.null.Keyring)
 
 
 class SecretStore:
     """Named secrets for one service: the OS keyring when it works, else memory for this session.
 
     `backend` is for callers that want a specific keyring backend; by default the active one
-    (`keyring.get_keyring()`) is used, as chosen when the store is built.
+    (`keyring.get_keyring()`) is used, as chosen when the store first needs it: importing keyring and finding its
+    backend takes 70 ms, which the app spends on a worker thread after its window shows (``find_keyring``), not
+    before.
     """
 
     def __init__(self, service: str = DEFAULT_SERVICE, *, backend: KeyringBackend | None = None) -> None:
         self.service = service
         self._memory: dict[str, str] = {}
+        self._given = backend
         self._backend: KeyringBackend | None = None
-        self.warning: str | None = None
-        try:
-            chosen = backend if backend is not None else keyring.get_keyring()
-        except _KEYRING_FAILURES as exc:
-            self._fall_back(exc)
-            return
-        if isinstance(chosen, _UNUSABLE_BACKENDS):
-            self._fall_back(None)
-            return
-        self._backend = chosen
+        self._warning: str | None = None
+        self._found = False
+        self._finding = threading.Lock()
+
+    def find_keyring(self) -> None:
+        """Choose the keyring backend, once (any thread; every other method does it first when not done yet)."""
+        with self._finding:
+            if self._found:
+                return
+            try:
+                import keyring
+
+                chosen = self._given if self._given is not None else keyring.get_keyring()
+            except _keyring_failures() as exc:
+                self._fall_back(exc)
+            else:
+                if isinstance(chosen, _unusable_backends()):
+                    self._fall_back(None)
+                else:
+                    self._backend = chosen
+            self._found = True
+
+    def _keyring(self) -> KeyringBackend | None:
+        if not self._found:
+            self.find_keyring()
+        return self._backend
+
+    @property
+    def warning(self) -> str | None:
+        """What the user must know when secrets cannot outlive this session (None while the keyring works)."""
+        self._keyring()
+        return self._warning
 
     @property
     def persistent(self) -> bool:
         """True when secrets set now outlive this process (an OS keyring accepted them)."""
-        return self._backend is not None
+        return self._keyring() is not None
 
     @property
     def backend_name(self) -> str:
-        if self._backend is None:
+        backend = self._keyring()
+        if backend is None:
             return "memory (this session only)"
-        kind = type(self._backend)
+        kind = type(backend)
         return f"{kind.__module__}.{kind.__qualname__}"
 
     def get(self, name: str) -> str | None:
         if name in self._memory:
             return self._memory[name]
-        if self._backend is None:
+        backend = self._keyring()
+        if backend is None:
             return None
         try:
-            return self._backend.get_password(self.service, name)
-        except _KEYRING_FAILURES as exc:
+            return backend.get_password(self.service, name)
+        except _keyring_failures() as exc:
             self._fall_back(exc)
             return None
 
     def set(self, name: str, value: str) -> None:
         if not name:
             raise ValueError("a secret needs a name")
-        if self._backend is not None:
+        backend = self._keyring()
+        if backend is not None:
             try:
-                self._backend.set_password(self.service, name, value)
-            except _KEYRING_FAILURES as exc:
+                backend.set_password(self.service, name, value)
+            except _keyring_failures() as exc:
                 self._fall_back(exc)
             else:
                 self._memory.pop(name, None)
@@ -99,14 +134,17 @@ class SecretStore:
 
     def delete(self, name: str) -> None:
         """Forget a secret; deleting one that does not exist is not an error."""
+        import keyring.errors
+
         self._memory.pop(name, None)
-        if self._backend is None:
+        backend = self._keyring()
+        if backend is None:
             return
         try:
-            self._backend.delete_password(self.service, name)
+            backend.delete_password(self.service, name)
         except keyring.errors.PasswordDeleteError:
             pass  # backends raise this when there was nothing to delete
-        except _KEYRING_FAILURES as exc:
+        except _keyring_failures() as exc:
             self._fall_back(exc)
 
     def _fall_back(self, exc: BaseException | None) -> None:
@@ -114,11 +152,11 @@ class SecretStore:
         # memory would make "persistent" meaningless to the user.
         self._backend = None
         if exc is None:
-            self.warning = NO_KEYRING_WARNING
+            self._warning = NO_KEYRING_WARNING
         else:
             reason = mask_secrets(f"{type(exc).__name__}: {exc}")
-            self.warning = f"The OS keyring failed ({reason}): {_SESSION_ONLY}"
-        log.warning("%s", self.warning)
+            self._warning = f"The OS keyring failed ({reason}): {_SESSION_ONLY}"
+        log.warning("%s", self._warning)
 
     def __repr__(self) -> str:
         return f"SecretStore(service={self.service!r}, backend={self.backend_name!r})"

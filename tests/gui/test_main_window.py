@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import logging
 import os
 import re
 import subprocess
@@ -27,6 +28,7 @@ from PySide6.QtCore import QEvent, QPointF, Qt
 from PySide6.QtGui import QDesktopServices, QGuiApplication, QMouseEvent
 from PySide6.QtWidgets import QApplication, QLineEdit, QWidget
 
+from gui.main_window import MainWindow
 from tests.support.app import (
     ROOT,
     WAIT,
@@ -864,6 +866,71 @@ async def test_quit_and_start_again_brings_everything_back(qtbot: Any, cairn: Ca
             ("user", "the second conversation"),
             ("assistant", "Echo: the second conversation"),
         ]
+
+
+async def test_a_long_list_is_whole_after_start_with_the_last_open_conversation_selected(
+    qtbot: Any, cairn: Cairn, open_storage: Any, tmp_path: Path
+) -> None:
+    # The first screenful of the list is shown before the first paint and the rest after it: at the end the list is
+    # whole, in order, and the conversation open at quit is open and selected, wherever it is in the list.
+    from gui.app import FIRST_ROWS
+    from tests.support.chatgraph import build_graph, turn
+
+    storage = await open_storage(tmp_path / "data")
+    graph = build_graph(storage.saver)
+    for n in range(FIRST_ROWS + 30):
+        await turn(graph, f"t{n:04}", f"conversation {n}")
+    expected = [c.thread_id for c in await storage.manager.conversations()]
+    await storage.close()
+
+    async def quit_on_then_start(last_open: str) -> None:
+        async with cairn() as app:
+            window = window_of(app)
+            await until(lambda: window.sidebar.thread_ids() == expected, "the whole list")
+            window.open_conversation(last_open)
+            await until(lambda: window.view.thread_id == last_open, "opened")
+        with StartWatch() as watch:
+            async with cairn() as again:
+                window2 = window_of(again)
+                await until(lambda: bool(window2.view.messages()), "its messages")
+        # What the window showed when the storage stack began to load: the list read from the file alone.
+        assert watch.at_storage == (expected, last_open)
+        assert watch.current_in_view, "the open conversation was not scrolled to"
+        assert window2.current == last_open and window2.sidebar.current_thread() == last_open
+
+    await quit_on_then_start(expected[3])  # near the top
+    await quit_on_then_start(expected[-2])  # beyond the first screenful
+
+
+class StartWatch(logging.Handler):
+    """What a starting window lists, which row is current and whether it is in view, as its start reaches the
+    storage step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at_storage: tuple[list[str], str | None] | None = None
+        self.current_in_view = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("startup 4/5: storage"):
+            window = next(w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible())
+            sidebar = window.sidebar
+            self.at_storage = (sidebar.thread_ids(), sidebar.current_thread())
+            current = sidebar.list.currentItem()
+            shown = sidebar.list.visualItemRect(current) if current is not None else None
+            self.current_in_view = shown is not None and sidebar.list.viewport().rect().contains(shown)
+
+    def __enter__(self) -> StartWatch:
+        app_log = logging.getLogger("cairn.app")
+        self._level = app_log.level
+        app_log.setLevel(logging.INFO)
+        app_log.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        app_log = logging.getLogger("cairn.app")
+        app_log.removeHandler(self)
+        app_log.setLevel(self._level)
 
 
 async def test_quitting_while_a_reply_streams_keeps_what_arrived(qtbot: Any, cairn: Cairn, server: ModelServer) -> None:

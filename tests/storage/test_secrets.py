@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import keyring
 import keyring.backends.null
 import keyring.errors
 import pytest
 
-from storage import secrets as secrets_module
 from storage.secrets import (
     NO_KEYRING_WARNING,
     SecretStore,
@@ -25,6 +28,8 @@ from storage.secrets import (
 from tests.support.keyring_backend import MemoryKeyring, memory_keyring, no_keyring
 
 __all__ = ["memory_keyring", "no_keyring"]  # fixtures, imported for pytest to find
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------- SecretStore
@@ -76,8 +81,27 @@ def test_no_keyring_warning_is_logged(
     no_keyring: keyring.backend.KeyringBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="storage.secrets"):
-        SecretStore()
+        SecretStore().find_keyring()
     assert "No OS keyring is available" in caplog.text
+
+
+def test_a_store_finds_its_keyring_only_when_asked() -> None:
+    """Importing keyring and choosing its backend took 70 ms of the start before the first paint: a store is made
+    without it, and finds it on a worker thread (``find_keyring``, as the app does after the window shows) or at
+    its first use."""
+    code = (
+        "import sys, threading\n"
+        "from storage.secrets import SecretStore\n"
+        "store = SecretStore()\n"
+        "assert 'keyring' not in sys.modules, 'made with keyring'\n"
+        "worker = threading.Thread(target=store.find_keyring)\n"
+        "worker.start(); worker.join()\n"
+        "assert 'keyring' in sys.modules\n"
+        "print(store.backend_name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
 
 
 def test_without_a_keyring_the_warning_promises_only_what_happens() -> None:
@@ -102,7 +126,7 @@ def test_keyring_that_cannot_initialise_falls_back(monkeypatch: pytest.MonkeyPat
     def refuse() -> None:
         raise keyring.errors.NoKeyringError("nothing here")
 
-    monkeypatch.setattr(secrets_module.keyring, "get_keyring", refuse)
+    monkeypatch.setattr(keyring, "get_keyring", refuse)
     store = SecretStore()
     assert store.persistent is False
     assert store.warning is not None
