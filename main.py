@@ -33,8 +33,9 @@ def setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     # Their debug records are about themselves, not Cairn, and cost: qasync's hold the whole result of each call
-    # run on a worker thread (the list of 1,000 conversations: 200 KB of text), markdown-it's every list it parses.
-    for noisy in ("qasync", "markdown_it"):
+    # run on a worker thread (the list of 1,000 conversations: 200 KB of text), aiosqlite's each statement twice,
+    # markdown-it's every list it parses.
+    for noisy in ("qasync", "aiosqlite", "markdown_it"):
         logging.getLogger(noisy).setLevel(logging.INFO)
 
 

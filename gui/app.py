@@ -18,6 +18,7 @@ asks first (``MainWindow.closeEvent``); a TERM, INT or HUP signal quits without 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib
 import logging
@@ -127,15 +128,22 @@ class CairnApp(QObject):
             window.show_index(listed)
         self.timings["first paint"] = (time.perf_counter() - self._started) * 1000
         log.info("window painted %.0f ms after start", self.timings["first paint"])
+        # The keyring (70 ms), the storage stack (0.4 s) and the chat engine (0.5 s) are imported from now on, one
+        # after the other on a worker thread: the window answers meanwhile, and makes its scene, opens storage and
+        # lists the conversations while they load.
+        imports = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cairn-imports")
+        keyring_found = asyncio.wrap_future(imports.submit(secrets.find_keyring))
+        storage_imported = asyncio.wrap_future(imports.submit(importlib.import_module, "storage.factory"))
+        engine_imported = asyncio.wrap_future(imports.submit(importlib.import_module, "chat.service"))
+        imports.shutdown(wait=False)
         window.view.load_scene()  # Qt Quick's import, the QML load and its first frame: after the window shows
         window.show_problems(list(settings.problems))
-        await asyncio.to_thread(secrets.find_keyring)  # importing keyring, and its choice: 70 ms, not on the loop
+        await keyring_found
         if secrets.warning:
             window.show_status(secrets.warning, 15_000)
 
         self._step(4, "storage")
-        # Imported on a worker thread, as the chat engine below: the window answers meanwhile.
-        await asyncio.to_thread(importlib.import_module, "storage.factory")
+        await storage_imported
         from storage.factory import open_storage
 
         self.storage = await open_storage(settings, secrets)
@@ -144,8 +152,7 @@ class CairnApp(QObject):
         await window.refresh_list()
 
         self._step(5, "chat engine")
-        # On worker threads: the window stays responsive meanwhile.
-        await asyncio.to_thread(importlib.import_module, "chat.service")
+        await engine_imported
         from chat.service import ConversationService
 
         self.service = ConversationService(self.storage, self.endpoint())
