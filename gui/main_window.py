@@ -23,9 +23,11 @@ from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKey
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
+    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QPushButton,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
     from chat.events import ChatEvent
     from chat.service import ConversationService, Usage
+    from chat.service import ConversationView as Loaded
     from gui.model_picker import ModelMenu
     from storage.changes import Changes
     from storage.factory import Storage
@@ -147,12 +150,26 @@ class MainWindow(QMainWindow):
         column.setContentsMargins(0, 0, 0, 0)
         column.setSpacing(0)
         column.addWidget(self.banner)
+        # Other versions the switchers ("‹ 2 / 3 ›") alone would not make known: one that arrived from another
+        # device while the conversation is open, or one that parts from it above its last exchange.
+        self.branch_bar = QWidget()
+        self.branch_bar.setObjectName("branchBar")
+        bar = QHBoxLayout(self.branch_bar)
+        bar.setContentsMargins(10, 4, 10, 4)
         self.branch_note = QLabel()
         self.branch_note.setObjectName("branchNote")
         self.branch_note.setWordWrap(True)
-        self.branch_note.setContentsMargins(10, 4, 10, 4)
-        self.branch_note.hide()
-        column.addWidget(self.branch_note)
+        self.branch_show = QPushButton("Show it")
+        self.branch_show.setObjectName("branchShow")
+        self.branch_show.setToolTip("Scroll to the message where the versions part")
+        self.branch_show.clicked.connect(self._show_parting)
+        bar.addWidget(self.branch_note, 1)
+        bar.addWidget(self.branch_show, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.branch_bar.hide()
+        self._parting = -1  # the first message with other versions, shown by "Show it"
+        self._arrived: str | None = None  # the open conversation, once another device's version arrived in it
+        self._others_shown: tuple[str, int] = ("", 0)  # the conversation shown, and how many other versions it has
+        column.addWidget(self.branch_bar)
         column.addWidget(self.view, 1)
         column.addWidget(self.composer)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -526,7 +543,7 @@ class MainWindow(QMainWindow):
 
     def new_chat(self) -> None:
         self._leave_current()
-        self.branch_note.hide()
+        self.branch_bar.hide()
         self._show_usage(None)
         self.current = None
         self.composer.cancel_edit()
@@ -583,7 +600,8 @@ class MainWindow(QMainWindow):
             render_ms,
         )
         self.setWindowTitle(f"{loaded.title} — {APP_TITLE}" if loaded.title else APP_TITLE)
-        self._show_branches(loaded.other_branches)
+        self._arrived = None
+        self._show_branches(loaded)
         self._show_tail(thread_id, awaiting=loaded.awaiting_reply)
         self.state.setValue("session/open_thread", thread_id)
         self.conversationShown.emit(thread_id)
@@ -603,18 +621,34 @@ class MainWindow(QMainWindow):
         elif awaiting:
             self.view.show_error("This message has no reply yet.", title="No reply.")
 
-    def _show_branches(self, others: int) -> None:
-        """Say that other versions of the open conversation are kept (an edit, a regenerate, or turns taken on two
-        devices while they could not reach each other); the messages where they part show "‹ 2 / 3 ›"."""
-        if not others:
-            self.branch_note.hide()
+    def _show_branches(self, loaded: Loaded, *, live: bool = False) -> None:
+        """Make other versions known where the switchers beside the messages ("‹ 2 / 3 ›") would not: one that
+        arrived from another device while the conversation was open (``live``: this is the window following a
+        change made elsewhere), or one that parts from it above its last exchange. An edit or a regenerate of the
+        last exchange needs no note: its switcher is right there."""
+        before, self._others_shown = self._others_shown, (loaded.thread_id, loaded.other_branches)
+        if live and before[0] == loaded.thread_id and loaded.other_branches > before[1]:
+            self._arrived = loaded.thread_id
+        parting = next((i for i, m in enumerate(loaded.messages) if m.id in loaded.versions), -1)
+        arrived = self._arrived == loaded.thread_id
+        if parting < 0 or (not arrived and parting >= len(loaded.messages) - 2):
+            self.branch_bar.hide()
             return
-        versions = "another version" if others == 1 else f"{others} other versions"
-        self.branch_note.setText(
-            f"This conversation has {versions}, kept: edited or regenerated here, or continued on two devices "
-            "at once. ‹ › beside a message shows its other versions."
-        )
-        self.branch_note.show()
+        self._parting = parting
+        if arrived:
+            self.branch_note.setText(
+                "Another version of this conversation arrived from a device that continued it at the same time: "
+                "‹ › beside the message where they part switches between them. Both are kept."
+            )
+        else:
+            self.branch_note.setText(
+                "An earlier message has other versions (edited, regenerated, or continued on two devices at "
+                "once): ‹ › beside it switches between them."
+            )
+        self.branch_bar.show()
+
+    def _show_parting(self) -> None:
+        self.view.show_message(self._parting)
 
     def _show_failure(self, failure: Failure) -> None:
         title = "Stopped." if failure.kind == "stopped" else "The reply failed."
@@ -623,11 +657,12 @@ class MainWindow(QMainWindow):
     async def _follow(self, thread_id: str) -> None:
         """The open conversation changed elsewhere: show its new turns, unless they are another branch."""
         service = await self._ready()
-        await self._reload(thread_id, await service.follow(thread_id, self._shown_at.get(thread_id)))
+        await self._reload(thread_id, await service.follow(thread_id, self._shown_at.get(thread_id)), live=True)
 
-    async def _reload(self, thread_id: str, at: str | None = None) -> None:
+    async def _reload(self, thread_id: str, at: str | None = None, *, live: bool = False) -> None:
         """Bring the view in line with what is stored (real ids for the messages shown while sending): as of
-        checkpoint ``at`` (a reply's own result), or the thread's newest."""
+        checkpoint ``at`` (a reply's own result), or the thread's newest. ``live``: following a change made
+        elsewhere."""
         service = await self._ready()
         loaded = await service.load(thread_id, at)
         if self.current != thread_id:
@@ -636,7 +671,7 @@ class MainWindow(QMainWindow):
         self.view.set_messages(thread_id, loaded.messages)
         self.view.set_versions(loaded.versions)
         self._show_usage(loaded.usage)
-        self._show_branches(loaded.other_branches)
+        self._show_branches(loaded, live=live)
         if loaded.title:
             self.setWindowTitle(f"{loaded.title} — {APP_TITLE}")
         if not self.view.has_error() and not self.view.streaming:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import Property, QEvent, QMetaObject, QObject, QTimer, QUrl, Signal, Slot
+from PySide6.QtCore import Q_ARG, Property, QEvent, QMetaObject, QObject, Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QColor, QDesktopServices, QFontDatabase, QGuiApplication, QPalette
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
@@ -366,6 +366,13 @@ class ConversationView(QWidget):
         items.setProperty("currentIndex", -1)  # a current item is kept made wherever it is: message 0, far above
         items.setProperty("follow", True)
         QMetaObject.invokeMethod(items, "positionViewAtEnd")
+
+    def show_message(self, index: int) -> None:
+        """Scroll message ``index`` into view and give its card the keyboard focus (its toolbar shows)."""
+        if self._root is None:
+            return
+        self.surface.setFocus(Qt.FocusReason.OtherFocusReason)
+        QMetaObject.invokeMethod(self.list_item(), "focusMessage", Q_ARG("QVariant", index))
 
     def remove_messages_from(self, index: int) -> None:
         self.model.remove_from(index)

@@ -184,6 +184,7 @@ async def test_a_branch_taken_apart_elsewhere_does_not_replace_the_one_being_rea
 
             await eventually(arrived, WAIT, "B's branch arrived at A")
             await eventually(lambda: window.branch_note.isVisible(), WAIT, "the other version is announced")
+            assert "arrived from a device that continued it at the same time" in window.branch_note.text()
             assert texts(window) == mine  # still A's branch, not B's newer one
             assert apart_b[2] == "apart on B"
 

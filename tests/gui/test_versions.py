@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.app import Cairn, cairn_factory, send_and_wait, until, window_of
+from tests.support.app import Cairn, cairn_factory, click_at, send_and_wait, until, window_of
 from tests.support.cards import card, click, part, shown_text, view_of
 from tests.support.model_server import ModelServer, last_user_text
 
@@ -76,3 +76,37 @@ async def test_regenerated_replies_can_be_walked_and_the_choice_is_kept(
         window.open_conversation(thread)
         await until(lambda: len(window.view.messages()) == 4, "the conversation reopened")
         assert texts(window)[1] == "Answer 2 to question"
+
+
+async def test_a_note_shows_other_versions_only_where_no_switcher_is_in_sight(
+    qtbot: Any, app_of: Cairn, server: ModelServer
+) -> None:
+    # A regenerate's switcher is on the reply just regenerated: a note saying so as well would only be noise. Once
+    # the conversation goes on, the message with other versions is further up: the note says so, and "Show it"
+    # brings that message into view with the focus on its card.
+    async with app_of() as app:
+        window = window_of(app)
+        await send_and_wait(qtbot, window, "question")
+        await regenerate_and_wait(window)
+        reply = window.view.messages()[-1]
+        row = await card(view_of(app), reply.id)
+        await until(lambda: part(row, "versionLabel").property("text") == "2 / 2", "the switcher")
+        assert not window.branch_bar.isVisible()
+
+        for n in range(6):  # enough to scroll the reply with versions out of sight
+            await send_and_wait(qtbot, window, f"and then {n}, " + "at some length " * 30)
+        await until(lambda: window.branch_bar.isVisible(), "the note")
+        assert "An earlier message has other versions" in window.branch_note.text()
+        view = window.view
+        await until(lambda: not view.list_item().property("moving"), "the list to settle")
+        assert view.list_item().property("atYEnd")
+        click_at(window.branch_show, window.branch_show.rect().center())
+
+        def focused_message() -> str | None:
+            item = view.quick_window().activeFocusItem()
+            while item is not None and item.objectName() != "message":
+                item = item.parentItem()
+            return None if item is None else item.property("id")
+
+        await until(lambda: focused_message() == reply.id, "the card with other versions focused")
+        assert not view.list_item().property("atYEnd")
