@@ -176,6 +176,7 @@ async def make_screenshots(cairn: Any, server: Any, theme: str) -> None:
     window.new_chat()
     server.reasoning = REASONING
     await send(window, QUESTION)
+    server.token_delay = 0.06  # the version shown streams as a local model would: it thinks for a second or two
     await regenerate(window)  # the reply's second version: the switcher says 2 / 2
     view = window.view
     items = view.list_item()

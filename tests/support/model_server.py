@@ -533,7 +533,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             send_event(chunk({"role": "assistant", "content": "", "refusal": None}))
             owner._emit("headers", index)
-            for thought in tokenize(owner.reasoning):
+            for n, thought in enumerate(tokenize(owner.reasoning)):  # at the pace of the answer's tokens
+                if n and owner.token_delay > 0 and owner._closing_event.wait(owner.token_delay):
+                    raise _ClientGone("server closing")
                 send_event(chunk({"content": None, "reasoning_content": thought}))
             sent = 0
             for token in tokens:
@@ -598,8 +600,9 @@ class ModelServer:
         """When set, ``GET /models`` answers this (status, content type, body) instead of the model list: a web server,
         a proxy or another API at the model server's address."""
         self.reasoning: str = ""
-        """Streamed first as ``delta.reasoning_content`` tokens, as thinking models behind Ollama, vLLM, LM Studio and
-        DeepSeek's API send their reasoning (a reply holding ``<think>...</think>`` is the other way servers do it)."""
+        """Streamed first as ``delta.reasoning_content`` tokens (``token_delay`` apart, as the answer's), as thinking
+        models behind Ollama, vLLM, LM Studio and DeepSeek's API send their reasoning (a reply holding
+        ``<think>...</think>`` is the other way servers do it)."""
         self.token_delay: float = token_delay
         self.first_token_delay: float = first_token_delay
         self.token_count: int | None = token_count
