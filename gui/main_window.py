@@ -23,11 +23,9 @@ from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKey
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
-    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QPushButton,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -35,6 +33,7 @@ from PySide6.QtWidgets import (
 
 from chat.events import ReplyDone, ReplyFailed, Thinking, Token
 from gui.badge import StatusBadge
+from gui.branch_note import BranchNote
 from gui.bridge import StorageBridge
 from gui.composer import Composer
 from gui.contrast import keep_readable
@@ -50,7 +49,6 @@ if TYPE_CHECKING:
 
     from chat.events import ChatEvent
     from chat.service import ConversationService, Usage
-    from chat.service import ConversationView as Loaded
     from gui.model_picker import ModelMenu
     from storage.changes import Changes
     from storage.factory import Storage
@@ -150,26 +148,9 @@ class MainWindow(QMainWindow):
         column.setContentsMargins(0, 0, 0, 0)
         column.setSpacing(0)
         column.addWidget(self.banner)
-        # Other versions the switchers ("‹ 2 / 3 ›") alone would not make known: one that arrived from another
-        # device while the conversation is open, or one that parts from it above its last exchange.
-        self.branch_bar = QWidget()
-        self.branch_bar.setObjectName("branchBar")
-        bar = QHBoxLayout(self.branch_bar)
-        bar.setContentsMargins(10, 4, 10, 4)
-        self.branch_note = QLabel()
-        self.branch_note.setObjectName("branchNote")
-        self.branch_note.setWordWrap(True)
-        self.branch_show = QPushButton("Show it")
-        self.branch_show.setObjectName("branchShow")
-        self.branch_show.setToolTip("Scroll to the message where the versions part")
-        self.branch_show.clicked.connect(self._show_parting)
-        bar.addWidget(self.branch_note, 1)
-        bar.addWidget(self.branch_show, 0, Qt.AlignmentFlag.AlignVCenter)
-        self.branch_bar.hide()
-        self._parting = -1  # the first message with other versions, shown by "Show it"
-        self._arrived: str | None = None  # the open conversation, once another device's version arrived in it
-        self._others_shown: tuple[str, int] = ("", 0)  # the conversation shown, and how many other versions it has
-        column.addWidget(self.branch_bar)
+        self.branch_note = BranchNote()
+        self.branch_note.showRequested.connect(self.view.show_message)
+        column.addWidget(self.branch_note)
         column.addWidget(self.view, 1)
         column.addWidget(self.composer)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -543,7 +524,7 @@ class MainWindow(QMainWindow):
 
     def new_chat(self) -> None:
         self._leave_current()
-        self.branch_bar.hide()
+        self.branch_note.hide()
         self._show_usage(None)
         self.current = None
         self.composer.cancel_edit()
@@ -600,8 +581,8 @@ class MainWindow(QMainWindow):
             render_ms,
         )
         self.setWindowTitle(f"{loaded.title} — {APP_TITLE}" if loaded.title else APP_TITLE)
-        self._arrived = None
-        self._show_branches(loaded)
+        self.branch_note.opened()
+        self.branch_note.show_for(loaded)
         self._show_tail(thread_id, awaiting=loaded.awaiting_reply)
         self.state.setValue("session/open_thread", thread_id)
         self.conversationShown.emit(thread_id)
@@ -620,35 +601,6 @@ class MainWindow(QMainWindow):
             self._show_failure(failure)
         elif awaiting:
             self.view.show_error("This message has no reply yet.", title="No reply.")
-
-    def _show_branches(self, loaded: Loaded, *, live: bool = False) -> None:
-        """Make other versions known where the switchers beside the messages ("‹ 2 / 3 ›") would not: one that
-        arrived from another device while the conversation was open (``live``: this is the window following a
-        change made elsewhere), or one that parts from it above its last exchange. An edit or a regenerate of the
-        last exchange needs no note: its switcher is right there."""
-        before, self._others_shown = self._others_shown, (loaded.thread_id, loaded.other_branches)
-        if live and before[0] == loaded.thread_id and loaded.other_branches > before[1]:
-            self._arrived = loaded.thread_id
-        parting = next((i for i, m in enumerate(loaded.messages) if m.id in loaded.versions), -1)
-        arrived = self._arrived == loaded.thread_id
-        if parting < 0 or (not arrived and parting >= len(loaded.messages) - 2):
-            self.branch_bar.hide()
-            return
-        self._parting = parting
-        if arrived:
-            self.branch_note.setText(
-                "Another version of this conversation arrived from a device that continued it at the same time: "
-                "‹ › beside the message where they part switches between them. Both are kept."
-            )
-        else:
-            self.branch_note.setText(
-                "An earlier message has other versions (edited, regenerated, or continued on two devices at "
-                "once): ‹ › beside it switches between them."
-            )
-        self.branch_bar.show()
-
-    def _show_parting(self) -> None:
-        self.view.show_message(self._parting)
 
     def _show_failure(self, failure: Failure) -> None:
         title = "Stopped." if failure.kind == "stopped" else "The reply failed."
@@ -671,7 +623,7 @@ class MainWindow(QMainWindow):
         self.view.set_messages(thread_id, loaded.messages)
         self.view.set_versions(loaded.versions)
         self._show_usage(loaded.usage)
-        self._show_branches(loaded, live=live)
+        self.branch_note.show_for(loaded, live=live)
         if loaded.title:
             self.setWindowTitle(f"{loaded.title} — {APP_TITLE}")
         if not self.view.has_error() and not self.view.streaming:

@@ -187,7 +187,7 @@ def window_pairs(window: MainWindow) -> list[tuple[str, QColor, QColor]]:
     pairs.append(role_pair("empty-list note", sidebar.empty_label, sidebar.empty_label.foregroundRole(), Role.Window))
     pairs.append(role_pair("composer placeholder", window.composer.edit, Role.PlaceholderText, Role.Base))
     pairs.append(role_pair("composer text", window.composer.edit, Role.Text, Role.Base))
-    pairs.append(role_pair("branch note", window.branch_note, Role.WindowText, Role.Window))
+    pairs.append(role_pair("branch note", window.branch_note.label, Role.WindowText, Role.Window))
     pairs.append(role_pair("menu bar", window.menuBar(), Role.WindowText, Role.Window))
     pairs.append(role_pair("status bar message", window.statusBar(), Role.WindowText, Role.Window))
     pairs.append(role_pair("model label", window.model_label, Role.WindowText, Role.Window))

@@ -91,16 +91,16 @@ async def test_a_note_shows_other_versions_only_where_no_switcher_is_in_sight(
         reply = window.view.messages()[-1]
         row = await card(view_of(app), reply.id)
         await until(lambda: part(row, "versionLabel").property("text") == "2 / 2", "the switcher")
-        assert not window.branch_bar.isVisible()
+        assert not window.branch_note.isVisible()
 
         for n in range(6):  # enough to scroll the reply with versions out of sight
             await send_and_wait(qtbot, window, f"and then {n}, " + "at some length " * 30)
-        await until(lambda: window.branch_bar.isVisible(), "the note")
+        await until(lambda: window.branch_note.isVisible(), "the note")
         assert "An earlier message has other versions" in window.branch_note.text()
         view = window.view
         await until(lambda: not view.list_item().property("moving"), "the list to settle")
         assert view.list_item().property("atYEnd")
-        click_at(window.branch_show, window.branch_show.rect().center())
+        click_at(window.branch_note.button, window.branch_note.button.rect().center())
 
         def focused_message() -> str | None:
             item = view.quick_window().activeFocusItem()
