@@ -27,7 +27,7 @@ def describe_model_error(exc: BaseException, base_url: str = "") -> tuple[str, s
         return f"The model was not found on the server ({_detail(exc)}). Pick another in Settings.", "model"
     if isinstance(exc, openai.RateLimitError):
         wait = retry_after_seconds(getattr(exc, "response", None))
-        when = f"try again in {_duration(wait)}" if wait is not None else "try again shortly"
+        when = f"it asks to wait {_duration(wait)}" if wait is not None else "try again shortly"
         return f"The model server is busy (rate limited): {when}. ({_detail(exc)})", "rate_limit"
     if isinstance(exc, openai.BadRequestError):
         return f"The model server rejected the request ({_detail(exc)}).", "bad_request"
@@ -68,6 +68,21 @@ def silent_words(exc: ModelSilent) -> str:
         f"The model server sent nothing for {seconds}. A local server may still be loading the model: try again, "
         "or allow it longer with MODEL_FIRST_TOKEN_TIMEOUT (Settings → Model)."
     )
+
+
+def rate_limit_wait(exc: BaseException) -> float | None:
+    """The seconds a rate-limited server asked to wait before the next try (None for another error, or when it did
+    not say): the window counts them down on its Retry button."""
+    import openai
+
+    if not isinstance(exc, openai.RateLimitError):
+        return None
+    return retry_after_seconds(getattr(exc, "response", None))
+
+
+def wait_words(seconds: float) -> str:
+    """``20 s``, ``2 min 5 s``: a wait as the window says it, rounded up."""
+    return _duration(seconds)
 
 
 def retry_after_seconds(response: Any, now: float | None = None) -> float | None:

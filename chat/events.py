@@ -38,6 +38,8 @@ class ReplyFailed:
     message: str
     kind: str  # "auth", "model", "server", "network", "timeout", "bad_request", "unknown"
     partial_text: str = ""
+    retry_after: float | None = None
+    """Seconds the server asked to wait before trying again (a rate limit's ``Retry-After``), if it said."""
 
 
 ChatEvent = Token | Thinking | ReplyDone | ReplyFailed

@@ -31,7 +31,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import RunnableConfig
 
 from chat.endpoints import Endpoint, ModelListError, chat_model, list_models
-from chat.errors import describe_model_error
+from chat.errors import describe_model_error, rate_limit_wait
 from chat.events import ChatEvent, ReplyDone, ReplyFailed, Thinking, Token
 from chat.graph import MODEL_NODE, STREAM_TIMES, ChatContext, build_chat_graph
 from chat.state import created_stamp, with_id
@@ -639,7 +639,7 @@ class ConversationService:
             message, kind = describe_model_error(exc, self.endpoint.base_url)
             if kind == "bug":
                 log.exception("reply failed")
-            queue.put_nowait(ReplyFailed(message, kind, "".join(parts)))
+            queue.put_nowait(ReplyFailed(message, kind, "".join(parts), rate_limit_wait(exc)))
         finally:
             try:
                 if naming is not None:

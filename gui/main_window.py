@@ -90,6 +90,8 @@ class Failure:
     message: str
     kind: str
     partial: str = ""
+    retry_at: float | None = None
+    """When (``time.monotonic()``) the server said a retry may come (a rate limit's wait), if it said."""
 
 
 class MainWindow(QMainWindow):
@@ -604,7 +606,7 @@ class MainWindow(QMainWindow):
 
     def _show_failure(self, failure: Failure) -> None:
         title = "Stopped." if failure.kind == "stopped" else "The reply failed."
-        self.view.show_error(failure.message, failure.partial, title=title)
+        self.view.show_error(failure.message, failure.partial, title=title, retry_at=failure.retry_at)
 
     async def _follow(self, thread_id: str) -> None:
         """The open conversation changed elsewhere: show its new turns, unless they are another branch."""
@@ -777,7 +779,9 @@ class MainWindow(QMainWindow):
                 elif isinstance(event, ReplyDone):
                     outcome = event
                 elif isinstance(event, ReplyFailed):
-                    outcome = Failure(event.message, event.kind, event.partial_text)
+                    wait = event.retry_after
+                    retry_at = None if wait is None else time.monotonic() + wait
+                    outcome = Failure(event.message, event.kind, event.partial_text, retry_at)
         except Exception as exc:  # the service raised before or instead of a reply: show it, keep the words
             log.exception("sending failed")
             outcome = Failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, "bug")

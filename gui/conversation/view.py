@@ -93,6 +93,7 @@ class Tail:
     error_message: str = ""
     error_partial: str = ""
     error_retry: bool = False
+    error_retry_label: str = "Retry"  # "Retry in 12 s" while the wait a rate-limited server asked for runs
     has_error: bool = False
     waiting: str = ""
     can_regenerate: bool = True
@@ -202,6 +203,9 @@ class Bridge(QObject):
     def _error_retry(self) -> bool:
         return self._tail.error_retry
 
+    def _error_retry_label(self) -> str:
+        return self._tail.error_retry_label
+
     def _waiting(self) -> str:
         return self._tail.waiting
 
@@ -215,6 +219,7 @@ class Bridge(QObject):
     errorHtml = Property(str, _error_html, notify=tailChanged)
     errorPartial = Property(str, _error_partial, notify=tailChanged)
     errorRetry = Property(bool, _error_retry, notify=tailChanged)
+    errorRetryLabel = Property(str, _error_retry_label, notify=tailChanged)
     waiting = Property(str, _waiting, notify=tailChanged)
     canRegenerate = Property(bool, _can_regenerate, notify=tailChanged)
     fixedFont = Property(str, _fixed_font, notify=themeChanged)
@@ -429,6 +434,7 @@ def _key(message: MessageLike) -> tuple[str, str, bool]:
 
 START_NOTE = "Start a conversation: type below. Enter sends, Shift+Enter starts a new line."
 WAIT_TICK_MS = 1000
+RETRY_TICK_MS = 250  # a countdown in seconds, updated well within each second
 
 
 class QuickChatView(ConversationView):
@@ -445,6 +451,10 @@ class QuickChatView(ConversationView):
         self._wait_timer = QTimer(self)
         self._wait_timer.setInterval(WAIT_TICK_MS)
         self._wait_timer.timeout.connect(self._tick_wait)
+        self._retry_at: float | None = None
+        self._retry_timer = QTimer(self)
+        self._retry_timer.setInterval(RETRY_TICK_MS)
+        self._retry_timer.timeout.connect(self._tick_retry)
         self._versions: dict[str, VersionsLike] = {}
         self.branchRequested.connect(self._on_branch)
         self.show_note("")
@@ -563,9 +573,18 @@ class QuickChatView(ConversationView):
         return text
 
     def show_error(
-        self, message: str, partial: str = "", *, title: str = "The reply failed.", retry: bool = True
+        self,
+        message: str,
+        partial: str = "",
+        *,
+        title: str = "The reply failed.",
+        retry: bool = True,
+        retry_at: float | None = None,
     ) -> None:
-        """An error under the last message, with what arrived before it and a Retry button."""
+        """An error under the last message, with what arrived before it and a Retry button; ``retry_at``: when
+        (``time.monotonic()``) the server said to come back: the button counts down to it (a click before still
+        retries: the wait is the server's advice)."""
+        self._retry_at = retry_at
         self.bridge.set_tail(
             note="",
             has_error=True,
@@ -573,9 +592,26 @@ class QuickChatView(ConversationView):
             error_message=message,
             error_partial=partial,
             error_retry=retry,
+            error_retry_label=self._retry_label(),
         )
+        if retry_at is not None and retry:
+            self._retry_timer.start()
         self._update_regenerate()
         self.scroll_to_end()
+
+    def _retry_label(self) -> str:
+        left = None if self._retry_at is None else self._retry_at - time.monotonic()
+        if left is None or left <= 0:
+            return "Retry"
+        from chat.errors import wait_words
+
+        return f"Retry in {wait_words(left)}"
+
+    def _tick_retry(self) -> None:
+        label = self._retry_label()
+        if label == "Retry":
+            self._retry_timer.stop()
+        self.bridge.set_tail(error_retry_label=label)
 
     def has_error(self) -> bool:
         return self.bridge.tail.has_error
@@ -587,8 +623,12 @@ class QuickChatView(ConversationView):
         return "\n".join(part for part in (f"{tail.error_title} {tail.error_message}", tail.error_partial) if part)
 
     def clear_error(self) -> None:
+        self._retry_timer.stop()
+        self._retry_at = None
         if self.bridge.tail.has_error:
-            self.bridge.set_tail(has_error=False, error_title="", error_message="", error_partial="")
+            self.bridge.set_tail(
+                has_error=False, error_title="", error_message="", error_partial="", error_retry_label="Retry"
+            )
             self._update_regenerate()
 
     def last_reply_text(self) -> str | None:

@@ -126,11 +126,14 @@ def _in(seconds: int) -> str:
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "expected"),
-    [("20", r"try again in 20 s"), ("http-date", r"try again in (1 min 5\d s|2 min)")],
+    ("retry_after", "expected", "counting"),
+    [
+        ("20", r"it asks to wait 20 s", r"Retry in (20|1\d) s"),
+        ("http-date", r"it asks to wait (1 min 5\d s|2 min)", r"Retry in (1 min 5\d s|2 min)"),
+    ],
 )
 async def test_a_rate_limited_reply_says_when_to_try_again(
-    qtbot: Any, tmp_path: Path, server: ModelServer, retry_after: str, expected: str
+    qtbot: Any, tmp_path: Path, server: ModelServer, retry_after: str, expected: str, counting: str
 ) -> None:
     async with cairn_factory(tmp_path, server)() as app:
         window = window_of(app)
@@ -139,11 +142,30 @@ async def test_a_rate_limited_reply_says_when_to_try_again(
         error = error_shown(window.view)
         assert "The model server is busy (rate limited)" in error
         assert re.search(expected, error), error
+        assert re.search(counting, retry_button(window.view).property("text"))
         assert len(server.chat_requests) == 1  # told at once, not hidden behind the client's own retries
 
         await retry_and_wait(window)
         assert not window.view.has_error()
         assert roles_and_texts(window.view.messages())[-1] == ("assistant", "Echo: quick question")
+
+
+async def test_retry_counts_down_the_wait_a_rate_limited_server_asked_for(
+    qtbot: Any, tmp_path: Path, server: ModelServer
+) -> None:
+    # The message says what the server asked for when it answered; the button counts down what is left of it, and
+    # says "Retry" once it is over. (A click before retries too: the wait is the server's advice.)
+    async with cairn_factory(tmp_path, server)() as app:
+        window = window_of(app)
+        server.fail_next(429, "Rate limit reached", retry_after="2")
+        await send_and_wait(qtbot, window, "quick question")
+        labels: list[str] = []
+        window.view.bridge.tailChanged.connect(lambda: labels.append(window.view.bridge.tail.error_retry_label))
+        assert retry_button(window.view).property("text") in ("Retry in 2 s", "Retry in 1 s")
+        await until(lambda: retry_button(window.view).property("text") == "Retry", "the wait over", timeout=10)
+        assert "Retry in 1 s" in labels, labels  # counted down, not only shown and cleared
+        await retry_and_wait(window)
+        assert not window.view.has_error()
 
 
 async def test_the_wait_limits_are_in_settings_and_apply_without_restart(

@@ -106,7 +106,7 @@ Rectangle {
                         font.pointSize: chat.fontSize
                         objectName: "retryButton"
                         visible: chat.errorRetry
-                        text: "Retry"
+                        text: chat.errorRetryLabel
                         icon.source: "icons/regenerate.svg"
                         icon.color: pal.buttonText
                         palette.button: pal.button
