@@ -27,7 +27,7 @@ def describe_model_error(exc: BaseException, base_url: str = "") -> tuple[str, s
         return f"The model was not found on the server ({_detail(exc)}). Pick another in Settings.", "model"
     if isinstance(exc, openai.RateLimitError):
         wait = retry_after_seconds(getattr(exc, "response", None))
-        when = f"it asks to wait {_duration(wait)}" if wait is not None else "try again shortly"
+        when = f"it asks to wait {wait_words(wait)}" if wait is not None else "try again shortly"
         return f"The model server is busy (rate limited): {when}. ({_detail(exc)})", "rate_limit"
     if isinstance(exc, openai.BadRequestError):
         return f"The model server rejected the request ({_detail(exc)}).", "bad_request"
@@ -80,11 +80,6 @@ def rate_limit_wait(exc: BaseException) -> float | None:
     return retry_after_seconds(getattr(exc, "response", None))
 
 
-def wait_words(seconds: float) -> str:
-    """``20 s``, ``2 min 5 s``: a wait as the window says it, rounded up."""
-    return _duration(seconds)
-
-
 def retry_after_seconds(response: Any, now: float | None = None) -> float | None:
     """How long a rate-limited server asks to wait: ``retry-after-ms`` (OpenAI's), else ``Retry-After`` in seconds
     or as an HTTP date; None when it does not say (or says something unreadable)."""
@@ -116,8 +111,8 @@ def retry_after_seconds(response: Any, now: float | None = None) -> float | None
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def _duration(seconds: float) -> str:
-    """``20 s``, ``3 min``, ``2 min 5 s``: rounded up (sooner would only be refused again)."""
+def wait_words(seconds: float) -> str:
+    """A wait in words: ``20 s``, ``3 min``, ``2 min 5 s``; rounded up (sooner would only be refused again)."""
     whole = math.ceil(seconds - 1e-9)
     if whole < 60:
         return f"{whole} s"

@@ -337,24 +337,19 @@ class ConversationView(QWidget):
         start = time.perf_counter()
         self.thread_id = thread_id
         entries = [entry_of(m) for m in messages]
-        if self._root is None or len(entries) <= SCREENFUL:
-            self.model.reset(entries)
-            self.scroll_to_end()
-            return self._opened(start)
         # A list reset starts at the top: it would make the first screenful of cards, which the move to the end
         # then drops for the last one. With the list's bottom edge pulled far above it, the reset makes none, and
         # the cards are made from the end up. (Not for a conversation that may fit the screen: Tab goes through
         # the cards in the order they were made, and there it must be top to bottom.)
-        items = self.list_item()
-        items.setProperty("displayMarginEnd", -NOTHING_SHOWN)
+        items = self.list_item() if self._root is not None and len(entries) > SCREENFUL else None
+        if items is not None:
+            items.setProperty("displayMarginEnd", -NOTHING_SHOWN)
         try:
             self.model.reset(entries)
         finally:
-            items.setProperty("displayMarginEnd", 0)
+            if items is not None:
+                items.setProperty("displayMarginEnd", 0)
         self.scroll_to_end()
-        return self._opened(start)
-
-    def _opened(self, start: float) -> float:
         self.last_open_ms = (time.perf_counter() - start) * 1000
         return self.last_open_ms
 
@@ -603,7 +598,7 @@ class QuickChatView(ConversationView):
         left = None if self._retry_at is None else self._retry_at - time.monotonic()
         if left is None or left <= 0:
             return "Retry"
-        from chat.errors import wait_words
+        from chat.errors import wait_words  # (imported already: the failed model call needed it)
 
         return f"Retry in {wait_words(left)}"
 
