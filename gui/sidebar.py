@@ -108,11 +108,13 @@ class _RowDelegate(QStyledItemDelegate):
 
 class ConversationList(QListWidget):
     """F2 renames, Delete deletes: the keyboard reaches what the context menu offers. Up from the first row goes
-    back to the search box (``leftAtTop``)."""
+    back to the search box (``leftAtTop``). A row opens when the left button goes down on it (``pressedOn``), as in
+    a mail client: the conversation loads while the button is still down, a click's length sooner than on release."""
 
     renameKey = Signal()
     deleteKey = Signal()
     leftAtTop = Signal()
+    pressedOn = Signal(QListWidgetItem)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         if event.key() == Qt.Key.Key_F2 and self.currentItem() is not None and self.state() != self.State.EditingState:
@@ -135,6 +137,9 @@ class ConversationList(QListWidget):
             event.accept()
             return
         super().mousePressEvent(event)
+        item = self.itemAt(event.position().toPoint())
+        if event.button() == Qt.MouseButton.LeftButton and item is not None and self.state() != self.State.EditingState:
+            self.pressedOn.emit(item)
 
 
 class Sidebar(QWidget):
@@ -195,6 +200,7 @@ class Sidebar(QWidget):
         self.list.leftAtTop.connect(lambda: self.search.setFocus(Qt.FocusReason.OtherFocusReason))
         self.list.itemActivated.connect(self._on_activated)
         self.list.itemClicked.connect(self._on_activated)
+        self.list.pressedOn.connect(self._on_activated)
         self.list.itemChanged.connect(self._on_item_changed)
         self.list.customContextMenuRequested.connect(self._on_context_menu)
         self.list.renameKey.connect(lambda: self._start_rename(self.current_thread()))

@@ -37,6 +37,8 @@ from tests.support.app import (
     cairn_factory,
     click_at,
     closed_port_url,
+    press_at,
+    release_at,
     roles_and_texts,
     send_and_wait,
     type_and_send,
@@ -518,6 +520,26 @@ async def test_links_the_model_writes_to_the_app_do_nothing(
         await click(view, await toolbar_button(view, await card(view, last.id), "regenerateButton"))
         await until(lambda: len(finished) == 2, "the regenerated reply")
         assert "regenerate" in acted
+
+
+async def test_a_conversation_opens_as_the_button_goes_down_on_its_row(qtbot: Any, cairn: Cairn) -> None:
+    # As in a mail client: the conversation loads while the button is still down, a click's length sooner; the
+    # release that follows does not open it again.
+    async with cairn() as app:
+        window = window_of(app)
+        first = await send_and_wait(qtbot, window, "the first conversation")
+        window.new_chat()
+        await send_and_wait(qtbot, window, "the second conversation")
+        activated: list[str] = []
+        window.sidebar.conversationActivated.connect(activated.append)
+        item = window.sidebar.item_for(first)
+        assert item is not None
+        where = window.sidebar.list.visualItemRect(item).center()
+        press_at(window.sidebar.list.viewport(), where)
+        await until(lambda: window.view.thread_id == first and len(window.view.messages()) == 2, "opened on press")
+        release_at(window.sidebar.list.viewport(), where)
+        assert activated == [first]
+        assert window.sidebar.current_thread() == first
 
 
 async def test_a_1000_message_conversation_opens_at_its_end_with_few_cards_and_scrolls_to_its_start(

@@ -108,22 +108,30 @@ def click_at(widget: QWidget, pos: QPoint) -> None:
     """A left click, delivered at once (QTest's clicks may spin a nested event loop). Each click is stamped a
     double-click interval after the one before, as QTest does: events without a time all look simultaneous, and
     Qt Quick reads clicks in a row as a double or triple click (a triple click in text selects the paragraph)."""
-    local = QPointF(pos)
     stamp = next(_click_clock) * (QGuiApplication.styleHints().mouseDoubleClickInterval() + 1)
-    for kind, buttons in (
-        (QEvent.Type.MouseButtonPress, Qt.MouseButton.LeftButton),
-        (QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton),
-    ):
-        event = QMouseEvent(
-            kind,
-            local,
-            QPointF(widget.mapToGlobal(local)),
-            Qt.MouseButton.LeftButton,
-            buttons,
-            Qt.KeyboardModifier.NoModifier,
-        )
-        event.setTimestamp(stamp)
-        QApplication.sendEvent(widget, event)
+    press_at(widget, pos, stamp)
+    release_at(widget, pos, stamp)
+
+
+def press_at(widget: QWidget, pos: QPoint, stamp: int | None = None) -> None:
+    """The left button goes down at ``pos`` (and stays down until ``release_at``)."""
+    _left_button(widget, pos, QEvent.Type.MouseButtonPress, stamp)
+
+
+def release_at(widget: QWidget, pos: QPoint, stamp: int | None = None) -> None:
+    _left_button(widget, pos, QEvent.Type.MouseButtonRelease, stamp)
+
+
+def _left_button(widget: QWidget, pos: QPoint, kind: QEvent.Type, stamp: int | None) -> None:
+    if stamp is None:
+        stamp = next(_click_clock) * (QGuiApplication.styleHints().mouseDoubleClickInterval() + 1)
+    local = QPointF(pos)
+    held = Qt.MouseButton.LeftButton if kind == QEvent.Type.MouseButtonPress else Qt.MouseButton.NoButton
+    event = QMouseEvent(
+        kind, local, QPointF(widget.mapToGlobal(local)), Qt.MouseButton.LeftButton, held, Qt.KeyboardModifier.NoModifier
+    )
+    event.setTimestamp(stamp)
+    QApplication.sendEvent(widget, event)
 
 
 def type_and_send(qtbot: Any, window: MainWindow, text: str) -> None:
