@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,21 @@ async def send(window: Any, text: str) -> None:
     from PySide6.QtGui import QKeyEvent
     from PySide6.QtWidgets import QApplication
 
+    def enter() -> None:
+        window.composer.edit.setFocus()
+        window.composer.edit.setPlainText(text)
+        key = QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(window.composer.edit, key)
+
+    await reply_to(window, enter)
+
+
+async def regenerate(window: Any) -> None:
+    await reply_to(window, window.regenerate)
+
+
+async def reply_to(window: Any, action: Callable[[], None]) -> None:
+    """Do ``action`` and return once the reply it asks for is stored and shown."""
     finished: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def done(thread_id: str) -> None:
@@ -120,10 +135,7 @@ async def send(window: Any, text: str) -> None:
 
     window.replyFinished.connect(done)
     try:
-        window.composer.edit.setFocus()
-        window.composer.edit.setPlainText(text)
-        key = QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier)
-        QApplication.sendEvent(window.composer.edit, key)
+        action()
         async with asyncio.timeout(30):
             await finished
     finally:
@@ -143,22 +155,6 @@ def grab(widget: Any, path: Path) -> None:
     if picture.isNull() or not picture.save(str(path)):
         raise RuntimeError(f"could not save {path}")
     print(f"wrote {path.relative_to(ROOT)} ({picture.width()}x{picture.height()})")
-
-
-async def regenerate(window: Any) -> None:
-    finished: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def done(thread_id: str) -> None:
-        if not finished.done():
-            finished.set_result(thread_id)
-
-    window.replyFinished.connect(done)
-    try:
-        window.regenerate()
-        async with asyncio.timeout(30):
-            await finished
-    finally:
-        window.replyFinished.disconnect(done)
 
 
 async def make_screenshots(cairn: Any, server: Any, theme: str) -> None:
