@@ -118,6 +118,7 @@ async def window_latency(url: str, base: Path, turns: int, log: Callable[[str], 
     from storage.secrets import SecretStore
     from storage.settings import load_settings, save_settings
     from storage.tiered import TieredSaver
+    from tests.support.app import quit_app
     from tests.support.chatgraph import build_graph, turn
     from tests.support.keyring_backend import MemoryKeyring
     from tests.support.model_server import ModelServer
@@ -162,11 +163,7 @@ async def window_latency(url: str, base: Path, turns: int, log: Callable[[str], 
                 series.seconds.append(time.perf_counter() - ended)
             log(f"  {series.name}: median {statistics.median(series.seconds[1:]) * 1000:.0f} ms")
         finally:
-            qt.aboutToQuit.emit()
-            await cairn.shutdown()
-            if cairn.window is not None:
-                cairn.window.close()
-                cairn.window.deleteLater()
+            await quit_app(cairn)
             await b.close()
     return series
 

@@ -366,11 +366,9 @@ def run(request: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
                         f" end {send['end']:.0f})"
                     )
         finally:
-            app.aboutToQuit.emit()
-            await cairn.shutdown()
-            if cairn.window is not None:
-                cairn.window.close()
-                cairn.window.deleteLater()
+            from tests.support.app import quit_app
+
+            await quit_app(cairn)
 
     try:
         loop.run_until_complete(main())
